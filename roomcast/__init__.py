@@ -1,0 +1,23 @@
+"""roomcast: real-time WebSocket rooms and notifications, as a Trio actor system."""
+
+from roomcast.auth import Authenticator, AuthError, Principal, mint_token
+from roomcast.config import Config
+from roomcast.facade import NotificationService, ServiceNotRunning
+from roomcast.protocol import CloseCode, MessageType, NotificationLevel
+from roomcast.service import Service, open_service, serve
+
+__all__ = [
+    "AuthError",
+    "Authenticator",
+    "CloseCode",
+    "Config",
+    "MessageType",
+    "NotificationLevel",
+    "NotificationService",
+    "Principal",
+    "Service",
+    "ServiceNotRunning",
+    "mint_token",
+    "open_service",
+    "serve",
+]

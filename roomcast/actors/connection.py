@@ -1,0 +1,179 @@
+"""Connection actor: one per WebSocket. It owns the connection's rooms, its outbox
+and its fate; other actors reach it only by handing frames to `deliver`, which never
+waits, or by asking it to close."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Any
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from roomcast.actors.base import ActorCrashed, Reply
+from roomcast.actors.outbox import Outbox
+from roomcast.actors.registry import Connect, Disconnect, JoinRoom, LeaveRoom, Registry
+from roomcast.actors.room import LOBBY
+from roomcast.auth import Principal
+from roomcast.protocol import (
+    ClientFrame,
+    CloseCode,
+    MessageType,
+    ProtocolError,
+    ServerFrame,
+    decode,
+    encode_frame,
+    error_frame,
+    is_personal_room,
+    message_text,
+    personal_room,
+)
+
+log = logging.getLogger(__name__)
+
+_ids = itertools.count(1)
+
+
+class Connection:
+    def __init__(
+        self, principal: Principal, ws: WebSocketConnection, outbox: Outbox, registry: Registry
+    ) -> None:
+        self.id = next(_ids)
+        self.principal = principal
+        self.user_id = principal.user_id
+        self.personal_room = personal_room(principal.user_id)
+        self.ws = ws
+        self.outbox = outbox
+        self.registry = registry
+        self.rooms: dict[str, None] = {}  # joined rooms, in join order (an ordered set)
+        self.close_code = CloseCode.NORMAL
+        self.close_reason = "bye"
+        self.fault: BaseException | None = None  # fault injection: raised at the next frame
+        self._scope = trio.CancelScope()
+        outbox.on_overflow = self._on_overflow
+
+    def __repr__(self) -> str:
+        return f"<connection {self.id} user={self.user_id!r}>"
+
+    # what other actors may do ---------------------------------------------------------
+
+    def deliver(self, frame: bytes) -> bool:
+        """Queue complete frame bytes without waiting; False if they were dropped."""
+        if self.ws.closed is not None:
+            return False
+        return self.outbox.write_nowait(frame)
+
+    def request_close(self, code: CloseCode, reason: str) -> None:
+        """Ask the actor to stop; it closes the socket with `code` on its way out."""
+        if not self._scope.cancel_called:
+            self.close_code = code
+            self.close_reason = reason
+            self._scope.cancel()
+
+    def _on_overflow(self) -> None:
+        log.warning("conn %d user=%r: slow consumer, closing with 4009", self.id, self.user_id)
+        self.request_close(CloseCode.SLOW_CONSUMER, "slow consumer")
+
+    # the actor ------------------------------------------------------------------------
+
+    def all_rooms(self) -> list[str]:
+        return [self.personal_room, *self.rooms]
+
+    async def run(self) -> None:
+        """Register, greet, then serve client frames until either side closes."""
+        welcome = ServerFrame(
+            type=MessageType.INFO,
+            message=f"Connected successfully. You are in room: {self.personal_room}",
+            data={"user_id": self.user_id, "rooms": [self.personal_room]},
+        )
+        self.deliver(encode_frame(welcome))
+        try:
+            with self._scope:
+                await self.registry.call(Connect(self, Reply()))
+                await self._read_loop()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.registry.send(Disconnect(self, (*self.all_rooms(), LOBBY)))
+
+    async def _read_loop(self) -> None:
+        while True:
+            try:
+                text = await self.ws.get_message()
+            except ConnectionClosed:
+                return
+            if self.fault is not None:
+                raise self.fault
+            try:
+                await self._handle(decode(text))
+            except ProtocolError as error:
+                self.deliver(encode_frame(error_frame(error)))
+
+    async def _handle(self, frame: ClientFrame) -> None:
+        if frame.type == MessageType.TEXT:
+            text, _ = message_text(frame.data)
+            self._reply(ServerFrame(type=MessageType.TEXT, message=f"Echo: {text}"))
+        elif frame.type == MessageType.JOIN_ROOM:
+            await self._join(frame.room)  # type: ignore[arg-type]
+        elif frame.type == MessageType.LEAVE_ROOM:
+            await self._leave(frame.room)  # type: ignore[arg-type]
+        elif frame.type == MessageType.ROOM_MESSAGE:
+            await self._room_message(frame.room, frame.data)  # type: ignore[arg-type]
+        elif frame.type == MessageType.BROADCAST:
+            await self._broadcast(frame.data)
+
+    def _reply(self, frame: ServerFrame) -> None:
+        self.deliver(encode_frame(frame))
+
+    def _rooms_reply(self, message: str, room: str) -> None:
+        self._reply(
+            ServerFrame(
+                type=MessageType.INFO,
+                message=f"{message}: {room}",
+                room=room,
+                data={"rooms": self.all_rooms()},
+            )
+        )
+
+    async def _join(self, room: str) -> None:
+        if is_personal_room(room) and room != self.personal_room:
+            raise ProtocolError.forbidden("another user's personal room")
+        if room != self.personal_room and room not in self.rooms:
+            await self.registry.call(JoinRoom(self, room, Reply()))
+            self.rooms[room] = None
+        self._rooms_reply("Joined room", room)
+
+    async def _leave(self, room: str) -> None:
+        if room == self.personal_room:
+            raise ProtocolError.forbidden("leaving your personal room")
+        if room in self.rooms:
+            del self.rooms[room]
+            await self.registry.call(LeaveRoom(self, room, Reply()))
+        self._rooms_reply("Left room", room)
+
+    async def _room_message(self, room: str, data: Any) -> None:
+        if room != self.personal_room and room not in self.rooms:
+            raise ProtocolError.not_member(room)
+        text, extra = message_text(data)
+        frame = ServerFrame(
+            type=MessageType.ROOM_MESSAGE,
+            message=text,
+            room=room,
+            data={"from_user_id": self.user_id, **extra},
+        )
+        await self._publish(room, frame)
+
+    async def _broadcast(self, data: Any) -> None:
+        if not self.principal.can_broadcast:
+            raise ProtocolError.forbidden("broadcasting needs the broadcast permission")
+        text, extra = message_text(data)
+        frame = ServerFrame(
+            type=MessageType.BROADCAST, message=text, data={"from_user_id": self.user_id, **extra}
+        )
+        await self._publish(LOBBY, frame)
+
+    async def _publish(self, room: str, frame: ServerFrame) -> None:
+        try:
+            await self.registry.publish(room, encode_frame(frame))
+        except ActorCrashed:
+            raise ProtocolError.internal() from None

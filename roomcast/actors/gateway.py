@@ -1,0 +1,155 @@
+"""The accept loop and the handshake: a TCP socket in, a connection actor out.
+
+Each accepted socket gets its own small nursery (trio-websocket's reader task, the
+outbox writer, the connection actor). Whatever goes wrong inside one connection ends
+there: it is logged, that socket is closed (1011 when it had been upgraded), and no
+sibling is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from urllib.parse import parse_qs, urlsplit
+
+import trio
+from trio_websocket import WebSocketRequest, wrap_server_stream
+
+from roomcast.actors.connection import Connection
+from roomcast.actors.outbox import Outbox
+from roomcast.actors.registry import Registry
+from roomcast.auth import Authenticator, AuthError, Principal
+from roomcast.config import Config
+from roomcast.protocol import CloseCode
+
+log = logging.getLogger(__name__)
+
+
+class Rejection(Exception):
+    def __init__(self, status: int, error: str, cause: str) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.cause = cause
+
+
+def token_from(request: WebSocketRequest) -> str | None:
+    """`?token=` (browsers cannot set headers) or `Authorization: Bearer`."""
+    tokens = parse_qs(urlsplit(request.path).query).get("token")
+    if tokens and tokens[0]:
+        return tokens[0]
+    for name, value in request.headers:
+        if name.lower() == b"authorization":
+            scheme, _, credentials = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and credentials.strip():
+                return credentials.strip()
+    return None
+
+
+class Gateway:
+    def __init__(self, config: Config, registry: Registry, authenticator: Authenticator) -> None:
+        self._config = config
+        self._registry = registry
+        self._authenticate = authenticator
+        self.draining = False
+        self.open_sockets = 0
+        self._all_closed = trio.Event()
+        self._all_closed.set()
+
+    async def serve(
+        self,
+        listeners: list[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        await trio.serve_listeners(self._serve_socket, listeners, task_status=task_status)
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting new clients, close every open one with 1001, and wait (at
+        most `timeout` seconds) until their sockets are closed."""
+        self.draining = True
+        for connection in self._registry.all_connections():
+            connection.request_close(CloseCode.GOING_AWAY, "server shutting down")
+        with trio.move_on_after(timeout):
+            await self._all_closed.wait()
+
+    async def _serve_socket(self, stream: trio.SocketStream) -> None:
+        self.open_sockets += 1
+        self._all_closed = self._all_closed if self.open_sockets > 1 else trio.Event()
+        outbox = Outbox(stream, self._config.outbox_limit)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(outbox.run_writer)
+                await self._serve_websocket(nursery, outbox)
+                nursery.cancel_scope.cancel()
+        except Exception:
+            log.exception("connection handler failed")
+        finally:
+            outbox.close_now()
+            self.open_sockets -= 1
+            if self.open_sockets == 0:
+                self._all_closed.set()
+
+    async def _serve_websocket(self, nursery: trio.Nursery, outbox: Outbox) -> None:
+        config = self._config
+        request: WebSocketRequest | None = None
+        with trio.move_on_after(config.handshake_timeout):
+            request = await wrap_server_stream(
+                nursery, outbox, message_queue_size=4, max_message_size=config.max_message_size
+            )
+        if request is None:
+            log.info("handshake not completed within %.1f s", config.handshake_timeout)
+            return
+        try:
+            principal = await self._admit(request)
+        except Rejection as rejection:
+            log.info("handshake refused: %d %s", rejection.status, rejection.cause)
+            body = json.dumps({"error": rejection.error}).encode()
+            with trio.move_on_after(config.close_timeout):
+                await request.reject(
+                    rejection.status,
+                    extra_headers=[(b"Content-Type", b"application/json")],
+                    body=body,
+                )
+            return
+        ws = await request.accept()
+        connection = Connection(principal, ws, outbox, self._registry)
+        log.info("conn %d user=%r connected", connection.id, connection.user_id)
+        try:
+            await connection.run()
+        except Exception:
+            log.exception("conn %d user=%r crashed; closing with 1011", connection.id,
+                          connection.user_id)
+            connection.close_code = CloseCode.INTERNAL_ERROR
+            connection.close_reason = "internal error"
+        code, reason = connection.close_code, connection.close_reason
+        with trio.move_on_after(config.close_timeout):
+            await ws.aclose(code, reason)
+        closed = ws.closed
+        log.info(
+            "conn %d user=%r disconnected: %s %s", connection.id, connection.user_id,
+            closed.code if closed else code, (closed.reason if closed else reason) or "",
+        )
+
+    async def _admit(self, request: WebSocketRequest) -> Principal:
+        config = self._config
+        if urlsplit(request.path).path != config.path:
+            raise Rejection(404, "Not found", "wrong_path")
+        if self.draining:
+            raise Rejection(503, "Service is shutting down", "draining")
+        token = token_from(request)
+        if token is None:
+            raise Rejection(403, "Token missing", "missing_token")
+        try:
+            principal = await self._authenticate(token)
+        except AuthError as error:
+            raise Rejection(403, error.message, error.cause) from None
+        except Exception:
+            log.exception("the authenticator failed")
+            raise Rejection(403, "Token rejected", "authenticator_error") from None
+        if principal is None:
+            raise Rejection(403, "Token rejected", "rejected")
+        if principal.expires_at is not None and not math.isfinite(principal.expires_at):
+            raise Rejection(403, "Token malformed", "malformed")
+        return principal

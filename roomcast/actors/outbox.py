@@ -1,0 +1,159 @@
+"""A connection's outgoing mailbox, counted in bytes, and the stream trio-websocket uses.
+
+Why this exists (see docs/ARCHITECTURE.md and the design's performance notes): waking
+a task per recipient costs more than everything else in a fan-out. So a published
+frame is written straight into the socket with one non-blocking system call while the
+connection has no backlog; only when the kernel buffer is full does the frame wait
+here, and only then is the connection's writer task woken, to write the whole backlog
+in one call.
+
+trio-websocket does the handshake, reading, pings and closing frames. It is handed
+this object as its stream (through its public `wrap_server_stream`), so every byte it
+writes goes through the same ordered backlog as the prebuilt frames: the two can never
+interleave inside a frame. No private attribute of trio-websocket is touched.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import trio
+from trio.lowlevel import ParkingLot
+
+
+class Outbox(trio.abc.HalfCloseableStream):
+    def __init__(self, stream: trio.SocketStream, limit: int) -> None:
+        self._stream = stream
+        self._fd = stream.socket.fileno()
+        self._limit = limit
+        self._backlog: list[bytes] = []
+        self._backlog_bytes = 0
+        self._queued = 0  # bytes ever accepted, so waiters know when theirs are out
+        self._sent = 0  # bytes ever handed to the kernel
+        self._flushing = False
+        self._closed = False
+        self._work = ParkingLot()  # the writer waits here for a backlog
+        self._progress = ParkingLot()  # send_all callers wait here for their bytes
+        self.broken: BaseException | None = None
+        self.overflowed = False
+        self.on_overflow: Callable[[], None] | None = None
+
+    @property
+    def backlog_bytes(self) -> int:
+        return self._backlog_bytes
+
+    def write_nowait(self, frame: bytes) -> bool:
+        """Queue one complete frame without waiting. False when it was dropped: the
+        stream is broken or closed, or the backlog would pass the limit (the
+        connection is then a slow consumer, and `on_overflow` is called once)."""
+        if self._closed or self.broken is not None or self.overflowed:
+            return False
+        if self._backlog or self._flushing:
+            if self._backlog_bytes + len(frame) > self._limit:
+                self._overflow()
+                return False
+            self._append(frame)
+            return True
+        self._write_through(frame)
+        return self.broken is None
+
+    def _write_through(self, data: bytes) -> None:
+        """Hand `data` to the kernel now; what it does not take waits in the backlog
+        (a partly written frame is always finished, whatever the limit)."""
+        self._queued += len(data)
+        try:
+            written = os.write(self._fd, data)
+        except BlockingIOError:
+            written = 0
+        except OSError as exc:  # the peer is gone: the reader will see it too
+            self.broken = exc
+            self._progress.unpark_all()
+            return
+        self._sent += written
+        if written < len(data):
+            self._backlog.append(data[written:])
+            self._backlog_bytes += len(data) - written
+            self._work.unpark_all()
+
+    def _append(self, data: bytes) -> None:
+        self._queued += len(data)
+        self._backlog.append(data)
+        self._backlog_bytes += len(data)
+        if not self._flushing:
+            self._work.unpark_all()
+
+    def _overflow(self) -> None:
+        self.overflowed = True
+        if self.on_overflow is not None:
+            self.on_overflow()
+
+    async def run_writer(self) -> None:
+        """The connection's writer task: sleeps until there is a backlog, then writes
+        all of it in one call. Ends when the stream is closed or breaks."""
+        while not self._closed and self.broken is None:
+            if not self._backlog:
+                await self._work.park()
+                continue
+            data = b"".join(self._backlog) if len(self._backlog) > 1 else self._backlog[0]
+            self._backlog.clear()
+            self._backlog_bytes = 0
+            self._flushing = True
+            try:
+                await self._stream.send_all(data)
+                self._sent += len(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self.broken = exc
+                return
+            except BaseException as exc:
+                # Cancelled mid-write: the stream now ends inside a frame.
+                self.broken = exc
+                raise
+            finally:
+                self._flushing = False
+                self._progress.unpark_all()
+
+    # trio.abc.Stream, as trio-websocket sees it -----------------------------------
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """trio-websocket's writes (handshake, pong, close) join the same backlog,
+        past any limit, and this waits until the kernel has taken them."""
+        if self._closed:
+            raise trio.ClosedResourceError("outbox closed")
+        if self.broken is not None:
+            raise trio.BrokenResourceError("connection broken")
+        data = bytes(data)
+        if self._backlog or self._flushing:
+            self._append(data)
+        else:
+            self._write_through(data)
+        target = self._queued
+        while self._sent < target:
+            if self.broken is not None or self._closed:
+                raise trio.BrokenResourceError("connection broken")
+            await self._progress.park()
+        await trio.lowlevel.checkpoint()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    def close_now(self) -> None:
+        """Close without waiting; set before the descriptor is released, so a reused
+        descriptor number can never receive another connection's frame."""
+        if not self._closed:
+            self._closed = True
+            self._backlog.clear()
+            self._backlog_bytes = 0
+            self._work.unpark_all()
+            self._progress.unpark_all()
+            self._stream.socket.close()
+
+    async def aclose(self) -> None:
+        self.close_now()
+        await self._stream.aclose()

@@ -1,0 +1,136 @@
+"""Registry actor: the single writer of "which connections has user U" and "where is
+room R". Joins and leaves pass through it so that it alone starts and stops rooms.
+
+Reads (`connections_of`, `room`, `users`) are synchronous: safe in Trio, since no
+other task runs between two checkpoints of the reader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from roomcast.actors.base import MailboxActor, Reply
+from roomcast.actors.room import LOBBY, Delivery, Join, Leave, Publish, Room
+from roomcast.protocol import UserId, personal_room
+
+if TYPE_CHECKING:
+    from roomcast.actors.connection import Connection
+
+
+NOBODY = Delivery(users=0, connections=0)
+
+
+@attrs.define
+class Connect:
+    connection: Connection
+    reply: Reply[None]
+
+
+@attrs.define
+class Disconnect:
+    connection: Connection
+    rooms: tuple[str, ...]  # every room the connection was in, personal and lobby too
+    reply: Reply[None] | None = None
+
+
+@attrs.define
+class JoinRoom:
+    connection: Connection
+    room: str
+    reply: Reply[None]
+
+
+@attrs.define
+class LeaveRoom:
+    connection: Connection
+    room: str
+    reply: Reply[None]
+
+
+@attrs.define
+class _RoomEntry:
+    actor: Room
+    refs: int = 0  # member connections, counted here to know when to stop the room
+
+
+class Registry(MailboxActor):
+    def __init__(self, mailbox_size: int, start_room: Callable[[Room], None]) -> None:
+        super().__init__("registry", mailbox_size)
+        self._mailbox_size = mailbox_size
+        self._start_room = start_room
+        self.users: dict[UserId, dict[int, Connection]] = {}
+        self._rooms: dict[str, _RoomEntry] = {}
+
+    # synchronous reads ------------------------------------------------------------
+
+    def connections_of(self, user_id: UserId) -> dict[int, Connection]:
+        return self.users.get(user_id, {})
+
+    def room(self, name: str) -> Room | None:
+        entry = self._rooms.get(name)
+        return entry.actor if entry is not None else None
+
+    def room_names(self) -> list[str]:
+        return list(self._rooms)
+
+    def all_connections(self) -> list[Connection]:
+        return [c for conns in self.users.values() for c in conns.values()]
+
+    async def publish(self, room: str, frame: bytes) -> Delivery:
+        """Fan complete frame bytes out through the room's actor, and wait until it
+        has: callers that await each publish keep their frames in order."""
+        actor = self.room(room)
+        if actor is None:
+            return NOBODY
+        try:
+            return await actor.call(Publish(frame, Reply()))
+        except (trio.ClosedResourceError, trio.EndOfChannel):
+            return NOBODY  # the room emptied and stopped while we looked it up
+
+    # messages ---------------------------------------------------------------------
+
+    async def handle(self, message: Connect | Disconnect | JoinRoom | LeaveRoom) -> None:
+        connection = message.connection
+        if isinstance(message, Connect):
+            self.users.setdefault(connection.user_id, {})[connection.id] = connection
+            await self._join(connection, personal_room(connection.user_id), None)
+            await self._join(connection, LOBBY, message.reply)
+        elif isinstance(message, JoinRoom):
+            await self._join(connection, message.room, message.reply)
+        elif isinstance(message, LeaveRoom):
+            await self._leave(connection, message.room, message.reply)
+        else:
+            conns = self.users.get(connection.user_id)
+            if conns is not None and conns.pop(connection.id, None) is not None and not conns:
+                del self.users[connection.user_id]
+            for room in message.rooms:
+                await self._leave(connection, room, None)
+            if message.reply is not None:
+                message.reply.set(None)
+
+    async def _join(self, connection: Connection, room: str, reply: Reply[None] | None) -> None:
+        entry = self._rooms.get(room)
+        if entry is None:
+            entry = self._rooms[room] = _RoomEntry(Room(room, self._mailbox_size))
+            self._start_room(entry.actor)
+        entry.refs += 1
+        # The room answers the caller itself; the registry does not wait for it.
+        await entry.actor.send(Join(connection, reply))
+
+    async def _leave(self, connection: Connection, room: str, reply: Reply[None] | None) -> None:
+        entry = self._rooms.get(room)
+        if entry is None:
+            if reply is not None:
+                reply.set(None)
+            return
+        entry.refs -= 1
+        await entry.actor.send(Leave(connection, reply))
+        if entry.refs <= 0:
+            # Publishers that still hold the address find the mailbox closed, which
+            # means what it says: nobody is in the room any more.
+            del self._rooms[room]
+            entry.actor.close_mailbox()

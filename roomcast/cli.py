@@ -1,0 +1,94 @@
+"""The `roomcast` command: `serve` runs the service, `token` mints a token to try it."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from roomcast.auth import ConfigError, mint_token
+from roomcast.config import Config
+from roomcast.service import open_service
+
+log = logging.getLogger("roomcast")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per Config field; unset flags fall back to ROOMCAST_* and defaults."""
+    for field in attrs.fields(Config):
+        flag = "--" + field.name.replace("_", "-")
+        help_text = f"{field.metadata['help']} (env ROOMCAST_{field.name.upper()})"
+        if field.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
+            continue
+        kind: Any = {"int": int, "float": float}.get(str(field.type), str)
+        parser.add_argument(flag, type=kind, default=None, help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="roomcast", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the WebSocket service")
+    _add_config_flags(serve)
+    token = commands.add_parser("token", help="mint a token signed with the configured secret")
+    token.add_argument("--user", required=True, help="user id (the token's subject)")
+    token.add_argument("--ttl", type=float, default=3600.0, help="lifetime in seconds")
+    token.add_argument("--scope", default=None, help="space-separated scopes, e.g. "
+                       "roomcast:broadcast")
+    _add_config_flags(token)
+    return parser
+
+
+def config_from(args: argparse.Namespace) -> Config:
+    names = {f.name for f in attrs.fields(Config)}
+    return Config.from_sources({k: v for k, v in vars(args).items() if k in names})
+
+
+async def _serve_until_signalled(config: Config) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            service = await nursery.start(_run, config)
+            print(f"roomcast listening on {service.url}", flush=True)
+            async for signum in signals:
+                log.info("%s received: closing every connection", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+
+
+async def _run(config: Config, task_status: trio.TaskStatus[Any]) -> None:
+    async with open_service(config) as service:
+        task_status.started(service)
+        await trio.sleep_forever()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from(args)
+    except (ValueError, TypeError) as exc:
+        print(f"roomcast: bad setting: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "token":
+            print(mint_token(config, args.user, ttl=args.ttl, scope=args.scope))
+            return 0
+        trio.run(_serve_until_signalled, config)
+    except ConfigError as exc:
+        print(f"roomcast: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Settings: one frozen attrs class, every field with a default.
+
+Each field can come from a flag (`--jwt-secret`) or an environment variable
+(`ROOMCAST_JWT_SECRET`); flags win over the environment, which wins over defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import cattrs
+
+ENV_PREFIX = "ROOMCAST_"
+
+
+def _setting(default: Any, help: str, **kw: Any) -> Any:
+    return attrs.field(default=default, metadata={"help": help}, **kw)
+
+
+def _tuple_of_str(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(part for part in value.replace(",", " ").split() if part)
+    return tuple(value)
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    host: str = _setting("127.0.0.1", "address to bind; 0.0.0.0 for every interface")
+    port: int = _setting(8000, "WebSocket port; 0 picks a free one")
+    path: str = _setting("/api/v1/ws", "WebSocket URL path")
+    jwt_secret: str | None = _setting(None, "HMAC secret for HS256/384/512 tokens")
+    jwt_public_key: str | None = _setting(
+        None, "PEM public key (text, or @path to a file) for RS*/PS*/ES*/EdDSA tokens"
+    )
+    jwt_algorithms: tuple[str, ...] = _setting(
+        (), "accepted algorithms, comma separated; default HS256 with a secret, "
+        "RS256 ES256 EdDSA with a public key", converter=_tuple_of_str
+    )
+    jwt_audience: str | None = _setting(None, "required 'aud' claim, when set")
+    jwt_issuer: str | None = _setting(None, "required 'iss' claim, when set")
+    jwt_leeway: float = _setting(10.0, "seconds of clock skew allowed for exp and nbf")
+    jwt_require_exp: bool = _setting(True, "refuse tokens without an 'exp' claim")
+    user_id_claim: str = _setting("sub", "claim that holds the user id")
+    broadcast_claim: str = _setting("scope", "claim listing the client's permissions")
+    broadcast_scope: str = _setting(
+        "roomcast:broadcast", "value in that claim that lets a client broadcast"
+    )
+    open_broadcast: bool = _setting(False, "let every client broadcast, whatever its token")
+    outbox_limit: int = _setting(
+        1 << 20, "bytes queued for one slow client before it is closed with 4009"
+    )
+    max_message_size: int = _setting(
+        64 * 1024, "largest client frame in bytes; larger closes with 1009"
+    )
+    handshake_timeout: float = _setting(10.0, "seconds a client has to finish the handshake")
+    close_timeout: float = _setting(5.0, "seconds to wait for a client's closing handshake")
+    mailbox_size: int = _setting(1024, "capacity of each actor's mailbox")
+    shutdown_timeout: float = _setting(5.0, "seconds allowed for closing every client on exit")
+    log_level: str = _setting("INFO", "logging level")
+
+    @classmethod
+    def from_sources(
+        cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+    ) -> Config:
+        """Defaults, then `ROOMCAST_*` variables, then explicit overrides (flags)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in attrs.fields(cls):
+            raw = environ.get(ENV_PREFIX + field.name.upper())
+            if raw is not None:
+                values[field.name] = _from_text(raw, field.type)
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return cls(**values)
+
+    def public_key_pem(self) -> str | None:
+        key = self.jwt_public_key
+        if key and key.startswith("@"):
+            with open(key[1:], encoding="utf-8") as f:
+                return f.read()
+        return key
+
+
+_text_converter = cattrs.Converter()
+
+
+def _bool_from_text(raw: Any, _: type) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {raw!r}")
+
+
+_text_converter.register_structure_hook(bool, _bool_from_text)
+
+
+def _from_text(raw: str, type_: Any) -> Any:
+    """An environment string as the field's type (`str | None` stays text)."""
+    if type_ in ("tuple[str, ...]", tuple[str, ...]):
+        return raw
+    annotation = {"int": int, "float": float, "bool": bool}.get(str(type_), str)
+    return _text_converter.structure(raw, annotation)

@@ -1,0 +1,193 @@
+"""`NotificationService`: the seed's facade for backend code.
+
+Two ways to call it:
+
+- the seed's way, on the class: `await NotificationService.notify_user(...)`, from
+  any Trio task inside a running service, or in the body of `open_service(...)`;
+  the running service is found through a context variable;
+- on an explicit handle: `await service.notifications.notify_user(...)`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from roomcast.actors.room import LOBBY, Delivery
+from roomcast.protocol import (
+    MessageType,
+    NotificationLevel,
+    ServerFrame,
+    UserId,
+    encode_frame,
+    normalize_user_id,
+    personal_room,
+    validate_room_name,
+)
+from roomcast.protocol import ProtocolError as _ProtocolError
+
+if TYPE_CHECKING:
+    from roomcast.actors.registry import Registry
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ServiceNotRunning(RuntimeError):
+    """The facade was called where no roomcast service runs."""
+
+
+_current: contextvars.ContextVar[NotificationService] = contextvars.ContextVar("roomcast_service")
+
+
+class _either:
+    """A method callable on an instance, or on the class: then it is bound to the
+    service running in the caller's context."""
+
+    def __init__(self, function: F) -> None:
+        self._function = function
+        functools.update_wrapper(self, function)  # type: ignore[arg-type]
+
+    def __get__(self, instance: Any, owner: type) -> Any:
+        if instance is not None:
+            return self._function.__get__(instance, owner)
+
+        @functools.wraps(self._function)
+        def on_current_service(*args: Any, **kwargs: Any) -> Any:
+            return self._function(owner.current(), *args, **kwargs)
+
+        return on_current_service
+
+
+def _user(user_id: Any) -> UserId:
+    try:
+        return normalize_user_id(user_id)
+    except ValueError as exc:
+        raise ValueError(f"invalid user id {user_id!r}: {exc}") from None
+
+
+def _room(room_name: Any) -> str:
+    if not isinstance(room_name, str):
+        raise TypeError("room_name must be a string")
+    try:
+        return validate_room_name(room_name)
+    except _ProtocolError:
+        raise ValueError(f"invalid room name {room_name!r}") from None
+
+
+def notification_frame(
+    type_: MessageType,
+    message: str,
+    level: NotificationLevel | str,
+    data: dict[str, Any] | None,
+    room: str | None = None,
+) -> bytes:
+    """The frame of a facade call, encoded once for all its recipients."""
+    if not isinstance(message, str):
+        raise TypeError("message must be a string")
+    if data is not None and not isinstance(data, dict):
+        raise TypeError("data must be a dict or None")
+    level = NotificationLevel(level)
+    # The two protocol keys win over the caller's keys of the same name.
+    payload = {**(data or {}), "level": level.value, "notification": True}
+    return encode_frame(ServerFrame(type=type_, message=message, data=payload, room=room))
+
+
+class NotificationService:
+    """Send notifications to users, rooms or everyone, and ask who is connected."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    @classmethod
+    def current(cls) -> NotificationService:
+        try:
+            return _current.get()
+        except LookupError:
+            raise ServiceNotRunning(
+                "no roomcast service is running here: call NotificationService from "
+                "inside `async with roomcast.open_service(...)` or a task it runs, "
+                "or use the handle's `service.notifications`"
+            ) from None
+
+    def _bind(self) -> contextvars.Token[NotificationService]:
+        return _current.set(self)
+
+    @staticmethod
+    def _unbind(token: contextvars.Token[NotificationService]) -> None:
+        _current.reset(token)
+
+    async def _publish(self, room: str, frame: bytes) -> Delivery:
+        return await self._registry.publish(room, frame)
+
+    @_either
+    async def notify_user(
+        self,
+        user_id: UserId,
+        message: str,
+        level: NotificationLevel = NotificationLevel.INFO,
+        data: dict[str, Any] | None = None,
+    ) -> bool:
+        """Every connection of the user gets an `info` frame; True if it had one."""
+        uid = _user(user_id)
+        frame = notification_frame(MessageType.INFO, message, level, data)
+        delivery = await self._publish(personal_room(uid), frame)
+        return delivery.connections > 0
+
+    @_either
+    async def notify_room(
+        self,
+        room_name: str,
+        message: str,
+        level: NotificationLevel = NotificationLevel.INFO,
+        data: dict[str, Any] | None = None,
+    ) -> int:
+        """Every connection in the room gets a `room_message`; returns distinct users."""
+        room = _room(room_name)
+        frame = notification_frame(MessageType.ROOM_MESSAGE, message, level, data, room)
+        return (await self._publish(room, frame)).users
+
+    @_either
+    async def broadcast(
+        self,
+        message: str,
+        level: NotificationLevel = NotificationLevel.INFO,
+        data: dict[str, Any] | None = None,
+    ) -> int:
+        """Every connection gets a `broadcast`; returns distinct users reached."""
+        frame = notification_frame(MessageType.BROADCAST, message, level, data)
+        return (await self._publish(LOBBY, frame)).users
+
+    @_either
+    async def notify_user_in_room(
+        self,
+        user_id: UserId,
+        message: str,
+        level: NotificationLevel = NotificationLevel.INFO,
+        data: dict[str, Any] | None = None,
+    ) -> bool:
+        """As `notify_room` on the user's personal room; True if anyone was reached."""
+        room = personal_room(_user(user_id))
+        frame = notification_frame(MessageType.ROOM_MESSAGE, message, level, data, room)
+        return (await self._publish(room, frame)).users > 0
+
+    @_either
+    def is_user_connected(self, user_id: UserId) -> bool:
+        try:
+            uid = normalize_user_id(user_id)
+        except ValueError:
+            return False
+        return bool(self._registry.connections_of(uid))
+
+    @_either
+    def get_connected_users(self) -> set[UserId]:
+        return set(self._registry.users)
+
+    @_either
+    def get_room_members(self, room_name: str) -> set[UserId]:
+        """Users with a connection in the room; empty for an unknown room."""
+        if not isinstance(room_name, str) or room_name == LOBBY:
+            return set()
+        room = self._registry.room(room_name)
+        return room.member_users() if room is not None else set()

@@ -1,0 +1,53 @@
+"""The wire protocol as pure data and rules: no Trio, no sockets (sans-IO).
+
+Everything here can be tested with plain values; the actors call into it.
+"""
+
+from roomcast.protocol.codec import (
+    converter,
+    decode,
+    encode,
+    encode_frame,
+    error_frame,
+)
+from roomcast.protocol.errors import ErrorCode, ProtocolError
+from roomcast.protocol.frames import (
+    CLIENT_TYPES,
+    ClientFrame,
+    CloseCode,
+    MessageType,
+    NotificationLevel,
+    ServerFrame,
+)
+from roomcast.protocol.rules import (
+    UserId,
+    is_personal_room,
+    message_text,
+    normalize_user_id,
+    personal_room,
+    validate_room_name,
+)
+from roomcast.protocol.wsframe import text_frame
+
+__all__ = [
+    "CLIENT_TYPES",
+    "ClientFrame",
+    "CloseCode",
+    "ErrorCode",
+    "MessageType",
+    "NotificationLevel",
+    "ProtocolError",
+    "ServerFrame",
+    "UserId",
+    "converter",
+    "decode",
+    "encode",
+    "encode_frame",
+    "error_frame",
+    "is_personal_room",
+    "message_text",
+    "normalize_user_id",
+    "personal_room",
+    "text_frame",
+    "validate_room_name",
+]

@@ -1,0 +1,92 @@
+"""Decode client frames and encode server frames, through one cattrs converter.
+
+`decode` turns any text into a `ClientFrame` or raises `ProtocolError`; nothing else
+escapes it, whatever the input (a hypothesis test holds it to that).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import cattrs
+
+from roomcast.protocol.errors import ProtocolError
+from roomcast.protocol.frames import (
+    CLIENT_TYPES,
+    DATA_TYPES,
+    ROOM_TYPES,
+    ClientFrame,
+    MessageType,
+    ServerFrame,
+)
+from roomcast.protocol.rules import compact_json, validate_room_name
+from roomcast.protocol.wsframe import text_frame
+
+converter = cattrs.Converter()
+
+
+def _strict_str(value: Any, _: type) -> str:
+    # cattrs would call str() on anything; a number where a room name goes is an error.
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+converter.register_structure_hook(str, _strict_str)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse(text: str | bytes) -> Any:
+    if isinstance(text, bytes):
+        raise ProtocolError.invalid("binary frames are not accepted; send JSON text")
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ProtocolError.invalid("nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, NaN, integers too long to parse
+        raise ProtocolError.invalid(f"not JSON ({exc})") from None
+
+
+def decode(text: str | bytes) -> ClientFrame:
+    """One client text frame in, one validated `ClientFrame` out."""
+    raw = _parse(text)
+    if not isinstance(raw, dict):
+        raise ProtocolError.invalid("a frame is a JSON object")
+    type_ = raw.get("type")
+    if type_ is None:
+        raise ProtocolError.invalid("'type' is required")
+    if not isinstance(type_, str):
+        raise ProtocolError.invalid("'type' must be a string")
+    if type_ not in CLIENT_TYPES:
+        raise ProtocolError.unknown_type(type_[:100])
+    try:
+        frame = converter.structure(
+            {"type": type_, "data": raw.get("data"), "room": raw.get("room")}, ClientFrame
+        )
+    except Exception as exc:  # cattrs reports a wrong field type as an exception group
+        raise ProtocolError.invalid("'room' must be a string") from exc
+    if frame.type in ROOM_TYPES:
+        if frame.room is None:
+            raise ProtocolError.room_required()
+        validate_room_name(frame.room)
+    if frame.type in DATA_TYPES and frame.data is None:
+        raise ProtocolError.invalid("'data' is required")
+    return frame
+
+
+def encode(frame: ServerFrame) -> str:
+    """The JSON text of a server frame, all four keys present."""
+    return compact_json(converter.unstructure(frame))
+
+
+def encode_frame(frame: ServerFrame) -> bytes:
+    """The complete WebSocket frame bytes, built once and shared by every recipient."""
+    return text_frame(encode(frame).encode())
+
+
+def error_frame(error: ProtocolError) -> ServerFrame:
+    return ServerFrame(type=MessageType.ERROR, message=error.message, data={"code": error.code})

@@ -1,0 +1,58 @@
+"""The protocol's error table: one machine code and one human text per cause."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.StrEnum):
+    INVALID_MESSAGE = "invalid_message"
+    UNKNOWN_TYPE = "unknown_type"
+    ROOM_REQUIRED = "room_required"
+    INVALID_ROOM = "invalid_room"
+    NOT_MEMBER = "not_member"
+    FORBIDDEN = "forbidden"
+    INTERNAL_ERROR = "internal_error"
+
+
+class ProtocolError(Exception):
+    """A client frame the service refuses; the connection stays open.
+
+    `message` is the human text sent back, `code` the machine code in `data.code`.
+    """
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @classmethod
+    def invalid(cls, why: str) -> ProtocolError:
+        return cls(ErrorCode.INVALID_MESSAGE, f"Invalid message format: {why}")
+
+    @classmethod
+    def unknown_type(cls, type_: str) -> ProtocolError:
+        return cls(ErrorCode.UNKNOWN_TYPE, f"Unknown message type: {type_}")
+
+    @classmethod
+    def room_required(cls) -> ProtocolError:
+        return cls(ErrorCode.ROOM_REQUIRED, "Room name is required")
+
+    @classmethod
+    def invalid_room(cls) -> ProtocolError:
+        return cls(
+            ErrorCode.INVALID_ROOM,
+            "Invalid room name: use 1 to 100 of A-Z a-z 0-9 _ . : @ -",
+        )
+
+    @classmethod
+    def not_member(cls, room: str) -> ProtocolError:
+        return cls(ErrorCode.NOT_MEMBER, f"Not a member of room: {room}")
+
+    @classmethod
+    def forbidden(cls, what: str) -> ProtocolError:
+        return cls(ErrorCode.FORBIDDEN, f"Not allowed: {what}")
+
+    @classmethod
+    def internal(cls) -> ProtocolError:
+        return cls(ErrorCode.INTERNAL_ERROR, "Internal error: the message was not delivered")

@@ -1,0 +1,71 @@
+"""Frame shapes and enums, with the seed document's string values."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import attrs
+
+
+class MessageType(enum.StrEnum):
+    TEXT = "text"
+    JOIN_ROOM = "join_room"
+    LEAVE_ROOM = "leave_room"
+    ROOM_MESSAGE = "room_message"
+    BROADCAST = "broadcast"
+    INFO = "info"
+    ERROR = "error"
+    NOTIFICATION = "notification"
+
+
+# What a client may send; the rest are server-only.
+CLIENT_TYPES = frozenset(
+    {
+        MessageType.TEXT,
+        MessageType.JOIN_ROOM,
+        MessageType.LEAVE_ROOM,
+        MessageType.ROOM_MESSAGE,
+        MessageType.BROADCAST,
+    }
+)
+
+# Client types that act on a room, and those that carry a payload.
+ROOM_TYPES = frozenset({MessageType.JOIN_ROOM, MessageType.LEAVE_ROOM, MessageType.ROOM_MESSAGE})
+DATA_TYPES = frozenset({MessageType.TEXT, MessageType.ROOM_MESSAGE, MessageType.BROADCAST})
+
+
+class NotificationLevel(enum.StrEnum):
+    INFO = "info"
+    SUCCESS = "success"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class CloseCode(enum.IntEnum):
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    TOKEN_EXPIRED = 4001
+    POLICY = 4008
+    SLOW_CONSUMER = 4009
+
+
+@attrs.frozen
+class ClientFrame:
+    """A validated frame from a client: `room` is checked where the type needs one."""
+
+    type: MessageType
+    data: Any = None
+    room: str | None = None
+
+
+@attrs.frozen
+class ServerFrame:
+    """Every frame the service sends has these four keys, `null` where unused."""
+
+    type: MessageType
+    message: str
+    data: dict[str, Any] | None = None
+    room: str | None = None

@@ -1,0 +1,23 @@
+"""RFC 6455 server frames, built once per publish.
+
+Server frames are unmasked and we never negotiate compression, so the bytes of a
+frame are the same for every recipient: the fan-out writes one prebuilt object.
+"""
+
+from __future__ import annotations
+
+import struct
+
+_FIN_TEXT = 0x81
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One final, unmasked text frame carrying `payload` (UTF-8 JSON)."""
+    n = len(payload)
+    if n < 126:
+        header = bytes((_FIN_TEXT, n))
+    elif n < 1 << 16:
+        header = struct.pack("!BBH", _FIN_TEXT, 126, n)
+    else:
+        header = struct.pack("!BBQ", _FIN_TEXT, 127, n)
+    return header + payload

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Developer entry point. `./dev.sh serve` runs the service with a dev secret;
+# `./dev.sh test` runs every test. Both set up .venv on first use (and again
+# whenever pyproject.toml changes), so a fresh machine needs nothing else.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+DEV_SECRET="roomcast-dev-secret-change-me-0123456789"
+
+setup() {
+    local stamp=.venv/.roomcast-installed
+    local want
+    want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+        python3 -m venv .venv
+        .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+        .venv/bin/python -m pip install -q -e '.[test]'
+        echo "$want" > "$stamp"
+    fi
+}
+
+cmd=${1:-help}
+shift || true
+case "$cmd" in
+    serve)
+        setup
+        export ROOMCAST_JWT_SECRET="${ROOMCAST_JWT_SECRET:-$DEV_SECRET}"
+        echo "Mint a token in another shell: ROOMCAST_JWT_SECRET=$ROOMCAST_JWT_SECRET .venv/bin/roomcast token --user 42"
+        exec .venv/bin/roomcast serve "$@"
+        ;;
+    test)
+        setup
+        .venv/bin/ruff check .
+        exec .venv/bin/pytest "$@"
+        ;;
+    *)
+        echo "usage: ./dev.sh serve [roomcast serve flags] | ./dev.sh test [pytest args]" >&2
+        exit 2
+        ;;
+esac

@@ -1,0 +1,82 @@
+"""Shared helpers: a real service on a free port, and real WebSocket clients."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+from trio_websocket import WebSocketConnection, open_websocket_url
+
+from roomcast import Config, Service, mint_token, open_service
+
+SECRET = "roomcast-test-secret-0123456789abcdef"
+
+
+def make_config(**overrides: Any) -> Config:
+    values: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "jwt_secret": SECRET}
+    values.update(overrides)
+    return Config(**values)
+
+
+def token_for(user: Any, config: Config | None = None, **kwargs: Any) -> str:
+    return mint_token(config or make_config(), user, **kwargs)
+
+
+@asynccontextmanager
+async def running(**overrides: Any) -> AsyncIterator[Service]:
+    """A service on a free loopback port, closed (1001 to every client) on exit."""
+    async with open_service(make_config(**overrides)) as service:
+        yield service
+
+
+@pytest.fixture
+async def service() -> AsyncIterator[Service]:
+    async with running() as svc:
+        yield svc
+
+
+class Client:
+    """A real WebSocket client speaking JSON, with the welcome frame already read."""
+
+    def __init__(self, ws: WebSocketConnection, welcome: dict[str, Any]) -> None:
+        self.ws = ws
+        self.welcome = welcome
+
+    async def send(self, frame: Any) -> None:
+        await self.ws.send_message(frame if isinstance(frame, str) else json.dumps(frame))
+
+    async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
+        with trio.fail_after(timeout):
+            return json.loads(await self.ws.get_message())
+
+    async def request(self, frame: Any) -> dict[str, Any]:
+        await self.send(frame)
+        return await self.recv()
+
+    async def nothing_within(self, seconds: float = 0.2) -> None:
+        """Assert that no frame arrives for `seconds`."""
+        with trio.move_on_after(seconds):
+            frame = await self.ws.get_message()
+            raise AssertionError(f"unexpected frame: {frame}")
+
+
+def ws_url(service: Service, query: str = "") -> str:
+    return f"ws://127.0.0.1:{service.port}{service.config.path}{query}"
+
+
+@asynccontextmanager
+async def connect(
+    service: Service, user: Any = 1, *, token: str | None = None, scope: str | None = None,
+    **ws_kwargs: Any,
+) -> AsyncIterator[Client]:
+    """Connect as `user` (a token is minted unless one is given) and read the welcome."""
+    if token is None:
+        token = token_for(user, service.config, scope=scope)
+    async with open_websocket_url(ws_url(service, f"?token={token}"), **ws_kwargs) as ws:
+        with trio.fail_after(5):
+            welcome = json.loads(await ws.get_message())
+        yield Client(ws, welcome)

@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 import trio
 
-from roomcast.auth import ConfigError, mint_token
+from roomcast.auth import Authenticator, ConfigError, JwtAuthenticator, mint_token
 from roomcast.config import Config
 from roomcast.service import open_service
 
@@ -51,10 +51,10 @@ def config_from(args: argparse.Namespace) -> Config:
     return Config.from_sources({k: v for k, v in vars(args).items() if k in names})
 
 
-async def _serve_until_signalled(config: Config) -> None:
+async def _serve_until_signalled(config: Config, authenticator: Authenticator) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            service = await nursery.start(_run, config)
+            service = await nursery.start(_run, config, authenticator)
             print(f"roomcast listening on {service.url}", flush=True)
             async for signum in signals:
                 log.info("%s received: closing every connection", signal.Signals(signum).name)
@@ -62,8 +62,10 @@ async def _serve_until_signalled(config: Config) -> None:
                 break
 
 
-async def _run(config: Config, task_status: trio.TaskStatus[Any]) -> None:
-    async with open_service(config) as service:
+async def _run(
+    config: Config, authenticator: Authenticator, task_status: trio.TaskStatus[Any]
+) -> None:
+    async with open_service(config, authenticator=authenticator) as service:
         task_status.started(service)
         await trio.sleep_forever()
 
@@ -82,8 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "token":
             print(mint_token(config, args.user, ttl=args.ttl, scope=args.scope))
-            return 0
-        trio.run(_serve_until_signalled, config)
+        else:
+            # Built first, so that a bad key setup is refused before binding anything.
+            trio.run(_serve_until_signalled, config, JwtAuthenticator(config))
     except ConfigError as exc:
         print(f"roomcast: {exc}", file=sys.stderr)
         return 2

@@ -29,6 +29,7 @@ class Service:
     registry: Registry
     gateway: Gateway
     supervisor: Supervisor
+    _scope: trio.CancelScope
 
     @property
     def url(self) -> str:
@@ -39,33 +40,48 @@ class Service:
 async def open_service(
     config: Config | None = None, *, authenticator: Authenticator | None = None
 ) -> AsyncIterator[Service]:
-    """Bind, start the actors, and yield a `Service`. On exit every client is closed
-    with 1001 (within `config.shutdown_timeout`) before the actors stop."""
+    """Bind, start the actors, and yield a `Service`. However the body ends (cancelled
+    included), every client is first closed with 1001, within `shutdown_timeout`."""
     config = config or Config()
     authenticate = authenticator or JwtAuthenticator(config)
     listeners = await trio.open_tcp_listeners(config.port, host=config.host)
-    port = listeners[0].socket.getsockname()[1]
-    async with trio.open_nursery() as actors:
-        supervisor = Supervisor(actors)
-        registry = Registry(config.mailbox_size, supervisor.start)
-        supervisor.start(registry)
-        gateway = Gateway(config, registry, authenticate)
-        notifications = NotificationService(registry)
-        token = notifications._bind()
+    async with trio.open_nursery() as nursery:
+        service: Service = await nursery.start(_run, config, authenticate, listeners)
+        token = service.notifications._bind()
         try:
-            async with trio.open_nursery() as sockets:
-                await sockets.start(gateway.serve, listeners)
-                log.info("roomcast listening on ws://%s:%d%s", config.host, port, config.path)
-                try:
-                    yield Service(config, port, notifications, registry, gateway, supervisor)
-                finally:
-                    with trio.CancelScope(shield=True):
-                        await gateway.drain(config.shutdown_timeout)
-                    sockets.cancel_scope.cancel()
+            yield service
         finally:
-            notifications._unbind(token)
-            actors.cancel_scope.cancel()
+            service.notifications._unbind(token)
+            with trio.CancelScope(shield=True):
+                await service.gateway.drain(config.shutdown_timeout)
+            service._scope.cancel()
     log.info("roomcast stopped")
+
+
+async def _run(
+    config: Config,
+    authenticate: Authenticator,
+    listeners: list[trio.SocketListener],
+    task_status: trio.TaskStatus[Service],
+) -> None:
+    # Shielded: cancelling the caller must not cut the connections before `drain`
+    # has told each client 1001; `open_service` cancels this scope right after.
+    with trio.CancelScope(shield=True) as scope:
+        async with trio.open_nursery() as actors:
+            supervisor = Supervisor(actors)
+            registry = Registry(config.mailbox_size, supervisor.start)
+            supervisor.start(registry)
+            gateway = Gateway(config, registry, authenticate)
+            notifications = NotificationService(registry)
+            # Connection tasks inherit the context, so the facade finds this service.
+            token = notifications._bind()
+            await actors.start(gateway.serve, listeners)
+            notifications._unbind(token)
+            port = listeners[0].socket.getsockname()[1]
+            log.info("roomcast listening on ws://%s:%d%s", config.host, port, config.path)
+            task_status.started(
+                Service(config, port, notifications, registry, gateway, supervisor, scope)
+            )
 
 
 async def serve(config: Config | None = None) -> None:

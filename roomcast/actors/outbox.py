@@ -30,8 +30,9 @@ class Outbox(trio.abc.HalfCloseableStream):
         self._backlog: list[bytes] = []
         self._backlog_bytes = 0
         self._queued = 0  # bytes ever accepted, so waiters know when theirs are out
-        self._sent = 0  # bytes ever handed to the kernel
+        self._sent = 0  # bytes ever handed to the kernel (or dropped at overflow)
         self._flushing = False
+        self._partial_head = False  # backlog[0] is the unwritten tail of a started frame
         self._closed = False
         self._work = ParkingLot()  # the writer waits here for a backlog
         self._progress = ParkingLot()  # send_all callers wait here for their bytes
@@ -72,6 +73,7 @@ class Outbox(trio.abc.HalfCloseableStream):
             return
         self._sent += written
         if written < len(data):
+            self._partial_head = written > 0
             self._backlog.append(data[written:])
             self._backlog_bytes += len(data) - written
             self._work.unpark_all()
@@ -84,7 +86,15 @@ class Outbox(trio.abc.HalfCloseableStream):
             self._work.unpark_all()
 
     def _overflow(self) -> None:
+        """A slow consumer: drop the frames it has not started to receive, so that the
+        closing frame that follows reaches it as soon as it reads again."""
         self.overflowed = True
+        keep = self._backlog[:1] if self._partial_head else []
+        kept = sum(map(len, keep))
+        self._sent += self._backlog_bytes - kept  # dropped bytes count as done for waiters
+        self._backlog[:] = keep
+        self._backlog_bytes = kept
+        self._progress.unpark_all()
         if self.on_overflow is not None:
             self.on_overflow()
 
@@ -98,6 +108,7 @@ class Outbox(trio.abc.HalfCloseableStream):
             data = b"".join(self._backlog) if len(self._backlog) > 1 else self._backlog[0]
             self._backlog.clear()
             self._backlog_bytes = 0
+            self._partial_head = False
             self._flushing = True
             try:
                 await self._stream.send_all(data)

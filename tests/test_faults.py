@@ -1,0 +1,129 @@
+"""Faults stay where they happen: a crashed connection, a crashed room, a slow client."""
+
+from __future__ import annotations
+
+import json
+
+import trio
+from trio_websocket import ConnectionClosed
+
+from roomcast import CloseCode, NotificationService
+from roomcast.actors.base import ActorCrashed, Crash, Reply
+
+from .conftest import connect, running
+
+
+class InjectedFault(Exception):
+    pass
+
+
+async def wait_until(predicate, timeout: float = 5.0) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.01)
+
+
+async def closed_code(client, timeout: float = 10.0) -> int:
+    """Read whatever is left until the close frame; return the close code."""
+    with trio.fail_after(timeout):
+        while True:
+            try:
+                await client.ws.get_message()
+            except ConnectionClosed as closed:
+                return closed.reason.code
+
+
+async def test_connection_crash_closes_only_that_connection_with_1011(service):
+    async with connect(service, 1) as victim, connect(service, 2) as other:
+        await victim.request({"type": "join_room", "room": "r"})
+        await other.request({"type": "join_room", "room": "r"})
+        (conn,) = service.registry.connections_of(1).values()
+        conn.fault = InjectedFault("injected")
+        await victim.send({"type": "text", "data": "boom"})
+        assert await closed_code(victim) == CloseCode.INTERNAL_ERROR
+        await wait_until(lambda: not NotificationService.is_user_connected(1))
+        assert NotificationService.get_room_members("r") == {2}
+        assert await service.notifications.notify_room("r", "still here") == 1
+        assert (await other.recv())["message"] == "still here"
+        assert (await other.request({"type": "text", "data": "x"}))["message"] == "Echo: x"
+
+
+async def test_room_crash_restarts_with_members_intact(service):
+    async with connect(service, 1) as a, connect(service, 2) as b:
+        await a.request({"type": "join_room", "room": "r"})
+        await b.request({"type": "join_room", "room": "r"})
+        room = service.registry.room("r")
+        reply: Reply[None] = Reply()
+        await room.send(Crash(InjectedFault("injected"), reply))
+        try:
+            await reply.wait()
+        except ActorCrashed:
+            pass
+        else:
+            raise AssertionError("the crash was not reported to the caller")
+        assert service.supervisor.restarts == 1
+        assert service.registry.room("r") is room
+        assert NotificationService.get_room_members("r") == {1, 2}
+        assert await NotificationService.notify_room(room_name="r", message="after") == 2
+        assert (await a.recv())["message"] == "after"
+        assert (await b.recv())["message"] == "after"
+        reply_frame = await a.request({"type": "room_message", "room": "r", "data": "hi"})
+        assert reply_frame["message"] == "hi"
+        assert (await b.recv())["message"] == "hi"
+
+
+async def test_client_sees_internal_error_when_room_crashes_on_its_frame(service):
+    async with connect(service, 1) as a:
+        await a.request({"type": "join_room", "room": "r"})
+        room = service.registry.room("r")
+        # Hold the room's loop on a crash that fires on the next message it handles.
+        original = room.handle
+
+        async def crash_once(message):
+            room.handle = original
+            raise InjectedFault("injected")
+
+        room.handle = crash_once
+        frame = await a.request({"type": "room_message", "room": "r", "data": "x"})
+        assert frame["type"] == "error"
+        assert frame["data"] == {"code": "internal_error"}
+        frame = await a.request({"type": "room_message", "room": "r", "data": "y"})
+        assert frame["message"] == "y"
+
+
+async def test_slow_consumer_is_closed_with_4009_and_delays_nobody():
+    async with running(outbox_limit=64 * 1024, close_timeout=10.0) as service:
+        # The stalled client's library queues one message, then stops reading the socket.
+        async with connect(service, 1, message_queue_size=1) as stalled, \
+                connect(service, 2) as reader:
+            await stalled.request({"type": "join_room", "room": "r"})
+            await reader.request({"type": "join_room", "room": "r"})
+            (conn,) = service.registry.connections_of(1).values()
+            payload = "x" * 1000
+            count = 3000  # ~3 MB: far past the kernel buffers and the 64 KiB outbox
+            received: list[int] = []
+
+            async def read_all():
+                while len(received) < count:
+                    frame = await reader.recv(timeout=10)
+                    received.append(frame["data"]["seq"])
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_all)
+                for seq in range(count):
+                    await service.notifications.notify_room("r", payload, data={"seq": seq})
+            assert received == list(range(count))
+            assert conn.close_code == CloseCode.SLOW_CONSUMER
+            # When it reads again, it finds an in-order prefix, then the 4009 close.
+            seen: list[int] = []
+            with trio.fail_after(10):
+                while True:
+                    try:
+                        frame = json.loads(await stalled.ws.get_message())
+                    except ConnectionClosed as closed:
+                        assert closed.reason.code == CloseCode.SLOW_CONSUMER
+                        break
+                    if frame["data"] and "seq" in frame["data"]:
+                        seen.append(frame["data"]["seq"])
+            assert seen == list(range(len(seen)))
+            assert len(seen) < count

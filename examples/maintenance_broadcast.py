@@ -1,0 +1,36 @@
+"""Example 3 of the seed's method list: a broadcast to every connected user.
+
+The seed's own Example 3 runs `asyncio.run(...)` inside a Celery task; in roomcast
+the facade is called from Trio code running inside the service, as here.
+"""
+
+from __future__ import annotations
+
+import trio
+from trio_websocket import open_websocket_url
+
+from roomcast import Config, NotificationLevel, NotificationService, mint_token, open_service
+
+
+async def announce_maintenance(minutes: int = 5) -> int:
+    """Warn every connected user; returns how many distinct users were reached."""
+    return await NotificationService.broadcast(
+        message=f"System maintenance in {minutes} minutes",
+        level=NotificationLevel.WARNING,
+    )
+
+
+async def main() -> None:
+    config = Config(jwt_secret="example-secret-change-me-0123456789", port=0)
+    async with open_service(config) as service:
+        urls = [f"{service.url}?token={mint_token(config, user)}" for user in (1, 2)]
+        async with open_websocket_url(urls[0]) as a, open_websocket_url(urls[1]) as b:
+            await a.get_message()  # welcome
+            await b.get_message()
+            print("users warned:", await announce_maintenance(5))
+            print("user 1 got:", await a.get_message())
+            print("user 2 got:", await b.get_message())
+
+
+if __name__ == "__main__":
+    trio.run(main)

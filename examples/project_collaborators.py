@@ -1,0 +1,46 @@
+"""Example 2: notify everyone working on a project.
+
+Frontends that show project 123 join the room `project_123`; backend code sends one
+notification to the room, and every connection in it gets a copy.
+"""
+
+from __future__ import annotations
+
+import trio
+from trio_websocket import open_websocket_url
+
+from roomcast import Config, NotificationLevel, NotificationService, mint_token, open_service
+
+
+async def notify_project_update(project_id: int, update_message: str) -> int:
+    """Notify all users working on a project; returns how many distinct users got it."""
+    room_name = f"project_{project_id}"
+
+    count = await NotificationService.notify_room(
+        room_name=room_name,
+        message=update_message,
+        level=NotificationLevel.INFO,
+        data={"project_id": project_id, "action": "project_update"},
+    )
+
+    print(f"Notified {count} users in project {project_id}")
+    return count
+
+
+async def main() -> None:
+    config = Config(jwt_secret="example-secret-change-me-0123456789", port=0)
+    async with open_service(config) as service:
+        alice = f"{service.url}?token={mint_token(config, 1)}"
+        bob = f"{service.url}?token={mint_token(config, 2)}"
+        async with open_websocket_url(alice) as a, open_websocket_url(bob) as b:
+            for tab in (a, b):
+                await tab.get_message()  # welcome
+                await tab.send_message('{"type": "join_room", "room": "project_123"}')
+                print("tab got:", await tab.get_message())  # "Joined room: project_123"
+            await notify_project_update(123, "New screening result available")
+            print("alice got:", await a.get_message())
+            print("bob got:", await b.get_message())
+
+
+if __name__ == "__main__":
+    trio.run(main)

@@ -102,7 +102,7 @@ class JwtAuthenticator:
         config = self._config
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.DecodeError:
+        except jwt.PyJWTError:  # DecodeError, or InvalidTokenError for a bad `kid`
             raise AuthError("malformed", "Token malformed") from None
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self._algorithms:
@@ -116,7 +116,13 @@ class JwtAuthenticator:
                 audience=config.jwt_audience,
                 issuer=config.jwt_issuer,
                 leeway=config.jwt_leeway,
-                options={"require": required, "verify_aud": config.jwt_audience is not None},
+                options={
+                    "require": required,
+                    "verify_aud": config.jwt_audience is not None,
+                    # PyJWT wants a string `sub`; an int one is a user id too (protocol.md),
+                    # and principal_from_claims checks the configured claim itself.
+                    "verify_sub": False,
+                },
             )
         except jwt.PyJWTError as exc:
             for kind, cause, message in _PYJWT_CAUSES:

@@ -7,6 +7,8 @@ escapes it, whatever the input (a hypothesis test holds it to that).
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 import cattrs
@@ -34,21 +36,41 @@ def _strict_str(value: Any, _: type) -> str:
 
 
 converter.register_structure_hook(str, _strict_str)
+# The str hook would also catch this str subclass and leave a bare string in `type`.
+converter.register_structure_hook(MessageType, lambda value, _: MessageType(value))
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    # `1e999` would parse to inf, which no reply could encode.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("number out of range")
+    return value
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def _parse(text: str | bytes) -> Any:
     if isinstance(text, bytes):
         raise ProtocolError.invalid("binary frames are not accepted; send JSON text")
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError:
         raise ProtocolError.invalid("nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, NaN, integers too long to parse
         raise ProtocolError.invalid(f"not JSON ({exc})") from None
+    if _SURROGATE_ESCAPE.search(text):
+        # `"\ud800"` parses to a lone surrogate, which no reply could carry as UTF-8.
+        try:
+            compact_json(value).encode()
+        except (UnicodeEncodeError, RecursionError):
+            raise ProtocolError.invalid("a string holds a lone surrogate") from None
+    return value
 
 
 def decode(text: str | bytes) -> ClientFrame:

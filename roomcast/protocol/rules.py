@@ -32,6 +32,8 @@ def normalize_user_id(value: object) -> UserId:
         raise ValueError("a user id is an int or a string")
     if isinstance(value, int):
         return value
+    if not value:
+        raise ValueError("a user id is not empty")
     if _DIGITS.fullmatch(value):
         return int(value)
     if not ROOM_NAME.fullmatch(PERSONAL_PREFIX + value):

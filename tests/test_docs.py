@@ -32,11 +32,14 @@ import pytest
 import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
+from roomcast import Config
 from roomcast.protocol import CLIENT_TYPES, CloseCode, ErrorCode, decode
 
 from .conftest import connect, running, token_for
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "protocol.md"
+README = ROOT / "README.md"
 USER = 7
 
 _BLOCK = re.compile(r"^```json\n(.*?)^```", re.DOTALL | re.MULTILINE)
@@ -221,3 +224,64 @@ def test_every_error_code_has_a_checked_example():
         if e.kind in REPRODUCIBLE and isinstance(e.body, dict) and e.body.get("type") == "error"
     }
     assert codes == {code.value for code in ErrorCode}
+
+
+# README.md ----------------------------------------------------------------------------
+
+
+def config_table() -> str:
+    """The README's configuration table, from the fields of `Config` and their help.
+
+    To refresh the README: `.venv/bin/python -c "from tests.test_docs import
+    config_table; print(config_table())"`, and paste between the markers."""
+
+    def default(field: attrs.Attribute) -> str:
+        value = field.default
+        if value is None:
+            return "unset"
+        if value == ():
+            return "see meaning"
+        if isinstance(value, bool):
+            return f"`{str(value).lower()}`"
+        return f"`{value}`"
+
+    def flag(field: attrs.Attribute) -> str:
+        name = field.name.replace("_", "-")
+        if field.type in ("bool", bool):
+            return f"`--{name}` / `--no-{name}`"
+        return f"`--{name}`"
+
+    rows = [
+        "| setting | flag | environment | default | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for field in attrs.fields(Config):
+        meaning = field.metadata["help"].replace("*", "\\*")
+        rows.append(
+            f"| `{field.name}` | {flag(field)} | `ROOMCAST_{field.name.upper()}` "
+            f"| {default(field)} | {meaning} |"
+        )
+    return "\n".join(rows)
+
+
+def test_readme_config_table_matches_config():
+    text = README.read_text(encoding="utf-8")
+    start = text.index("<!-- config-table:")
+    start = text.index("-->", start) + len("-->")
+    end = text.index("<!-- /config-table -->")
+    assert text[start:end].strip() == config_table()
+
+
+def test_readme_starts_with_the_two_commands():
+    lines = README.read_text(encoding="utf-8").splitlines()
+    assert lines[0].startswith("# ")
+    first_block = lines[lines.index("```") : lines.index("```") + 4]
+    assert first_block == [
+        "```",
+        "./dev.sh serve        # run the service on ws://127.0.0.1:8000/api/v1/ws "
+        "with a dev secret",
+        "./dev.sh test         # run every test",
+        "```",
+    ]
+    before = [line for line in lines[1 : lines.index("```")] if line.strip()]
+    assert len(before) == 1, "only a one-sentence pitch between the title and the commands"

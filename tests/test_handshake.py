@@ -520,11 +520,6 @@ async def test_token_never_logged(caplog, keys):
     assert not leaks(caplog.records, secrets)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway.py logs a failing authenticator with log.exception, so an exception "
-    "text that quotes the token (as a careless authenticator's might) reaches the log",
-)
 async def test_token_not_logged_when_authenticator_raises_with_it(caplog):
     caplog.set_level(logging.DEBUG)
     token = "opaque-session-token-0123456789abcdef"

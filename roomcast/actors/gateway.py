@@ -145,8 +145,9 @@ class Gateway:
             principal = await self._authenticate(token)
         except AuthError as error:
             raise Rejection(403, error.message, error.cause) from None
-        except Exception:
-            log.exception("the authenticator failed")
+        except Exception as exc:
+            # Only the type: an application's error text may quote the token.
+            log.error("the authenticator failed: %s", type(exc).__name__)
             raise Rejection(403, "Token rejected", "authenticator_error") from None
         if principal is None:
             raise Rejection(403, "Token rejected", "rejected")

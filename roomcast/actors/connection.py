@@ -51,6 +51,9 @@ class Connection:
         self.close_reason = "bye"
         self.fault: BaseException | None = None  # fault injection: raised at the next frame
         self._scope = trio.CancelScope()
+        # Frames published to this connection before its welcome went out: the welcome
+        # is sent only once the connection is registered, and must still come first.
+        self._before_welcome: list[bytes] | None = []
         outbox.on_overflow = self._on_overflow
 
     def __repr__(self) -> str:
@@ -62,6 +65,9 @@ class Connection:
         """Queue complete frame bytes without waiting; False if they were dropped."""
         if self.ws.closed is not None:
             return False
+        if self._before_welcome is not None:
+            self._before_welcome.append(frame)
+            return True
         return self.outbox.write_nowait(frame)
 
     def request_close(self, code: CloseCode, reason: str) -> None:
@@ -87,10 +93,13 @@ class Connection:
             message=f"Connected successfully. You are in room: {self.personal_room}",
             data={"user_id": self.user_id, "rooms": [self.personal_room]},
         )
-        self.deliver(encode_frame(welcome))
         try:
             with self._scope:
+                # Registered first: once a client has its welcome, it is reachable.
                 await self.registry.call(Connect(self, Reply()))
+                early, self._before_welcome = self._before_welcome or [], None
+                for frame in (encode_frame(welcome), *early):
+                    self.deliver(frame)
                 await self._read_loop()
         finally:
             with trio.CancelScope(shield=True):

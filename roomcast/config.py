@@ -57,6 +57,30 @@ class Config:
     )
     handshake_timeout: float = _setting(10.0, "seconds a client has to finish the handshake")
     close_timeout: float = _setting(5.0, "seconds to wait for a client's closing handshake")
+    ping_interval: float = _setting(
+        25.0, "seconds of client silence before the service pings it"
+    )
+    ping_timeout: float = _setting(
+        20.0, "seconds a pinged client has to answer before it is closed with 4000"
+    )
+    max_connections: int = _setting(10_000, "open sockets in total; past it handshakes get 503")
+    max_connections_per_user: int = _setting(
+        100, "connections one user may hold; past it handshakes get 429"
+    )
+    max_rooms_per_connection: int = _setting(128, "rooms one connection may join")
+    rate_limit: float = _setting(20.0, "frames per second a client may send, on average")
+    rate_burst: int = _setting(40, "frames a client may send at once above the average")
+    max_strikes: int = _setting(
+        20, "refused frames (rate limited or invalid) in a row before closing with 4008"
+    )
+    allowed_origins: tuple[str, ...] = _setting(
+        (), "Origin values allowed to connect (exact, comma separated); empty allows any",
+        converter=_tuple_of_str,
+    )
+    restart_intensity: int = _setting(
+        10, "actor restarts allowed within restart_period before the service stops"
+    )
+    restart_period: float = _setting(5.0, "seconds over which restarts are counted")
     mailbox_size: int = _setting(1024, "capacity of each actor's mailbox")
     shutdown_timeout: float = _setting(5.0, "seconds allowed for closing every client on exit")
     log_level: str = _setting("INFO", "logging level")

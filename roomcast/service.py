@@ -10,6 +10,7 @@ import attrs
 import trio
 
 from roomcast.actors.gateway import Gateway
+from roomcast.actors.keeper import Keeper
 from roomcast.actors.registry import Registry
 from roomcast.actors.supervisor import Supervisor
 from roomcast.auth import Authenticator, JwtAuthenticator
@@ -68,10 +69,14 @@ async def _run(
     # has told each client 1001; `open_service` cancels this scope right after.
     with trio.CancelScope(shield=True) as scope:
         async with trio.open_nursery() as actors:
-            supervisor = Supervisor(actors)
+            supervisor = Supervisor(actors, config.restart_intensity, config.restart_period)
             registry = Registry(config.mailbox_size, supervisor.start)
+            keeper = Keeper(
+                config.mailbox_size, config.ping_interval, config.ping_timeout, config.jwt_leeway
+            )
             supervisor.start(registry)
-            gateway = Gateway(config, registry, authenticate)
+            supervisor.start(keeper)
+            gateway = Gateway(config, registry, keeper, authenticate)
             notifications = NotificationService(registry)
             # Connection tasks inherit the context, so the facade finds this service.
             token = notifications._bind()

@@ -17,6 +17,7 @@ import trio
 from trio_websocket import WebSocketRequest, wrap_server_stream
 
 from roomcast.actors.connection import Connection
+from roomcast.actors.keeper import Keeper, Unwatch, Watch
 from roomcast.actors.outbox import Outbox
 from roomcast.actors.registry import Registry
 from roomcast.auth import Authenticator, AuthError, Principal
@@ -47,10 +48,22 @@ def token_from(request: WebSocketRequest) -> str | None:
     return None
 
 
+def origin_of(request: WebSocketRequest) -> str | None:
+    """The Origin header; browsers always send it, so cross-site pages can be refused.
+    Clients without one (not browsers) pass, as in Centrifugo."""
+    for name, value in request.headers:
+        if name.lower() == b"origin":
+            return value.decode("latin-1")
+    return None
+
+
 class Gateway:
-    def __init__(self, config: Config, registry: Registry, authenticator: Authenticator) -> None:
+    def __init__(
+        self, config: Config, registry: Registry, keeper: Keeper, authenticator: Authenticator
+    ) -> None:
         self._config = config
         self._registry = registry
+        self._keeper = keeper
         self._authenticate = authenticator
         self.draining = False
         self.open_sockets = 0
@@ -117,12 +130,16 @@ class Gateway:
         connection = Connection(principal, ws, outbox, self._registry)
         log.info("conn %d user=%r connected", connection.id, connection.user_id)
         try:
+            await self._keeper.send(Watch(connection))
             await connection.run()
         except Exception:
             log.exception("conn %d user=%r crashed; closing with 1011", connection.id,
                           connection.user_id)
             connection.close_code = CloseCode.INTERNAL_ERROR
             connection.close_reason = "internal error"
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._keeper.send(Unwatch(connection))
         code, reason = connection.close_code, connection.close_reason
         with trio.move_on_after(config.close_timeout):
             await ws.aclose(code, reason)
@@ -138,6 +155,11 @@ class Gateway:
             raise Rejection(404, "Not found", "wrong_path")
         if self.draining:
             raise Rejection(503, "Service is shutting down", "draining")
+        if self.open_sockets > config.max_connections:
+            raise Rejection(503, "Service is at its connection limit", "connection_limit")
+        origin = origin_of(request)
+        if config.allowed_origins and origin is not None and origin not in config.allowed_origins:
+            raise Rejection(403, "Origin not allowed", "origin")
         token = token_from(request)
         if token is None:
             raise Rejection(403, "Token missing", "missing_token")
@@ -153,4 +175,6 @@ class Gateway:
             raise Rejection(403, "Token rejected", "rejected")
         if principal.expires_at is not None and not math.isfinite(principal.expires_at):
             raise Rejection(403, "Token malformed", "malformed")
+        if len(self._registry.connections_of(principal.user_id)) >= config.max_connections_per_user:
+            raise Rejection(429, "Too many connections for this user", "user_connection_limit")
         return principal

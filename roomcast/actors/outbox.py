@@ -38,6 +38,7 @@ class Outbox(trio.abc.HalfCloseableStream):
         self._progress = ParkingLot()  # send_all callers wait here for their bytes
         self.broken: BaseException | None = None
         self.overflowed = False
+        self.last_received = trio.current_time()  # for the keeper's heartbeats
         self.on_overflow: Callable[[], None] | None = None
 
     @property
@@ -149,7 +150,9 @@ class Outbox(trio.abc.HalfCloseableStream):
         await self._stream.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self._stream.receive_some(max_bytes)
+        data = await self._stream.receive_some(max_bytes)
+        self.last_received = trio.current_time()
+        return data
 
     async def send_eof(self) -> None:
         await self._stream.send_eof()

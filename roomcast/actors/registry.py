@@ -97,8 +97,10 @@ class Registry(MailboxActor):
         connection = message.connection
         if isinstance(message, Connect):
             self.users.setdefault(connection.user_id, {})[connection.id] = connection
-            await self._join(connection, personal_room(connection.user_id), None)
-            await self._join(connection, LOBBY, message.reply)
+            # The reply waits for the personal room: once the client is told it is
+            # connected, `get_room_members("user_U")` already lists it.
+            await self._join(connection, LOBBY, None)
+            await self._join(connection, personal_room(connection.user_id), message.reply)
         elif isinstance(message, JoinRoom):
             await self._join(connection, message.room, message.reply)
         elif isinstance(message, LeaveRoom):

@@ -13,6 +13,7 @@ UserId = int | str
 ROOM_NAME = re.compile(r"[A-Za-z0-9_.:@-]{1,100}")
 PERSONAL_PREFIX = "user_"
 _DIGITS = re.compile(r"[0-9]{1,40}")
+_MAX_INT_ID = 10**40  # so that an int and its digit string always name one user
 
 
 def validate_room_name(room: str) -> str:
@@ -31,6 +32,8 @@ def normalize_user_id(value: object) -> UserId:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError("a user id is an int or a string")
     if isinstance(value, int):
+        if not 0 <= value < _MAX_INT_ID:
+            raise ValueError("an integer user id is from 0 to 40 digits")
         return value
     if not value:
         raise ValueError("a user id is not empty")

@@ -1,0 +1,114 @@
+"""Keeper actor: the clock of every connection, in one task rather than one each.
+
+- Heartbeats: every `ping_interval` it looks at when each connection last sent us a
+  byte (any frame counts, a pong included). Quiet for an interval: it is sent a
+  prebuilt ping frame. Quiet for an interval plus `ping_timeout`: it is dead or
+  half-open, and is closed with 4000.
+- Token expiry: a connection whose token expires is closed with 4001 at that moment
+  (plus the leeway), unless a `refresh_token` frame moved its expiry first.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from roomcast.actors.base import MailboxActor
+from roomcast.protocol import CloseCode
+
+if TYPE_CHECKING:
+    from roomcast.actors.connection import Connection
+
+log = logging.getLogger(__name__)
+
+PING_FRAME = b"\x89\x00"  # a final ping frame with no payload, unmasked
+
+
+@attrs.define
+class Watch:
+    """Start (or refresh) watching a connection; its `expires_at` is read now."""
+
+    connection: Connection
+
+
+@attrs.define
+class Unwatch:
+    connection: Connection
+
+
+class Keeper(MailboxActor):
+    def __init__(
+        self, mailbox_size: int, ping_interval: float, ping_timeout: float, leeway: float
+    ) -> None:
+        super().__init__("keeper", mailbox_size)
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.leeway = leeway
+        self.connections: dict[int, Connection] = {}
+        # (deadline on Trio's clock, conn id, the `exp` it was set for)
+        self._expiries: list[tuple[float, int, float]] = []
+        self._pinged: dict[int, float] = {}  # conn id -> when its last ping was sent
+        # Sweep often enough that neither a ping nor a timeout is late by much.
+        self._sweep_every = min(ping_interval, ping_timeout) / 4
+        self._next_sweep = trio.current_time() + self._sweep_every
+
+    async def run(self) -> None:
+        while True:
+            wake_at = min(self._next_sweep, self._expiries[0][0] if self._expiries else 1e300)
+            with trio.move_on_at(wake_at):
+                message = await self._inbox.receive()
+                await self.handle(message)
+                continue
+            now = trio.current_time()
+            self._expire(now)
+            if now >= self._next_sweep:
+                self._sweep(now)
+                self._next_sweep = now + self._sweep_every
+
+    async def handle(self, message: Any) -> None:
+        connection = message.connection
+        if isinstance(message, Unwatch):
+            self.connections.pop(connection.id, None)
+            self._pinged.pop(connection.id, None)
+            return
+        self.connections[connection.id] = connection
+        expires_at = connection.principal.expires_at
+        if expires_at is not None:
+            # Wall-clock `exp` to Trio's clock, once, when it is set.
+            self._schedule(connection.id, expires_at)
+
+    def _schedule(self, conn_id: int, expires_at: float) -> None:
+        # Wall-clock `exp` to Trio's clock, when it is set.
+        deadline = trio.current_time() + (expires_at + self.leeway - time.time())
+        heapq.heappush(self._expiries, (deadline, conn_id, expires_at))
+
+    def _expire(self, now: float) -> None:
+        while self._expiries and self._expiries[0][0] <= now:
+            _, conn_id, expires_at = heapq.heappop(self._expiries)
+            connection = self.connections.get(conn_id)
+            if connection is None or connection.principal.expires_at != expires_at:
+                continue  # gone, or refreshed since: a later entry stands
+            if time.time() < expires_at + self.leeway:
+                self._schedule(conn_id, expires_at)  # the two clocks drifted apart
+                continue
+            log.info("conn %d user=%r: token expired, closing with 4001",
+                     connection.id, connection.user_id)
+            connection.request_close(CloseCode.TOKEN_EXPIRED, "token expired")
+
+    def _sweep(self, now: float) -> None:
+        for connection in list(self.connections.values()):
+            last_received = connection.outbox.last_received
+            pinged_at = self._pinged.get(connection.id)
+            if pinged_at is not None and last_received < pinged_at:
+                if now - pinged_at >= self.ping_timeout:
+                    log.info("conn %d user=%r: no answer to ping, closing with 4000",
+                             connection.id, connection.user_id)
+                    connection.request_close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
+            elif now - last_received >= self.ping_interval:
+                self._pinged[connection.id] = now
+                connection.deliver(PING_FRAME)

@@ -1,0 +1,107 @@
+"""Defences at the door and on the clock: origin, connection limits, heartbeats,
+token expiry."""
+
+from __future__ import annotations
+
+import base64
+import os
+import struct
+import time
+
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
+
+from roomcast import CloseCode
+
+from .conftest import connect, running, token_for, ws_url
+
+
+async def _refused(url: str, **kwargs) -> ConnectionRejected:
+    with pytest.raises(ConnectionRejected) as refused:
+        async with open_websocket_url(url, **kwargs):
+            pass
+    return refused.value
+
+
+async def test_origin_allow_list():
+    async with running(allowed_origins=("https://app.example",)) as service:
+        url = ws_url(service, f"?token={token_for(1)}")
+        refused = await _refused(url, extra_headers=[(b"Origin", b"https://evil.example")])
+        assert refused.status_code == 403
+        assert b"Origin not allowed" in refused.body
+        # Near misses are refused too: the match is exact.
+        for near in (b"https://app.example.evil", b"http://app.example", b"https://APP.example"):
+            assert (await _refused(url, extra_headers=[(b"Origin", near)])).status_code == 403
+        async with open_websocket_url(url, extra_headers=[(b"Origin", b"https://app.example")]):
+            pass
+        async with open_websocket_url(url):  # no Origin: not a browser, no hijacking risk
+            pass
+
+
+async def test_total_connection_limit_answers_503():
+    async with running(max_connections=2) as service:
+        async with connect(service, 1), connect(service, 2):
+            refused = await _refused(ws_url(service, f"?token={token_for(3)}"))
+            assert refused.status_code == 503
+        async with connect(service, 3):
+            pass
+
+
+async def test_per_user_connection_limit_answers_429():
+    async with running(max_connections_per_user=2) as service:
+        async with connect(service, 1), connect(service, 1):
+            refused = await _refused(ws_url(service, f"?token={token_for(1)}"))
+            assert refused.status_code == 429
+            async with connect(service, 2):  # other users are not affected
+                pass
+
+
+async def _raw_upgrade(port: int, token: str) -> trio.SocketStream:
+    """A client that completes the handshake and then says nothing at all."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    await stream.send_all(
+        (
+            f"GET /api/v1/ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    return stream
+
+
+async def test_silent_client_is_pinged_then_closed_with_4000():
+    async with running(ping_interval=0.3, ping_timeout=0.3, close_timeout=0.5) as service:
+        stream = await _raw_upgrade(service.port, token_for(1))
+        data = bytearray()
+        with trio.fail_after(5):
+            while True:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    break
+                data += chunk
+        assert b"\x89\x00" in data  # pinged first
+        close_at = data.rindex(b"\x88")
+        (code,) = struct.unpack("!H", bytes(data[close_at + 2 : close_at + 4]))
+        assert code == CloseCode.HEARTBEAT_TIMEOUT
+        assert not service.notifications.is_user_connected(1)
+
+
+async def test_client_that_answers_pings_stays_connected():
+    async with running(ping_interval=0.2, ping_timeout=0.2) as service:
+        async with connect(service, 1) as client:
+            await trio.sleep(1.2)  # several intervals; trio-websocket answers each ping
+            assert (await client.request({"type": "text", "data": "x"}))["message"] == "Echo: x"
+
+
+async def test_connection_closed_with_4001_when_its_token_expires():
+    async with running(jwt_leeway=0.0) as service:
+        token = token_for(1, ttl=1.5)
+        started = time.monotonic()
+        async with connect(service, 1, token=token) as client:
+            with trio.fail_after(10), pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await client.ws.get_message()
+            assert closed.value.reason.code == CloseCode.TOKEN_EXPIRED
+        assert time.monotonic() - started >= 0.4

@@ -13,7 +13,8 @@ is. The first line of the comment is one of:
 - `client-frame`: the block is a frame a client sends; it must decode.
 
 Further lines: `after: JSON` (a frame to send first, whose reply is skipped),
-`scope: S` (the token's scope), `crash-room: R` (room R crashes on the next message).
+`scope: S` (the token's scope), `crash-room: R` (room R crashes on the next message),
+`config: JSON` (settings for the service, e.g. a small limit).
 
 The connected client is user 7. A string in a block that ends with `...` matches any
 text that starts with what precedes it; everything else must be equal, key for key.
@@ -155,7 +156,7 @@ async def _crash_next_message(service: Any, room_name: str) -> None:
     ids=lambda e: e.id,
 )
 async def test_documented_server_frame_is_what_the_service_sends(example: Example):
-    async with running() as service:
+    async with running(**json.loads(example.option("config") or "{}")) as service:
         if example.kind == "handshake":
             await _handshake(service, example)
             return

@@ -12,10 +12,12 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from roomcast.actors.base import ActorCrashed, Reply
+from roomcast.actors.keeper import Keeper, Watch
 from roomcast.actors.outbox import Outbox
 from roomcast.actors.registry import Connect, Disconnect, JoinRoom, LeaveRoom, Registry
 from roomcast.actors.room import LOBBY
-from roomcast.auth import Principal
+from roomcast.auth import Authenticator, AuthError, Principal
+from roomcast.config import Config
 from roomcast.protocol import (
     ClientFrame,
     CloseCode,
@@ -35,9 +37,36 @@ log = logging.getLogger(__name__)
 _ids = itertools.count(1)
 
 
+class TokenBucket:
+    """`rate` frames a second on average, `burst` at once."""
+
+    __slots__ = ("_burst", "_last", "_rate", "_tokens")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._last = trio.current_time()
+
+    def take(self, now: float) -> bool:
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
 class Connection:
     def __init__(
-        self, principal: Principal, ws: WebSocketConnection, outbox: Outbox, registry: Registry
+        self,
+        principal: Principal,
+        ws: WebSocketConnection,
+        outbox: Outbox,
+        registry: Registry,
+        keeper: Keeper,
+        authenticate: Authenticator,
+        config: Config,
     ) -> None:
         self.id = next(_ids)
         self.principal = principal
@@ -46,6 +75,11 @@ class Connection:
         self.ws = ws
         self.outbox = outbox
         self.registry = registry
+        self.keeper = keeper
+        self._authenticate = authenticate
+        self._config = config
+        self._bucket = TokenBucket(config.rate_limit, config.rate_burst)
+        self._strikes = 0  # refused frames in a row
         self.rooms: dict[str, None] = {}  # joined rooms, in join order (an ordered set)
         self.close_code = CloseCode.NORMAL
         self.close_reason = "bye"
@@ -114,9 +148,21 @@ class Connection:
             if self.fault is not None:
                 raise self.fault
             try:
+                if not self._bucket.take(trio.current_time()):
+                    raise ProtocolError.rate_limited()
                 await self._handle(decode(text))
+                self._strikes = 0
             except ProtocolError as error:
                 self.deliver(encode_frame(error_frame(error)))
+                self._strike()
+
+    def _strike(self) -> None:
+        """Refused frames in a row: past the limit it is abuse, not a mistake."""
+        self._strikes += 1
+        if self._strikes >= self._config.max_strikes:
+            log.warning("conn %d user=%r: %d refused frames in a row, closing with 4008",
+                        self.id, self.user_id, self._strikes)
+            self.request_close(CloseCode.POLICY, "too many refused frames")
 
     async def _handle(self, frame: ClientFrame) -> None:
         if frame.type == MessageType.TEXT:
@@ -130,6 +176,8 @@ class Connection:
             await self._room_message(frame.room, frame.data)  # type: ignore[arg-type]
         elif frame.type == MessageType.BROADCAST:
             await self._broadcast(frame.data)
+        elif frame.type == MessageType.REFRESH_TOKEN:
+            await self._refresh(frame.data)
 
     def _reply(self, frame: ServerFrame) -> None:
         self.deliver(encode_frame(frame))
@@ -148,6 +196,8 @@ class Connection:
         if is_personal_room(room) and room != self.personal_room:
             raise ProtocolError.forbidden("another user's personal room")
         if room != self.personal_room and room not in self.rooms:
+            if len(self.rooms) >= self._config.max_rooms_per_connection:
+                raise ProtocolError.too_many_rooms(self._config.max_rooms_per_connection)
             await self.registry.call(JoinRoom(self, room, Reply()))
             self.rooms[room] = None
         self._rooms_reply("Joined room", room)
@@ -180,6 +230,29 @@ class Connection:
             type=MessageType.BROADCAST, message=text, data={"from_user_id": self.user_id, **extra}
         )
         await self._publish(LOBBY, frame)
+
+    async def _refresh(self, token: Any) -> None:
+        """A fresh token for the same user moves the expiry; anything else leaves it."""
+        if not isinstance(token, str) or not token:
+            raise ProtocolError.invalid("'data' must be the new token")
+        try:
+            principal = await self._authenticate(token)
+        except AuthError as error:
+            raise ProtocolError.invalid_token(error.message.lower()) from None
+        if principal is None:
+            raise ProtocolError.invalid_token("token rejected")
+        if principal.user_id != self.user_id:
+            raise ProtocolError.forbidden("a token for another user")
+        self.principal = principal
+        await self.keeper.send(Watch(self))
+        log.info("conn %d user=%r: token refreshed", self.id, self.user_id)
+        self._reply(
+            ServerFrame(
+                type=MessageType.INFO,
+                message="Token refreshed",
+                data={"expires_at": principal.expires_at},
+            )
+        )
 
     async def _publish(self, room: str, frame: ServerFrame) -> None:
         try:

@@ -127,7 +127,9 @@ class Gateway:
                 )
             return
         ws = await request.accept()
-        connection = Connection(principal, ws, outbox, self._registry)
+        connection = Connection(
+            principal, ws, outbox, self._registry, self._keeper, self._authenticate, config
+        )
         log.info("conn %d user=%r connected", connection.id, connection.user_id)
         try:
             await self._keeper.send(Watch(connection))

@@ -13,6 +13,9 @@ class ErrorCode(enum.StrEnum):
     NOT_MEMBER = "not_member"
     FORBIDDEN = "forbidden"
     INTERNAL_ERROR = "internal_error"
+    RATE_LIMITED = "rate_limited"
+    TOO_MANY_ROOMS = "too_many_rooms"
+    INVALID_TOKEN = "invalid_token"
 
 
 class ProtocolError(Exception):
@@ -56,3 +59,15 @@ class ProtocolError(Exception):
     @classmethod
     def internal(cls) -> ProtocolError:
         return cls(ErrorCode.INTERNAL_ERROR, "Internal error: the message was not delivered")
+
+    @classmethod
+    def rate_limited(cls) -> ProtocolError:
+        return cls(ErrorCode.RATE_LIMITED, "Rate limited: the frame was dropped; slow down")
+
+    @classmethod
+    def too_many_rooms(cls, limit: int) -> ProtocolError:
+        return cls(ErrorCode.TOO_MANY_ROOMS, f"Too many rooms: at most {limit} per connection")
+
+    @classmethod
+    def invalid_token(cls, why: str) -> ProtocolError:
+        return cls(ErrorCode.INVALID_TOKEN, f"Invalid token: {why}; the old token stands")

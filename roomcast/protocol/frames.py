@@ -17,6 +17,7 @@ class MessageType(enum.StrEnum):
     INFO = "info"
     ERROR = "error"
     NOTIFICATION = "notification"
+    REFRESH_TOKEN = "refresh_token"
 
 
 # What a client may send; the rest are server-only.
@@ -27,12 +28,15 @@ CLIENT_TYPES = frozenset(
         MessageType.LEAVE_ROOM,
         MessageType.ROOM_MESSAGE,
         MessageType.BROADCAST,
+        MessageType.REFRESH_TOKEN,
     }
 )
 
 # Client types that act on a room, and those that carry a payload.
 ROOM_TYPES = frozenset({MessageType.JOIN_ROOM, MessageType.LEAVE_ROOM, MessageType.ROOM_MESSAGE})
-DATA_TYPES = frozenset({MessageType.TEXT, MessageType.ROOM_MESSAGE, MessageType.BROADCAST})
+DATA_TYPES = frozenset(
+    {MessageType.TEXT, MessageType.ROOM_MESSAGE, MessageType.BROADCAST, MessageType.REFRESH_TOKEN}
+)
 
 
 class NotificationLevel(enum.StrEnum):

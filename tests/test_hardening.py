@@ -105,3 +105,62 @@ async def test_connection_closed_with_4001_when_its_token_expires():
                     await client.ws.get_message()
             assert closed.value.reason.code == CloseCode.TOKEN_EXPIRED
         assert time.monotonic() - started >= 1.5
+
+
+async def _close_code(client, timeout: float = 10.0) -> int:
+    with trio.fail_after(timeout), pytest.raises(ConnectionClosed) as closed:
+        while True:
+            await client.ws.get_message()
+    return closed.value.reason.code
+
+
+async def test_refresh_token_moves_the_expiry():
+    async with running(jwt_leeway=0.0) as service:
+        async with connect(service, 1, token=token_for(1, ttl=2)) as client:
+            reply = await client.request({"type": "refresh_token", "data": token_for(1, ttl=60)})
+            assert reply["message"] == "Token refreshed"
+            await trio.sleep(3.2)  # past the first token's expiry
+            assert (await client.request({"type": "text", "data": "x"}))["message"] == "Echo: x"
+
+
+async def test_refresh_with_another_users_or_a_bad_token_leaves_the_old_expiry():
+    async with running(jwt_leeway=0.0) as service:
+        async with connect(service, 1, token=token_for(1, ttl=3)) as client:
+            other = await client.request({"type": "refresh_token", "data": token_for(2, ttl=60)})
+            assert other["data"] == {"code": "forbidden"}
+            bad = await client.request({"type": "refresh_token", "data": token_for(1) + "x"})
+            assert bad["data"] == {"code": "invalid_token"}
+            assert await _close_code(client) == CloseCode.TOKEN_EXPIRED
+            assert not service.notifications.is_user_connected(2)
+
+
+async def test_repeated_bad_frames_close_with_4008():
+    async with running(max_strikes=5) as service:
+        async with connect(service, 1) as client, connect(service, 2) as bystander:
+            for _ in range(4):
+                assert (await client.request("not json"))["type"] == "error"
+            # A good frame in between resets the count: mistakes are not abuse.
+            assert (await client.request({"type": "text", "data": "ok"}))["type"] == "text"
+            for _ in range(5):
+                await client.send("not json")
+            assert await _close_code(client) == CloseCode.POLICY
+            assert (await bystander.request({"type": "text", "data": "x"}))["type"] == "text"
+
+
+async def test_flood_past_the_rate_limit_is_answered_then_closed():
+    async with running(rate_limit=5.0, rate_burst=5, max_strikes=1000) as service:
+        async with connect(service, 1) as client:
+            for i in range(30):
+                await client.send({"type": "text", "data": str(i)})
+            replies = [await client.recv() for _ in range(30)]
+            echoed = [r for r in replies if r["type"] == "text"]
+            limited = [r for r in replies if r["data"] == {"code": "rate_limited"}]
+            assert 5 <= len(echoed) < 30 and len(echoed) + len(limited) == 30
+            assert [r["message"] for r in echoed] == sorted(
+                (r["message"] for r in echoed), key=lambda m: int(m.split()[-1])
+            )
+    async with running(rate_limit=5.0, rate_burst=5, max_strikes=10) as service:
+        async with connect(service, 1) as client:
+            for i in range(40):
+                await client.send({"type": "text", "data": str(i)})
+            assert await _close_code(client) == CloseCode.POLICY

@@ -14,7 +14,9 @@ is. The first line of the comment is one of:
 
 Further lines: `after: JSON` (a frame to send first, whose reply is skipped),
 `scope: S` (the token's scope), `crash-room: R` (room R crashes on the next message),
-`config: JSON` (settings for the service, e.g. a small limit).
+`config: JSON` (settings for the service, e.g. a small limit), `vary: PATH` (a field
+whose value varies, such as `data.expires_at`: only its JSON type is checked).
+In `reply-to`, `$TOKEN_FOR_<user>` stands for a fresh token of that user.
 
 The connected client is user 7. A string in a block that ends with `...` matches any
 text that starts with what precedes it; everything else must be equal, key for key.
@@ -93,17 +95,29 @@ def examples() -> list[Example]:
 EXAMPLES = examples()
 
 
-def matches(doc: Any, actual: Any, where: str = "frame") -> None:
-    """Assert `actual` has the documented keys and values (`...` ends a prefix)."""
-    if isinstance(doc, dict):
+def _json_type(value: Any) -> str:
+    return "number" if isinstance(value, int | float) and not isinstance(value, bool) else (
+        type(value).__name__
+    )
+
+
+def matches(
+    doc: Any, actual: Any, where: str = "frame", vary: frozenset[str] = frozenset()
+) -> None:
+    """Assert `actual` has the documented keys and values (`...` ends a prefix; the
+    paths in `vary` need only the same JSON type)."""
+    path = where.partition(".")[2]
+    if path in vary:
+        assert _json_type(doc) == _json_type(actual), f"{where}: {actual!r} is not like {doc!r}"
+    elif isinstance(doc, dict):
         assert isinstance(actual, dict), f"{where}: expected an object, got {actual!r}"
         assert set(doc) == set(actual), f"{where}: keys {sorted(doc)} != {sorted(actual)}"
         for key, value in doc.items():
-            matches(value, actual[key], f"{where}.{key}")
+            matches(value, actual[key], f"{where}.{key}", vary)
     elif isinstance(doc, list):
         assert isinstance(actual, list) and len(doc) == len(actual), f"{where}: {actual!r}"
         for i, (d, a) in enumerate(zip(doc, actual, strict=True)):
-            matches(d, a, f"{where}[{i}]")
+            matches(d, a, f"{where}[{i}]", vary)
     elif isinstance(doc, str) and doc.endswith("..."):
         assert isinstance(actual, str) and actual.startswith(doc[:-3]), f"{where}: {actual!r}"
     else:
@@ -169,7 +183,12 @@ async def test_documented_server_frame_is_what_the_service_sends(example: Exampl
             if example.option("crash-room"):
                 await _crash_next_message(service, example.option("crash-room"))
             if example.kind == "reply-to":
-                await client.send(json.loads(example.arg))
+                arg = re.sub(
+                    r"\$TOKEN_FOR_(\w+)",
+                    lambda m: token_for(m.group(1), service.config),
+                    example.arg,
+                )
+                await client.send(json.loads(arg))
             elif example.kind == "reply-to-text":
                 await client.send(example.arg)
             else:
@@ -180,7 +199,8 @@ async def test_documented_server_frame_is_what_the_service_sends(example: Exampl
                 }
                 with trio.fail_after(5):
                     await eval(example.arg, {"__builtins__": {}}, calls)
-            matches(example.body, await client.recv())
+            vary = frozenset(example.options.get("vary", []))
+            matches(example.body, await client.recv(), vary=vary)
 
 
 def _section(title_start: str) -> str:

@@ -4,7 +4,7 @@ from roomcast.auth import Authenticator, AuthError, Principal, mint_token
 from roomcast.config import Config
 from roomcast.facade import NotificationService, ServiceNotRunning
 from roomcast.protocol import CloseCode, MessageType, NotificationLevel
-from roomcast.service import Service, open_service, serve
+from roomcast.service import Service, ServiceFailed, open_service, serve
 
 __all__ = [
     "AuthError",
@@ -16,6 +16,7 @@ __all__ = [
     "NotificationService",
     "Principal",
     "Service",
+    "ServiceFailed",
     "ServiceNotRunning",
     "mint_token",
     "open_service",

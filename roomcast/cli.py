@@ -14,7 +14,7 @@ import trio
 
 from roomcast.auth import Authenticator, ConfigError, JwtAuthenticator, mint_token
 from roomcast.config import Config
-from roomcast.service import open_service
+from roomcast.service import ServiceFailed, open_service
 
 log = logging.getLogger("roomcast")
 
@@ -86,11 +86,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(mint_token(config, args.user, ttl=args.ttl, scope=args.scope))
         else:
             # Built first, so that a bad key setup is refused before binding anything.
-            trio.run(_serve_until_signalled, config, JwtAuthenticator(config))
+            return _run_service(config, JwtAuthenticator(config))
     except ConfigError as exc:
         print(f"roomcast: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _run_service(config: Config, authenticator: Authenticator) -> int:
+    failed = False
+    try:
+        trio.run(_serve_until_signalled, config, authenticator)
+    except* ServiceFailed:
+        failed = True  # already logged, with its cause, by the service
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -12,12 +12,17 @@ import trio
 from roomcast.actors.gateway import Gateway
 from roomcast.actors.keeper import Keeper
 from roomcast.actors.registry import Registry
-from roomcast.actors.supervisor import Supervisor
+from roomcast.actors.supervisor import Escalation, Supervisor
 from roomcast.auth import Authenticator, JwtAuthenticator
 from roomcast.config import Config
 from roomcast.facade import NotificationService
 
 log = logging.getLogger(__name__)
+
+
+class ServiceFailed(Exception):
+    """The service stopped itself: an actor failed past its restart policy. Every
+    client was told 1001 first."""
 
 
 @attrs.define
@@ -46,16 +51,19 @@ async def open_service(
     config = config or Config()
     authenticate = authenticator or JwtAuthenticator(config)
     listeners = await trio.open_tcp_listeners(config.port, host=config.host)
-    async with trio.open_nursery() as nursery:
-        service: Service = await nursery.start(_run, config, authenticate, listeners)
-        token = service.notifications._bind()
-        try:
-            yield service
-        finally:
-            service.notifications._unbind(token)
-            with trio.CancelScope(shield=True):
-                await service.gateway.drain(config.shutdown_timeout)
-            service._scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            service: Service = await nursery.start(_run, config, authenticate, listeners)
+            token = service.notifications._bind()
+            try:
+                yield service
+            finally:
+                service.notifications._unbind(token)
+                with trio.CancelScope(shield=True):
+                    await service.gateway.drain(config.shutdown_timeout)
+                service._scope.cancel()
+    except* ServiceFailed as group:
+        raise group.exceptions[0] from None
     log.info("roomcast stopped")
 
 
@@ -67,9 +75,18 @@ async def _run(
 ) -> None:
     # Shielded: cancelling the caller must not cut the connections before `drain`
     # has told each client 1001; `open_service` cancels this scope right after.
+    failures: list[Escalation] = []
+    failed = trio.Event()
+
+    def escalate(failure: Escalation) -> None:
+        failures.append(failure)
+        failed.set()
+
     with trio.CancelScope(shield=True) as scope:
         async with trio.open_nursery() as actors:
-            supervisor = Supervisor(actors, config.restart_intensity, config.restart_period)
+            supervisor = Supervisor(
+                actors, config.restart_intensity, config.restart_period, escalate
+            )
             registry = Registry(config.mailbox_size, supervisor.start)
             keeper = Keeper(
                 config.mailbox_size, config.ping_interval, config.ping_timeout, config.jwt_leeway
@@ -87,6 +104,12 @@ async def _run(
             task_status.started(
                 Service(config, port, notifications, registry, gateway, supervisor, scope)
             )
+            await failed.wait()
+            log.critical("stopping the service: %s", failures[0])
+            await gateway.drain(config.shutdown_timeout)
+            scope.cancel()
+    if failures:
+        raise ServiceFailed(str(failures[0])) from failures[0]
 
 
 async def serve(config: Config | None = None) -> None:

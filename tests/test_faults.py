@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
@@ -127,3 +128,20 @@ async def test_slow_consumer_is_closed_with_4009_and_delays_nobody():
                         seen.append(frame["data"]["seq"])
             assert seen == list(range(len(seen)))
             assert len(seen) < count
+
+
+async def test_restarts_past_the_intensity_stop_the_service_cleanly():
+    from roomcast import ServiceFailed
+
+    codes: list[int] = []
+    with pytest.raises(ServiceFailed, match="room r restarted too often"):
+        async with running(restart_intensity=2, restart_period=60.0) as service:
+            async with connect(service, 1) as a, connect(service, 2) as b:
+                await a.request({"type": "join_room", "room": "r"})
+                room = service.registry.room("r")
+                for _ in range(3):
+                    await room.send(Crash(InjectedFault("injected")))
+                for client in (a, b):
+                    codes.append(await closed_code(client))
+                await trio.sleep_forever()  # the service stops us
+    assert codes == [CloseCode.GOING_AWAY, CloseCode.GOING_AWAY]

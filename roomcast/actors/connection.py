@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 _ids = itertools.count(1)
 
 
+def next_connection_id() -> int:
+    """Ids are given at accept time, so that every log line of a socket has one."""
+    return next(_ids)
+
+
 class TokenBucket:
     """`rate` frames a second on average, `burst` at once."""
 
@@ -60,6 +65,7 @@ class TokenBucket:
 class Connection:
     def __init__(
         self,
+        conn_id: int,
         principal: Principal,
         ws: WebSocketConnection,
         outbox: Outbox,
@@ -68,7 +74,7 @@ class Connection:
         authenticate: Authenticator,
         config: Config,
     ) -> None:
-        self.id = next(_ids)
+        self.id = conn_id
         self.principal = principal
         self.user_id = principal.user_id
         self.personal_room = personal_room(principal.user_id)
@@ -136,7 +142,9 @@ class Connection:
                     self.deliver(frame)
                 await self._read_loop()
         finally:
-            with trio.CancelScope(shield=True):
+            # Shielded, so that cancellation cannot leave the registry pointing at a
+            # dead connection; bounded, so that a dead registry cannot hold us forever.
+            with trio.move_on_after(self._config.close_timeout, shield=True):
                 await self.registry.send(Disconnect(self, (*self.all_rooms(), LOBBY)))
 
     async def _read_loop(self) -> None:

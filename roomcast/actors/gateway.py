@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import trio
 from trio_websocket import WebSocketRequest, wrap_server_stream
 
-from roomcast.actors.connection import Connection
+from roomcast.actors.connection import Connection, next_connection_id
 from roomcast.actors.keeper import Keeper, Unwatch, Watch
 from roomcast.actors.outbox import Outbox
 from roomcast.actors.registry import Registry
@@ -91,20 +91,21 @@ class Gateway:
         self.open_sockets += 1
         self._all_closed = self._all_closed if self.open_sockets > 1 else trio.Event()
         outbox = Outbox(stream, self._config.outbox_limit)
+        conn_id = next_connection_id()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(outbox.run_writer)
-                await self._serve_websocket(nursery, outbox)
+                await self._serve_websocket(nursery, outbox, conn_id)
                 nursery.cancel_scope.cancel()
         except Exception:
-            log.exception("connection handler failed")
+            log.exception("conn %d: connection handler failed", conn_id)
         finally:
             outbox.close_now()
             self.open_sockets -= 1
             if self.open_sockets == 0:
                 self._all_closed.set()
 
-    async def _serve_websocket(self, nursery: trio.Nursery, outbox: Outbox) -> None:
+    async def _serve_websocket(self, nursery: trio.Nursery, outbox: Outbox, conn_id: int) -> None:
         config = self._config
         request: WebSocketRequest | None = None
         with trio.move_on_after(config.handshake_timeout):
@@ -112,12 +113,14 @@ class Gateway:
                 nursery, outbox, message_queue_size=4, max_message_size=config.max_message_size
             )
         if request is None:
-            log.info("handshake not completed within %.1f s", config.handshake_timeout)
+            log.info("conn %d: handshake not completed within %.1f s", conn_id,
+                     config.handshake_timeout)
             return
         try:
             principal = await self._admit(request)
         except Rejection as rejection:
-            log.info("handshake refused: %d %s", rejection.status, rejection.cause)
+            log.info("conn %d: handshake refused: %d %s", conn_id, rejection.status,
+                     rejection.cause)
             body = json.dumps({"error": rejection.error}).encode()
             with trio.move_on_after(config.close_timeout):
                 await request.reject(
@@ -128,9 +131,10 @@ class Gateway:
             return
         ws = await request.accept()
         connection = Connection(
-            principal, ws, outbox, self._registry, self._keeper, self._authenticate, config
+            conn_id, principal, ws, outbox, self._registry, self._keeper, self._authenticate,
+            config,
         )
-        log.info("conn %d user=%r connected", connection.id, connection.user_id)
+        log.info("conn %d user=%r connected from %s", conn_id, connection.user_id, ws.remote)
         try:
             await self._keeper.send(Watch(connection))
             await connection.run()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 
 import trio
 
@@ -17,9 +18,20 @@ class Escalation(Exception):
     """An actor crashed more often than the restart policy allows."""
 
 
+def _no_handler(failure: Escalation) -> None:
+    raise failure
+
+
 class Supervisor:
-    def __init__(self, nursery: trio.Nursery, intensity: int = 10, period: float = 5.0) -> None:
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        intensity: int = 10,
+        period: float = 5.0,
+        on_escalation: Callable[[Escalation], None] = _no_handler,
+    ) -> None:
         self._nursery = nursery
+        self._on_escalation = on_escalation
         self.intensity = intensity
         self.period = period
         self.restarts = 0
@@ -36,10 +48,14 @@ class Supervisor:
                 await actor.run()
                 return
             except Exception:
-                log.exception("actor crashed: %s; restarting it with its state", actor.name)
-                self._count_restart(actor)
+                log.exception("actor crashed: %s", actor.name)
+                if self._too_many_restarts(actor):
+                    # Not restarted: the service stops cleanly instead of limping on.
+                    self._on_escalation(Escalation(f"{actor.name} restarted too often"))
+                    return
+                log.info("restarting %s with its state", actor.name)
 
-    def _count_restart(self, actor: MailboxActor) -> None:
+    def _too_many_restarts(self, actor: MailboxActor) -> bool:
         now = trio.current_time()
         self._recent.append(now)
         while self._recent and self._recent[0] < now - self.period:
@@ -50,4 +66,5 @@ class Supervisor:
                 "actor %s: %d restarts within %.1f s; escalating",
                 actor.name, len(self._recent), self.period,
             )
-            raise Escalation(f"{actor.name} restarted too often")
+            return True
+        return False

@@ -13,7 +13,7 @@ from roomcast.actors.gateway import Gateway
 from roomcast.actors.keeper import Keeper
 from roomcast.actors.registry import Registry
 from roomcast.actors.supervisor import Escalation, Supervisor
-from roomcast.auth import Authenticator, JwtAuthenticator
+from roomcast.auth import Authenticator, JwtAuthenticator, checked
 from roomcast.config import Config
 from roomcast.facade import NotificationService
 
@@ -49,7 +49,7 @@ async def open_service(
     """Bind, start the actors, and yield a `Service`. However the body ends (cancelled
     included), every client is first closed with 1001, within `shutdown_timeout`."""
     config = config or Config()
-    authenticate = authenticator or JwtAuthenticator(config)
+    authenticate = checked(authenticator or JwtAuthenticator(config))
     listeners = await trio.open_tcp_listeners(config.port, host=config.host)
     try:
         async with trio.open_nursery() as nursery:
@@ -64,7 +64,8 @@ async def open_service(
                 service._scope.cancel()
     except* ServiceFailed as group:
         raise group.exceptions[0] from None
-    log.info("roomcast stopped")
+    finally:
+        log.info("roomcast stopped")
 
 
 async def _run(

@@ -10,6 +10,7 @@ from trio_websocket import ConnectionClosed
 
 from roomcast import CloseCode, NotificationService
 from roomcast.actors.base import ActorCrashed, Crash, Reply
+from roomcast.actors.registry import JoinRoom
 
 from .conftest import connect, running
 
@@ -145,3 +146,62 @@ async def test_restarts_past_the_intensity_stop_the_service_cleanly():
                     codes.append(await closed_code(client))
                 await trio.sleep_forever()  # the service stops us
     assert codes == [CloseCode.GOING_AWAY, CloseCode.GOING_AWAY]
+
+
+async def test_room_crash_mid_fan_out_finishes_the_fan_out_after_restart(service):
+    async with connect(service, 1) as a, connect(service, 2) as b, connect(service, 3) as c:
+        for client in (a, b, c):
+            await client.request({"type": "join_room", "room": "r"})
+        room = service.registry.room("r")
+        room.fault_after = 0  # crash right after the first member got the frame
+        assert await service.notifications.notify_room("r", "one", data={"seq": 1}) == 3
+        assert service.supervisor.restarts == 1
+        assert await service.notifications.notify_room("r", "two", data={"seq": 2}) == 3
+        for client in (a, b, c):
+            assert [(await client.recv())["data"]["seq"] for _ in range(2)] == [1, 2]
+            await client.nothing_within(0.1)  # and nothing twice
+
+
+async def test_member_failing_mid_fan_out_is_closed_with_1011_others_get_every_frame(service):
+    async with connect(service, 1) as a, connect(service, 2) as b, connect(service, 3) as c:
+        for client in (a, b, c):
+            await client.request({"type": "join_room", "room": "r"})
+        (broken,) = service.registry.connections_of(2).values()
+
+        def deliver(frame: bytes) -> bool:
+            raise InjectedFault("injected")
+
+        broken.deliver = deliver
+        for seq in range(5):
+            await service.notifications.notify_room("r", "m", data={"seq": seq})
+        assert await closed_code(b) == CloseCode.INTERNAL_ERROR
+        for client in (a, c):
+            assert [(await client.recv())["data"]["seq"] for _ in range(5)] == list(range(5))
+        assert service.supervisor.restarts == 0
+
+
+async def test_client_vanishing_without_close_frame_mid_stream_costs_nobody_a_frame():
+    import socket
+
+    from .conftest import token_for
+    from .test_hardening import _raw_upgrade
+
+    async with running(close_timeout=0.5) as service:
+        async with connect(service, 1) as a, connect(service, 3) as c:
+            for client in (a, c):
+                await client.request({"type": "join_room", "room": "r"})
+            vanishing = await _raw_upgrade(service.port, token_for(2))
+            await wait_until(lambda: service.notifications.is_user_connected(2))
+            (conn,) = service.registry.connections_of(2).values()
+            await service.registry.call(JoinRoom(conn, "r", Reply()))
+            conn.rooms["r"] = None
+            for seq in range(50):
+                await service.notifications.notify_room("r", "m", data={"seq": seq})
+                if seq == 20:  # abort: RST, no close frame
+                    vanishing.socket.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                    )
+                    vanishing.socket.close()
+            for client in (a, c):
+                assert [(await client.recv())["data"]["seq"] for _ in range(50)] == list(range(50))
+            await wait_until(lambda: service.notifications.get_room_members("r") == {1, 3})

@@ -78,10 +78,14 @@ class MailboxActor:
                     raise message.error
                 await self.handle(message)
             except BaseException:
-                reply = getattr(message, "reply", None)
-                if reply is not None:
-                    reply.fail(ActorCrashed(f"{self.name} crashed"))
+                self.on_crash(message)
                 raise
 
     async def handle(self, message: Any) -> None:
         raise NotImplementedError
+
+    def on_crash(self, message: Any) -> None:
+        """The message being handled crashed the actor: by default its caller is told."""
+        reply = getattr(message, "reply", None)
+        if reply is not None:
+            reply.fail(ActorCrashed(f"{self.name} crashed"))

@@ -206,16 +206,22 @@ class Connection:
         if room != self.personal_room and room not in self.rooms:
             if len(self.rooms) >= self._config.max_rooms_per_connection:
                 raise ProtocolError.too_many_rooms(self._config.max_rooms_per_connection)
-            await self.registry.call(JoinRoom(self, room, Reply()))
+            join = JoinRoom(self, room, Reply())
+            await self.registry.send(join)  # cancelled here: not sent, nothing to undo
+            # Sent: the registry joins us whatever happens next, so our Disconnect must
+            # name the room even if we are cancelled (4009, 4001...) before the answer.
             self.rooms[room] = None
+            await join.reply.wait()
         self._rooms_reply("Joined room", room)
 
     async def _leave(self, room: str) -> None:
         if room == self.personal_room:
             raise ProtocolError.forbidden("leaving your personal room")
         if room in self.rooms:
-            del self.rooms[room]
-            await self.registry.call(LeaveRoom(self, room, Reply()))
+            leave = LeaveRoom(self, room, Reply())
+            await self.registry.send(leave)  # cancelled here: not sent, still a member
+            del self.rooms[room]  # sent: the registry takes us out, our Disconnect must not
+            await leave.reply.wait()
         self._rooms_reply("Left room", room)
 
     async def _room_message(self, room: str, data: Any) -> None:

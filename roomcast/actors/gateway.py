@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from urllib.parse import parse_qs, urlsplit
 
 import trio
@@ -67,6 +66,8 @@ class Gateway:
         self._authenticate = authenticator
         self.draining = False
         self.open_sockets = 0
+        self._handshakes: set[trio.CancelScope] = set()
+        self._connections: set[Connection] = set()  # accepted, until their socket closes
         self._all_closed = trio.Event()
         self._all_closed.set()
 
@@ -82,7 +83,9 @@ class Gateway:
         """Stop accepting new clients, close every open one with 1001, and wait (at
         most `timeout` seconds) until their sockets are closed."""
         self.draining = True
-        for connection in self._registry.all_connections():
+        for handshake in list(self._handshakes):
+            handshake.cancel()
+        for connection in list(self._connections):
             connection.request_close(CloseCode.GOING_AWAY, "server shutting down")
         with trio.move_on_after(timeout):
             await self._all_closed.wait()
@@ -108,13 +111,24 @@ class Gateway:
     async def _serve_websocket(self, nursery: trio.Nursery, outbox: Outbox, conn_id: int) -> None:
         config = self._config
         request: WebSocketRequest | None = None
-        with trio.move_on_after(config.handshake_timeout):
+        with trio.move_on_after(config.handshake_timeout) as handshake:
+            self._handshakes.add(handshake)  # a drain cuts handshakes short
+            # A peer that hangs up, or a request trio-websocket refuses (it answers 400
+            # and closes the stream), ends the wait now: not at the timeout, holding a
+            # task and a place under max_connections meanwhile.
+            outbox.on_hangup = handshake.cancel
             request = await wrap_server_stream(
                 nursery, outbox, message_queue_size=4, max_message_size=config.max_message_size
             )
+        hung_up = outbox.on_hangup is None  # the outbox clears it as it calls it
+        outbox.on_hangup = None
+        self._handshakes.discard(handshake)
         if request is None:
-            log.info("conn %d: handshake not completed within %.1f s", conn_id,
-                     config.handshake_timeout)
+            if hung_up:
+                log.info("conn %d: hung up or refused during the handshake", conn_id)
+            else:
+                log.info("conn %d: handshake not completed within %.1f s", conn_id,
+                         config.handshake_timeout)
             return
         try:
             principal = await self._admit(request)
@@ -135,6 +149,9 @@ class Gateway:
             config,
         )
         log.info("conn %d user=%r connected from %s", conn_id, connection.user_id, ws.remote)
+        self._connections.add(connection)
+        if self.draining:  # the drain began while this one was being accepted
+            connection.request_close(CloseCode.GOING_AWAY, "server shutting down")
         try:
             await self._keeper.send(Watch(connection))
             await connection.run()
@@ -144,7 +161,8 @@ class Gateway:
             connection.close_code = CloseCode.INTERNAL_ERROR
             connection.close_reason = "internal error"
         finally:
-            with trio.CancelScope(shield=True):
+            self._connections.discard(connection)
+            with trio.move_on_after(config.close_timeout, shield=True):
                 await self._keeper.send(Unwatch(connection))
         code, reason = connection.close_code, connection.close_reason
         with trio.move_on_after(config.close_timeout):
@@ -179,8 +197,6 @@ class Gateway:
             raise Rejection(403, "Token rejected", "authenticator_error") from None
         if principal is None:
             raise Rejection(403, "Token rejected", "rejected")
-        if principal.expires_at is not None and not math.isfinite(principal.expires_at):
-            raise Rejection(403, "Token malformed", "malformed")
         if len(self._registry.connections_of(principal.user_id)) >= config.max_connections_per_user:
             raise Rejection(429, "Too many connections for this user", "user_connection_limit")
         return principal

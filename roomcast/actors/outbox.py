@@ -1,6 +1,6 @@
 """A connection's outgoing mailbox, counted in bytes, and the stream trio-websocket uses.
 
-Why this exists (see docs/ARCHITECTURE.md and the design's performance notes): waking
+Why this exists (see ARCHITECTURE.md and the design's performance notes): waking
 a task per recipient costs more than everything else in a fan-out. So a published
 frame is written straight into the socket with one non-blocking system call while the
 connection has no backlog; only when the kernel buffer is full does the frame wait
@@ -40,6 +40,10 @@ class Outbox(trio.abc.HalfCloseableStream):
         self.overflowed = False
         self.last_received = trio.current_time()  # for the keeper's heartbeats
         self.on_overflow: Callable[[], None] | None = None
+        # Called once when the stream can carry nothing more: the peer hung up (EOF or
+        # reset) or trio-websocket closed it (a request it refused). The gateway uses it
+        # so that a handshake that can no longer finish is not awaited until its timeout.
+        self.on_hangup: Callable[[], None] | None = None
 
     @property
     def backlog_bytes(self) -> int:
@@ -150,9 +154,20 @@ class Outbox(trio.abc.HalfCloseableStream):
         await self._stream.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        data = await self._stream.receive_some(max_bytes)
+        try:
+            data = await self._stream.receive_some(max_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._hang_up()
+            raise
+        if not data:
+            self._hang_up()
         self.last_received = trio.current_time()
         return data
+
+    def _hang_up(self) -> None:
+        callback, self.on_hangup = self.on_hangup, None
+        if callback is not None:
+            callback()
 
     async def send_eof(self) -> None:
         await self._stream.send_eof()
@@ -162,6 +177,7 @@ class Outbox(trio.abc.HalfCloseableStream):
         descriptor number can never receive another connection's frame."""
         if not self._closed:
             self._closed = True
+            self._hang_up()
             self._backlog.clear()
             self._backlog_bytes = 0
             self._work.unpark_all()

@@ -81,6 +81,16 @@ class Config:
         10, "actor restarts allowed within restart_period before the service stops"
     )
     restart_period: float = _setting(5.0, "seconds over which restarts are counted")
+    redis_url: str | None = _setting(
+        None, "Redis or Valkey URL (redis://host:6379/0): join the cluster of nodes that share it"
+    )
+    redis_prefix: str = _setting("roomcast", "prefix of every Redis key and channel")
+    redis_sharded: bool = _setting(
+        False, "sharded pub/sub (SSUBSCRIBE/SPUBLISH), for Redis Cluster"
+    )
+    presence_lease: float = _setting(
+        10.0, "seconds after which a silent node drops out of the cluster's presence"
+    )
     mailbox_size: int = _setting(1024, "capacity of each actor's mailbox")
     shutdown_timeout: float = _setting(5.0, "seconds allowed for closing every client on exit")
     log_level: str = _setting("INFO", "logging level")

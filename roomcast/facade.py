@@ -15,7 +15,7 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from roomcast.actors.room import LOBBY, Delivery
+from roomcast.actors.room import LOBBY
 from roomcast.protocol import (
     MessageType,
     NotificationLevel,
@@ -118,8 +118,15 @@ class NotificationService:
     def _unbind(token: contextvars.Token[NotificationService]) -> None:
         _current.reset(token)
 
-    async def _publish(self, room: str, frame: bytes) -> Delivery:
-        return await self._registry.publish(room, frame)
+    async def _publish(self, room: str, frame: bytes) -> set[UserId]:
+        """Publish everywhere; the users reached, on this node and (by the cluster's
+        presence) on the others. Raises BackplaneUnavailable, after delivering here,
+        when the other nodes could not be reached."""
+        delivery = await self._registry.publish(room, frame)
+        backplane = self._registry.backplane
+        if backplane is None:
+            return delivery.user_ids
+        return delivery.user_ids | backplane.view.room_members(room)
 
     @_either
     async def notify_user(
@@ -132,8 +139,7 @@ class NotificationService:
         """Every connection of the user gets an `info` frame; True if it had one."""
         uid = _user(user_id)
         frame = notification_frame(MessageType.INFO, message, level, data)
-        delivery = await self._publish(personal_room(uid), frame)
-        return delivery.connections > 0
+        return bool(await self._publish(personal_room(uid), frame))
 
     @_either
     async def notify_room(
@@ -146,7 +152,7 @@ class NotificationService:
         """Every connection in the room gets a `room_message`; returns distinct users."""
         room = _room(room_name)
         frame = notification_frame(MessageType.ROOM_MESSAGE, message, level, data, room)
-        return (await self._publish(room, frame)).users
+        return len(await self._publish(room, frame))
 
     @_either
     async def broadcast(
@@ -157,7 +163,7 @@ class NotificationService:
     ) -> int:
         """Every connection gets a `broadcast`; returns distinct users reached."""
         frame = notification_frame(MessageType.BROADCAST, message, level, data)
-        return (await self._publish(LOBBY, frame)).users
+        return len(await self._publish(LOBBY, frame))
 
     @_either
     async def notify_user_in_room(
@@ -170,7 +176,7 @@ class NotificationService:
         """As `notify_room` on the user's personal room; True if anyone was reached."""
         room = personal_room(_user(user_id))
         frame = notification_frame(MessageType.ROOM_MESSAGE, message, level, data, room)
-        return (await self._publish(room, frame)).users > 0
+        return bool(await self._publish(room, frame))
 
     @_either
     def is_user_connected(self, user_id: UserId) -> bool:
@@ -178,11 +184,16 @@ class NotificationService:
             uid = normalize_user_id(user_id)
         except ValueError:
             return False
-        return bool(self._registry.connections_of(uid))
+        if self._registry.connections_of(uid):
+            return True
+        backplane = self._registry.backplane
+        return backplane is not None and backplane.view.has_user(uid)
 
     @_either
     def get_connected_users(self) -> set[UserId]:
-        return set(self._registry.users)
+        users = set(self._registry.users)
+        backplane = self._registry.backplane
+        return users | backplane.view.users() if backplane is not None else users
 
     @_either
     def get_room_members(self, room_name: str) -> set[UserId]:
@@ -190,4 +201,6 @@ class NotificationService:
         if not isinstance(room_name, str) or room_name == LOBBY:
             return set()
         room = self._registry.room(room_name)
-        return room.member_users() if room is not None else set()
+        members = room.member_users() if room is not None else set()
+        backplane = self._registry.backplane
+        return members | backplane.view.room_members(room_name) if backplane else members

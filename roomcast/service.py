@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
+from roomcast.actors.backplane import Backplane
 from roomcast.actors.gateway import Gateway
 from roomcast.actors.keeper import Keeper
 from roomcast.actors.registry import Registry
@@ -38,6 +39,12 @@ class Service:
     _scope: trio.CancelScope
 
     @property
+    def ready(self) -> bool:
+        """Accepting clients, and (in a cluster) connected to Redis."""
+        backplane = self.registry.backplane
+        return not self.gateway.draining and (backplane is None or backplane.healthy)
+
+    @property
     def url(self) -> str:
         return f"ws://{self.config.host}:{self.port}{self.config.path}"
 
@@ -61,6 +68,8 @@ async def open_service(
                 service.notifications._unbind(token)
                 with trio.CancelScope(shield=True):
                     await service.gateway.drain(config.shutdown_timeout)
+                    if service.registry.backplane is not None:
+                        await service.registry.backplane.leave_cluster()
                 service._scope.cancel()
     except* ServiceFailed as group:
         raise group.exceptions[0] from None
@@ -94,6 +103,9 @@ async def _run(
             )
             supervisor.start(registry)
             supervisor.start(keeper)
+            if config.redis_url:
+                registry.backplane = Backplane(config, registry)
+                supervisor.start(registry.backplane)
             gateway = Gateway(config, registry, keeper, authenticate)
             notifications = NotificationService(registry)
             # Connection tasks inherit the context, so the facade finds this service.

@@ -11,6 +11,7 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
+from roomcast.actors.backplane import BackplaneUnavailable
 from roomcast.actors.base import ActorCrashed, Reply
 from roomcast.actors.keeper import Keeper, Watch
 from roomcast.actors.outbox import Outbox
@@ -273,3 +274,7 @@ class Connection:
             await self.registry.publish(room, encode_frame(frame))
         except ActorCrashed:
             raise ProtocolError.internal() from None
+        except BackplaneUnavailable:
+            # Delivered on this node; the outage is logged and shown by the readiness
+            # check, and the client's frame is not the client's fault.
+            log.debug("conn %d: other nodes not reached (Redis down)", self.id)

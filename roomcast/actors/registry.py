@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
+from roomcast.actors.backplane import Subscribe, Unsubscribe
 from roomcast.actors.base import MailboxActor, Reply
 from roomcast.actors.room import LOBBY, Delivery, Join, Leave, Publish, Room
 from roomcast.protocol import UserId, personal_room
 
 if TYPE_CHECKING:
+    from roomcast.actors.backplane import Backplane
     from roomcast.actors.connection import Connection
 
 
@@ -64,6 +66,7 @@ class Registry(MailboxActor):
         self._start_room = start_room
         self.users: dict[UserId, dict[int, Connection]] = {}
         self._rooms: dict[str, _RoomEntry] = {}
+        self.backplane: Backplane | None = None  # set when the node is part of a cluster
 
     # synchronous reads ------------------------------------------------------------
 
@@ -83,6 +86,12 @@ class Registry(MailboxActor):
     async def publish(self, room: str, frame: bytes) -> Delivery:
         """Fan complete frame bytes out through the room's actor, and wait until it
         has: callers that await each publish keep their frames in order."""
+        delivery = await self._publish_here(room, frame)
+        if self.backplane is not None:
+            await self.backplane.publish(room, frame)
+        return delivery
+
+    async def _publish_here(self, room: str, frame: bytes) -> Delivery:
         actor = self.room(room)
         if actor is None:
             return NOBODY
@@ -91,12 +100,19 @@ class Registry(MailboxActor):
         except (trio.ClosedResourceError, trio.EndOfChannel):
             return NOBODY  # the room emptied and stopped while we looked it up
 
+    def _presence_changed(self) -> None:
+        if self.backplane is not None:
+            self.backplane.presence_changed()
+
     # messages ---------------------------------------------------------------------
 
     async def handle(self, message: Connect | Disconnect | JoinRoom | LeaveRoom) -> None:
         connection = message.connection
         if isinstance(message, Connect):
-            self.users.setdefault(connection.user_id, {})[connection.id] = connection
+            conns = self.users.setdefault(connection.user_id, {})
+            conns[connection.id] = connection
+            if len(conns) == 1:
+                self._presence_changed()
             # The reply waits for the personal room: once the client is told it is
             # connected, `get_room_members("user_U")` already lists it.
             await self._join(connection, LOBBY, None)
@@ -109,19 +125,29 @@ class Registry(MailboxActor):
             conns = self.users.get(connection.user_id)
             if conns is not None and conns.pop(connection.id, None) is not None and not conns:
                 del self.users[connection.user_id]
+                self._presence_changed()
             for room in message.rooms:
                 await self._leave(connection, room, None)
             if message.reply is not None:
                 message.reply.set(None)
 
     async def _join(self, connection: Connection, room: str, reply: Reply[None] | None) -> None:
+        join = Join(connection, reply)
         entry = self._rooms.get(room)
-        if entry is None:
-            entry = self._rooms[room] = _RoomEntry(Room(room, self._mailbox_size))
-            self._start_room(entry.actor)
-        entry.refs += 1
-        # The room answers the caller itself; the registry does not wait for it.
-        await entry.actor.send(Join(connection, reply))
+        if entry is not None:
+            entry.refs += 1
+            # The room answers the caller itself; the registry does not wait for it.
+            await entry.actor.send(join)
+            return
+        actor = Room(room, self._mailbox_size)
+        self._rooms[room] = _RoomEntry(actor, refs=1)
+        self._start_room(actor)
+        if self.backplane is None:
+            await actor.send(join)
+            return
+        actor.on_presence_change = self.backplane.presence_changed
+        # The first join is answered once this node hears the room's channel.
+        await self.backplane.send(Subscribe(room, then=(actor, join)))
 
     async def _leave(self, connection: Connection, room: str, reply: Reply[None] | None) -> None:
         entry = self._rooms.get(room)
@@ -136,3 +162,5 @@ class Registry(MailboxActor):
             # means what it says: nobody is in the room any more.
             del self._rooms[room]
             entry.actor.close_mailbox()
+            if self.backplane is not None:
+                await self.backplane.send(Unsubscribe(room))

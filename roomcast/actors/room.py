@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -36,6 +36,7 @@ LOBBY = "*"
 class Delivery:
     users: int  # distinct users reached
     connections: int  # connections the frame was queued to
+    user_ids: set[UserId] = attrs.field(factory=set, eq=False)  # who they are
 
 
 @attrs.define
@@ -73,6 +74,8 @@ class Room(MailboxActor):
         self.members: dict[int, Connection] = {}
         self.user_counts: Counter[UserId] = Counter()
         self._fan_out: _FanOut | None = None
+        # Called when a user appears in or leaves the room (the backplane's presence).
+        self.on_presence_change: Callable[[], None] | None = None
         self.fault_after: int | None = None  # fault injection: crash after N+1 members
 
     def member_users(self) -> set[UserId]:
@@ -99,10 +102,13 @@ class Room(MailboxActor):
             if connection.id not in self.members:
                 self.members[connection.id] = connection
                 self.user_counts[connection.user_id] += 1
+                if self.user_counts[connection.user_id] == 1:
+                    self._presence_changed()
         elif self.members.pop(connection.id, None) is not None:
             self.user_counts[connection.user_id] -= 1
             if not self.user_counts[connection.user_id]:
                 del self.user_counts[connection.user_id]
+                self._presence_changed()
         if message.reply is not None:
             message.reply.set(None)
 
@@ -125,7 +131,13 @@ class Room(MailboxActor):
                 self._count_down_fault()
         self._fan_out = None
         if fan_out.publish.reply is not None:
-            fan_out.publish.reply.set(Delivery(len(fan_out.users), fan_out.connections))
+            fan_out.publish.reply.set(
+                Delivery(len(fan_out.users), fan_out.connections, fan_out.users)
+            )
+
+    def _presence_changed(self) -> None:
+        if self.on_presence_change is not None:
+            self.on_presence_change()
 
     def _count_down_fault(self) -> None:
         assert self.fault_after is not None

@@ -1,0 +1,472 @@
+"""Backplane actor: joins this node to the other nodes that share a Redis (or Valkey).
+
+What crosses Redis, and why:
+
+- Frames. A node subscribes to a room's channel only while it has local members
+  there (personal rooms and the broadcast lobby included), so a publish reaches only
+  the nodes that need it. A publisher delivers locally itself, then publishes the
+  frame bytes it already built, prefixed with its node id; the other nodes hand those
+  bytes to their own room actor, which fans them out as it does local frames.
+- Presence. Each node writes who is connected to it, and who is in which room, under
+  its own keys, and renews a lease. Changes are published, so every node keeps a
+  view of the others in memory: the facade's synchronous questions read that view
+  without waiting. A node that dies without a goodbye drops out when its lease ends.
+
+Key layout, under the configured prefix `P`:
+
+    P:nodes                    SET     ids of the nodes that may be alive
+    P:node:ID                  STRING  alive while it exists (expires after the lease)
+    P:node:ID:users            SET     user ids connected to node ID
+    P:node:ID:rooms            SET     rooms (personal rooms and the lobby left out)
+    P:node:ID:room:R           SET     user ids with a connection in room R on node ID
+    P:room:R                   channel frames for room R: 16 bytes of origin, then a frame
+    P:presence                 channel presence changes, JSON
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import secrets
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import attrs
+import coredis
+import coredis.exceptions
+import trio
+
+from roomcast.actors.base import ActorCrashed, MailboxActor, Reply
+from roomcast.actors.room import LOBBY, Join, Publish, Room
+from roomcast.protocol import UserId, is_personal_room, normalize_user_id
+
+if TYPE_CHECKING:
+    from roomcast.actors.registry import Registry
+
+log = logging.getLogger(__name__)
+
+# What a lost or refused Redis connection raises, from coredis or the socket below it.
+REDIS_ERRORS = (
+    coredis.exceptions.RedisError,
+    OSError,
+    TimeoutError,
+    anyio.ClosedResourceError,  # coredis's pubsub, cleaning up a connection already gone
+    anyio.BrokenResourceError,
+)
+
+
+class BackplaneUnavailable(RuntimeError):
+    """Redis could not be reached: other nodes (or this worker's recipients) were not."""
+
+
+def new_node_id() -> str:
+    return secrets.token_hex(8)  # 16 ASCII bytes: the origin prefix of a frame
+
+
+@attrs.define
+class Keys:
+    """Every Redis key and channel name, in one place."""
+
+    prefix: str
+
+    def nodes(self) -> str:
+        return f"{self.prefix}:nodes"
+
+    def node(self, node: str) -> str:
+        return f"{self.prefix}:node:{node}"
+
+    def users(self, node: str) -> str:
+        return f"{self.prefix}:node:{node}:users"
+
+    def rooms(self, node: str) -> str:
+        return f"{self.prefix}:node:{node}:rooms"
+
+    def room_members(self, node: str, room: str) -> str:
+        return f"{self.prefix}:node:{node}:room:{room}"
+
+    def room_channel(self, room: str) -> str:
+        return f"{self.prefix}:room:{room}"
+
+    def presence_channel(self) -> str:
+        return f"{self.prefix}:presence"
+
+
+@attrs.define
+class Presence:
+    """Who is on one node: user ids and room members, as Redis stores them (text)."""
+
+    users: set[str] = attrs.Factory(set)
+    rooms: dict[str, set[str]] = attrs.Factory(dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"users": sorted(self.users), "rooms": {r: sorted(m) for r, m in self.rooms.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Presence:
+        rooms = {r: set(m) for r, m in data.get("rooms", {}).items()}
+        return cls(set(data.get("users", [])), rooms)
+
+
+def _user(text: str) -> UserId:
+    try:
+        return normalize_user_id(text)
+    except ValueError:
+        return text
+
+
+class ClusterView:
+    """The other nodes' presence, as this node last heard it."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, Presence] = {}
+
+    def users(self) -> set[UserId]:
+        return {_user(u) for presence in self.nodes.values() for u in presence.users}
+
+    def has_user(self, user_id: UserId) -> bool:
+        text = str(user_id)
+        return any(text in presence.users for presence in self.nodes.values())
+
+    def room_members(self, room: str) -> set[UserId]:
+        if room == LOBBY:
+            return self.users()
+        if is_personal_room(room):
+            owner = room.removeprefix("user_")
+            return {_user(owner)} if self.has_user(_user(owner)) else set()
+        return {_user(u) for p in self.nodes.values() for u in p.rooms.get(room, ())}
+
+    def apply(self, change: dict[str, Any]) -> None:
+        node = change["node"]
+        if change.get("bye"):
+            self.nodes.pop(node, None)
+        elif "full" in change:
+            self.nodes[node] = Presence.from_json(change["full"])
+        else:
+            presence = self.nodes.setdefault(node, Presence())
+            _apply_diff(presence, change.get("add", {}), change.get("del", {}))
+
+
+def _apply_diff(presence: Presence, add: dict[str, Any], remove: dict[str, Any]) -> None:
+    presence.users |= set(add.get("users", []))
+    presence.users -= set(remove.get("users", []))
+    for room, members in add.get("rooms", {}).items():
+        presence.rooms.setdefault(room, set()).update(members)
+    for room, members in remove.get("rooms", {}).items():
+        left = presence.rooms.get(room, set()) - set(members)
+        if left:
+            presence.rooms[room] = left
+        else:
+            presence.rooms.pop(room, None)
+
+
+def diff(old: Presence, new: Presence) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What to add and what to remove to turn `old` into `new`."""
+    add: dict[str, Any] = {"users": sorted(new.users - old.users), "rooms": {}}
+    remove: dict[str, Any] = {"users": sorted(old.users - new.users), "rooms": {}}
+    for room in new.rooms.keys() | old.rooms.keys():
+        now, before = new.rooms.get(room, set()), old.rooms.get(room, set())
+        if now - before:
+            add["rooms"][room] = sorted(now - before)
+        if before - now:
+            remove["rooms"][room] = sorted(before - now)
+    return add, remove
+
+
+@attrs.define
+class Subscribe:
+    room: str
+    then: tuple[Room, Join] | None = None  # the first local join waits for the channel
+
+
+@attrs.define
+class Unsubscribe:
+    room: str
+
+
+def redis_client(url: str, sharded: bool) -> Any:
+    if sharded:
+        return coredis.RedisCluster.from_url(url, decode_responses=False)
+    return coredis.Redis.from_url(url, decode_responses=False)
+
+
+async def publish_frame(client: Any, keys: Keys, sharded: bool, room: str, data: bytes) -> None:
+    channel = keys.room_channel(room)
+    if sharded:
+        await client.spublish(channel, data)
+    else:
+        await client.publish(channel, data)
+
+
+class Backplane(MailboxActor):
+    def __init__(self, config: Any, registry: Registry) -> None:
+        super().__init__("backplane", config.mailbox_size)
+        self.node_id = new_node_id()
+        self._origin = self.node_id.encode()
+        self._url: str = config.redis_url
+        self._sharded: bool = config.redis_sharded
+        self._lease = config.presence_lease
+        self.keys = Keys(config.redis_prefix)
+        self._registry = registry
+        self.view = ClusterView()
+        self.healthy = False
+        self._client: Any = None
+        self._pubsub: Any = None
+        self._wanted: set[str] = set()  # rooms whose channel this node should hear
+        self._written: Presence | None = None  # our presence as Redis holds it; None: unknown
+        self._presence_changed = trio.Event()
+        self._connected = trio.Event()
+
+    # called by other actors, never waiting -------------------------------------------
+
+    def presence_changed(self) -> None:
+        self._presence_changed.set()
+
+    def check_healthy(self) -> None:
+        if not self.healthy:
+            raise BackplaneUnavailable(
+                "Redis is unreachable: delivered on this node only, other nodes not reached"
+            )
+
+    async def publish(self, room: str, frame: bytes) -> None:
+        """Send frame bytes to the other nodes with members in `room`."""
+        if self._client is None:
+            raise BackplaneUnavailable("the backplane has not connected to Redis yet")
+        try:
+            await publish_frame(self._client, self.keys, self._sharded, room, self._origin + frame)
+        except REDIS_ERRORS as exc:
+            self.healthy = False
+            raise BackplaneUnavailable(f"Redis is unreachable ({type(exc).__name__})") from exc
+
+    # the actor ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, then run the subscriber, the presence writer and the mailbox.
+        coredis reconnects and resubscribes by itself; we rebuild presence after it.
+        Whatever Redis does, this actor does not crash: it retries."""
+        while True:
+            try:
+                await self._run_connected()
+                return
+            except* REDIS_ERRORS as group:
+                self.healthy = False
+                log.error("backplane: Redis failed (%s); retrying",
+                          type(group.exceptions[0]).__name__)
+            await trio.sleep(1.0)
+
+    async def _run_connected(self) -> None:
+        async with redis_client(self._url, self._sharded) as client:
+            self._client = client
+            pubsub = client.sharded_pubsub() if self._sharded else client.pubsub()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._keep_presence, client)
+                await self._connected.wait()
+                async with pubsub:
+                    self._pubsub = pubsub
+                    await pubsub.subscribe(self.keys.presence_channel())
+                    await self._subscribe_wanted()
+                    nursery.start_soon(self._consume, pubsub)
+                    await super().run()  # the mailbox: Subscribe / Unsubscribe
+                    nursery.cancel_scope.cancel()
+
+    async def handle(self, message: Subscribe | Unsubscribe) -> None:
+        if isinstance(message, Subscribe):
+            self._wanted.add(message.room)
+            if self.healthy and self._pubsub is not None:
+                await self._subscribe([message.room])
+            if message.then is not None:
+                room, join = message.then
+                await room.send(join)
+        else:
+            self._wanted.discard(message.room)
+            if self.healthy and self._pubsub is not None:
+                with trio.move_on_after(1.0):
+                    with contextlib.suppress(REDIS_ERRORS):
+                        await self._unsubscribe([message.room])
+
+    async def _subscribe(self, rooms: Iterable[str]) -> None:
+        channels = [self.keys.room_channel(r) for r in rooms]
+        if not channels:
+            return
+        with trio.move_on_after(2.0):
+            try:
+                # SUBSCRIBE, or SSUBSCRIBE when the pubsub is coredis's ShardedPubSub
+                await self._pubsub.subscribe(*channels)
+            except REDIS_ERRORS as exc:
+                log.warning("backplane: subscribing failed (%s); retried on reconnect",
+                            type(exc).__name__)
+
+    async def _unsubscribe(self, rooms: Iterable[str]) -> None:
+        await self._pubsub.unsubscribe(*[self.keys.room_channel(r) for r in rooms])
+
+    async def _subscribe_wanted(self) -> None:
+        heard = {bytes(c).decode() if isinstance(c, bytes | bytearray) else c
+                 for c in self._pubsub.channels}
+        missing = [r for r in self._wanted if self.keys.room_channel(r) not in heard]
+        await self._subscribe(missing)
+
+    async def _consume(self, pubsub: Any) -> None:
+        presence = self.keys.presence_channel().encode()
+        room_prefix = self.keys.room_channel("").encode()
+        async for message in pubsub:
+            if message.get("type") not in ("message", "smessage"):
+                continue
+            channel, data = bytes(message["channel"]), bytes(message["data"])
+            if channel == presence:
+                self._on_presence(data)
+            elif channel.startswith(room_prefix) and data[:16] != self._origin:
+                await self._deliver(channel[len(room_prefix):].decode(), data[16:])
+
+    async def _deliver(self, room_name: str, frame: bytes) -> None:
+        room = self._registry.room(room_name)
+        if room is None:
+            return  # our last member left since; the unsubscribe is on its way
+        # One at a time: frames from one publisher keep their order here too.
+        with contextlib.suppress(ActorCrashed, trio.ClosedResourceError, trio.EndOfChannel):
+            await room.call(Publish(frame, Reply()))
+
+    def _on_presence(self, data: bytes) -> None:
+        try:
+            change = json.loads(data)
+            if change.get("node") != self.node_id:
+                self.view.apply(change)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.warning("backplane: ignored a malformed presence message")
+
+    # presence -------------------------------------------------------------------------
+
+    def local_presence(self) -> Presence:
+        registry = self._registry
+        presence = Presence(users={str(u) for u in registry.users})
+        for name in registry.room_names():
+            if name == LOBBY or is_personal_room(name):
+                continue  # derived from `users`, not stored twice
+            room = registry.room(name)
+            if room is not None and room.user_counts:
+                presence.rooms[name] = {str(u) for u in room.user_counts}
+        return presence
+
+    async def _keep_presence(self, client: Any) -> None:
+        """Renew the lease, write presence changes, keep the view of the others, and
+        notice Redis going away and coming back."""
+        tick = self._lease / 3
+        next_resync = 0.0
+        while True:
+            try:
+                await self._renew(client)
+                await self._write_presence(client)
+                now = trio.current_time()
+                if now >= next_resync:
+                    await self._resync_view(client)
+                    next_resync = now + tick
+                if not self.healthy:
+                    log.info("backplane: connected to Redis as node %s", self.node_id)
+                    self.healthy = True
+                    self._connected.set()
+                    if self._pubsub is not None:
+                        await self._subscribe_wanted()
+            except REDIS_ERRORS as exc:
+                if self.healthy or not self._connected.is_set():
+                    log.error("backplane: Redis unreachable (%s: %s); delivering locally only",
+                              type(exc).__name__, exc)
+                self.healthy = False
+                self._written = None  # rewrite everything once Redis is back
+                next_resync = 0.0
+            self._presence_changed = trio.Event()
+            with trio.move_on_after(tick if self.healthy else 0.5):
+                await self._presence_changed.wait()
+                await trio.sleep(0.005)  # let the rooms apply the joins that woke us
+
+    async def _renew(self, client: Any) -> None:
+        lease_ms = int(self._lease * 1000)
+        existed = await client.exists([self.keys.node(self.node_id)])
+        await client.set(self.keys.node(self.node_id), b"1", px=lease_ms)
+        if not existed:
+            self._written = None  # new, expired or Redis restarted: write it all again
+            await client.sadd(self.keys.nodes(), [self.node_id])
+
+    async def _write_presence(self, client: Any) -> None:
+        current = self.local_presence()
+        if self._written is None:
+            await self._clear(client, self.node_id)
+            await self._store(client, Presence(), current)
+            change: dict[str, Any] = {"node": self.node_id, "full": current.to_json()}
+        else:
+            add, remove = diff(self._written, current)
+            if not (add["users"] or add["rooms"] or remove["users"] or remove["rooms"]):
+                return
+            await self._store(client, self._written, current)
+            change = {"node": self.node_id, "add": add, "del": remove}
+        self._written = current
+        await client.publish(self.keys.presence_channel(), json.dumps(change).encode())
+
+    async def _store(self, client: Any, old: Presence, new: Presence) -> None:
+        keys, node = self.keys, self.node_id
+        add, remove = diff(old, new)
+        if add["users"]:
+            await client.sadd(keys.users(node), add["users"])
+        if remove["users"]:
+            await client.srem(keys.users(node), remove["users"])
+        for room, members in add["rooms"].items():
+            await client.sadd(keys.room_members(node, room), members)
+            await client.sadd(keys.rooms(node), [room])
+        for room, members in remove["rooms"].items():
+            await client.srem(keys.room_members(node, room), members)
+            if room not in new.rooms:
+                await client.srem(keys.rooms(node), [room])
+
+    async def _clear(self, client: Any, node: str) -> None:
+        rooms = await client.smembers(self.keys.rooms(node))
+        doomed = [self.keys.users(node), self.keys.rooms(node)]
+        doomed += [self.keys.room_members(node, bytes(r).decode()) for r in rooms]
+        await client.delete(doomed)
+
+    async def _resync_view(self, client: Any) -> None:
+        """Reload the other nodes from Redis, and reap those whose lease ended."""
+        nodes = sorted(bytes(n).decode() for n in await client.smembers(self.keys.nodes()))
+        others = [n for n in nodes if n != self.node_id]
+        alive = await client.mget([self.keys.node(n) for n in others]) if others else []
+        view: dict[str, Presence] = {}
+        for node, lease in zip(others, alive, strict=True):
+            if lease is None:
+                log.info("backplane: node %s stopped renewing its lease; dropping it", node)
+                await self._clear(client, node)
+                await client.srem(self.keys.nodes(), [node])
+                continue
+            view[node] = await load_presence(client, self.keys, node)
+        self.view.nodes = view
+
+    async def leave_cluster(self) -> None:
+        """A clean goodbye: our keys go, and the others drop us at once."""
+        client = self._client
+        if client is None or not self.healthy:
+            return
+        with trio.move_on_after(2.0, shield=True):
+            try:
+                await self._clear(client, self.node_id)
+                await client.delete([self.keys.node(self.node_id)])
+                await client.srem(self.keys.nodes(), [self.node_id])
+                bye = {"node": self.node_id, "bye": True}
+                await client.publish(self.keys.presence_channel(), json.dumps(bye).encode())
+            except REDIS_ERRORS:
+                pass
+
+
+async def load_presence(client: Any, keys: Keys, node: str) -> Presence:
+    users = {bytes(u).decode() for u in await client.smembers(keys.users(node))}
+    presence = Presence(users=users)
+    for room in await client.smembers(keys.rooms(node)):
+        name = bytes(room).decode()
+        members = await client.smembers(keys.room_members(node, name))
+        if members:
+            presence.rooms[name] = {bytes(m).decode() for m in members}
+    return presence
+
+
+async def live_nodes(client: Any, keys: Keys) -> list[str]:
+    nodes = sorted(bytes(n).decode() for n in await client.smembers(keys.nodes()))
+    if not nodes:
+        return []
+    leases = await client.mget([keys.node(n) for n in nodes])
+    return [n for n, lease in zip(nodes, leases, strict=True) if lease is not None]

@@ -1,0 +1,119 @@
+"""The soak run, short: bench/soak.py with 100 connections for about 5 seconds, the
+server in a process of its own. Only correctness is asserted, never speed or memory."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SOAK = Path(__file__).resolve().parent.parent / "bench" / "soak.py"
+
+
+def load_soak() -> Any:
+    spec = importlib.util.spec_from_file_location("roomcast_bench_soak", SOAK)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.timeout(150)
+def test_short_soak_loses_nothing_and_leaks_no_task() -> None:
+    result = subprocess.run(
+        [sys.executable, str(SOAK), "--connections", "100", "--duration", "5", "--quiet",
+         "--json"],
+        capture_output=True, text=True, timeout=140, check=False,
+    )
+    output = f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert result.stdout.strip(), output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+
+    assert report["delivered_stable"] > 0, output
+    assert report["churn_connections"] > 0, output
+    assert report["stable_held"] == report["stable_clients"], output
+    assert report["lost"] == 0, output
+    assert report["duplicates"] == 0, output
+    assert report["order_violations"] == 0, output
+    assert report["stray"] == 0, output
+    assert report["phantom"] == 0, output
+    assert report["partial_fan_out"] == 0, output
+    assert report["error_replies"] == 0, output
+    assert report["unexpected_closes"] == 0, output
+    assert report["timeouts"] == 0, output
+    assert report["anomalies"] == 0, output
+    assert report["backend_errors"] == 0, output
+    assert report["tasks_after"] == report["tasks_before"], output
+    assert report["server_connections_after"] == 0, output
+    assert report["server_rooms_after"] == 0, output
+    assert report["server_log_problems"] == 0, output
+    assert report["server_exit_code"] == 0, output
+    assert result.returncode == 0, output
+
+
+# The checker itself: fed frames by hand, it must see what it is there to see. --------
+
+
+def frame(sender: str, seq: int, room: str | None = "soak-0", kind: str = "room_message") -> bytes:
+    body = {"s": sender, "q": seq}
+    data = {"from_user_id": 1, "payload": body} if sender != "B" else body
+    return json.dumps({"type": kind, "message": "m", "data": data, "room": room}).encode()
+
+
+def checker(strict: bool) -> tuple[Any, Any, Any]:
+    soak_module = load_soak()
+    args = soak_module.parse_args(["--connections", "10"])
+    soak = soak_module.Soak(args)
+    conn = soak_module.Conn(soak, "s0", 1, strict=strict)
+    conn.rooms["soak-0"] = "in"
+    soak.stable.append(conn)
+    return soak_module, soak, conn
+
+
+def test_checker_counts_holes_late_frames_and_duplicates() -> None:
+    _, soak, conn = checker(strict=True)
+    for seq in (0, 1, 3, 2, 3, 5):  # 2 late, 3 twice, 4 never
+        conn._on_text(frame("s9", seq))
+    assert soak.t["order_violations"] == 1
+    assert soak.t["duplicates"] == 1
+    assert conn.holes() == 1  # seq 4
+
+
+def test_checker_wants_every_frame_sent_to_a_stable_client() -> None:
+    _, soak, conn = checker(strict=True)
+    for seq in (1, 2):  # 0 never came, and 3 (the last one sent) neither
+        conn._on_text(frame("s9", seq))
+    conn._on_text(frame("B", 0, room=None, kind="broadcast"))
+    soak.sent[("s9", "soak-0")] = 4
+    soak._check_stable({"user": {"1": 1}, "room": {"soak-0": 0}, "broadcast": 2, "errors": 0})
+    # s9: 0 and 3; broadcast: 1; notify_user: 0
+    assert soak.t["lost"] == 4
+    assert soak.t["phantom"] == 0
+
+
+def test_checker_counts_holes_only_for_churn_and_strays_after_leaving() -> None:
+    _, soak, conn = checker(strict=False)
+    for seq in (7, 8, 10):  # joined late: 0..6 are not owed, 9 is
+        conn._on_text(frame("s9", seq))
+    assert conn.holes() == 1
+    del conn.rooms["soak-0"]  # the leave reply came
+    conn._on_text(frame("s9", 11))
+    assert soak.t["stray"] == 1
+
+
+def test_checker_parses_masked_client_frames_back() -> None:
+    soak_module, _, _ = checker(strict=True)
+    payload = b'{"type": "text", "data": "x"}' * 10
+    data = soak_module.client_frame(0x1, payload)
+    assert data[0] == 0x81 and data[1] == 0x80 | 126
+    length = int.from_bytes(data[2:4], "big")
+    key, masked = data[4:8], data[8:]
+    assert length == len(payload) == len(masked)
+    assert bytes(b ^ key[i % 4] for i, b in enumerate(masked)) == payload
+    assert isinstance(soak_module.parse_args([]), argparse.Namespace)

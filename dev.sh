@@ -19,6 +19,18 @@ setup() {
     fi
 }
 
+# The cluster tests start their own Redis servers from Debian's redis-server.
+need_redis() {
+    if ! command -v redis-server >/dev/null 2>&1; then
+        echo "installing redis-server (Debian package) for the cluster tests"
+        if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+        $SUDO apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+        # The package starts a system Redis on 6379; the tests need only the binary.
+        $SUDO systemctl stop redis-server >/dev/null 2>&1 || $SUDO service redis-server stop >/dev/null 2>&1 || true
+    fi
+}
+
 cmd=${1:-help}
 shift || true
 case "$cmd" in
@@ -30,6 +42,7 @@ case "$cmd" in
         ;;
     test)
         setup
+        need_redis
         .venv/bin/ruff check .
         exec .venv/bin/pytest "$@"
         ;;

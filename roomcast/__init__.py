@@ -1,14 +1,17 @@
 """roomcast: real-time WebSocket rooms and notifications, as a Trio actor system."""
 
+from roomcast.actors.backplane import BackplaneUnavailable
 from roomcast.auth import Authenticator, AuthError, Principal, mint_token
 from roomcast.config import Config
 from roomcast.facade import NotificationService, ServiceNotRunning
 from roomcast.protocol import CloseCode, MessageType, NotificationLevel
+from roomcast.remote import SyncNotificationService
 from roomcast.service import Service, ServiceFailed, open_service, serve
 
 __all__ = [
     "AuthError",
     "Authenticator",
+    "BackplaneUnavailable",
     "CloseCode",
     "Config",
     "MessageType",
@@ -18,6 +21,7 @@ __all__ = [
     "Service",
     "ServiceFailed",
     "ServiceNotRunning",
+    "SyncNotificationService",
     "mint_token",
     "open_service",
     "serve",

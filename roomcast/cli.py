@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import attrs
 import trio
 
+from roomcast.actors.backplane import BackplaneUnavailable
 from roomcast.auth import Authenticator, ConfigError, JwtAuthenticator, mint_token
 from roomcast.config import Config
+from roomcast.protocol import NotificationLevel
+from roomcast.remote import RemoteNotificationService
 from roomcast.service import ServiceFailed, open_service
 
 log = logging.getLogger("roomcast")
@@ -43,7 +48,39 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--scope", default=None, help="space-separated scopes, e.g. "
                        "roomcast:broadcast")
     _add_config_flags(token)
+    notify = commands.add_parser(
+        "notify", help="send a notification to a running cluster through Redis"
+    )
+    target = notify.add_mutually_exclusive_group(required=True)
+    target.add_argument("--user", help="notify this user's connections")
+    target.add_argument("--room", help="notify every connection in this room")
+    target.add_argument("--broadcast", action="store_true", help="notify every connection")
+    notify.add_argument("--message", required=True, help="the notification's text")
+    notify.add_argument("--level", default="info", choices=[lv.value for lv in NotificationLevel])
+    notify.add_argument("--data", type=json.loads, default=None, help="extra data, a JSON object")
+    _add_config_flags(notify)
     return parser
+
+
+def _notify(config: Config, args: argparse.Namespace) -> int:
+    if not config.redis_url:
+        print("roomcast notify: set --redis-url or ROOMCAST_REDIS_URL", file=sys.stderr)
+        return 2
+    remote = RemoteNotificationService(config.redis_url, config.redis_prefix,
+                                       config.redis_sharded)
+    common = {"message": args.message, "level": args.level, "data": args.data}
+    try:
+        if args.user is not None:
+            result: Any = trio.run(partial(remote.notify_user, args.user, **common))
+        elif args.room is not None:
+            result = trio.run(partial(remote.notify_room, args.room, **common))
+        else:
+            result = trio.run(partial(remote.broadcast, **common))
+    except (BackplaneUnavailable, ValueError, TypeError) as exc:
+        print(f"roomcast notify: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    return 0
 
 
 def config_from(args: argparse.Namespace) -> Config:
@@ -84,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "token":
             print(mint_token(config, args.user, ttl=args.ttl, scope=args.scope))
+        elif args.command == "notify":
+            return _notify(config, args)
         else:
             # Built first, so that a bad key setup is refused before binding anything.
             return _run_service(config, JwtAuthenticator(config))

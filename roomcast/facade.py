@@ -102,14 +102,23 @@ class NotificationService:
 
     @classmethod
     def current(cls) -> NotificationService:
+        """The service running in this context; else, with ROOMCAST_REDIS_URL set, the
+        cluster reached through Redis (a worker process: Celery, a script)."""
         try:
             return _current.get()
         except LookupError:
-            raise ServiceNotRunning(
+            pass
+        from roomcast.remote import RemoteNotificationService
+
+        remote = RemoteNotificationService.from_environment()
+        if remote is not None:
+            return remote
+        raise ServiceNotRunning(
                 "no roomcast service is running here: call NotificationService from "
                 "inside `async with roomcast.open_service(...)` or a task it runs, "
-                "or use the handle's `service.notifications`"
-            ) from None
+                "use the handle's `service.notifications`, or set ROOMCAST_REDIS_URL "
+                "to reach a cluster of nodes through Redis"
+            )
 
     def _bind(self) -> contextvars.Token[NotificationService]:
         return _current.set(self)
@@ -117,6 +126,9 @@ class NotificationService:
     @staticmethod
     def _unbind(token: contextvars.Token[NotificationService]) -> None:
         _current.reset(token)
+
+    # Where the answers come from: this node, plus the cluster's view when it has one.
+    # A process that runs no service answers from Redis instead (roomcast.remote).
 
     async def _publish(self, room: str, frame: bytes) -> set[UserId]:
         """Publish everywhere; the users reached, on this node and (by the cluster's
@@ -127,6 +139,23 @@ class NotificationService:
         if backplane is None:
             return delivery.user_ids
         return delivery.user_ids | backplane.view.room_members(room)
+
+    def _has_user(self, user_id: UserId) -> bool:
+        if self._registry.connections_of(user_id):
+            return True
+        backplane = self._registry.backplane
+        return backplane is not None and backplane.view.has_user(user_id)
+
+    def _users(self) -> set[UserId]:
+        users = set(self._registry.users)
+        backplane = self._registry.backplane
+        return users | backplane.view.users() if backplane is not None else users
+
+    def _members(self, room_name: str) -> set[UserId]:
+        room = self._registry.room(room_name)
+        members = room.member_users() if room is not None else set()
+        backplane = self._registry.backplane
+        return members | backplane.view.room_members(room_name) if backplane else members
 
     @_either
     async def notify_user(
@@ -184,23 +213,15 @@ class NotificationService:
             uid = normalize_user_id(user_id)
         except ValueError:
             return False
-        if self._registry.connections_of(uid):
-            return True
-        backplane = self._registry.backplane
-        return backplane is not None and backplane.view.has_user(uid)
+        return self._has_user(uid)
 
     @_either
     def get_connected_users(self) -> set[UserId]:
-        users = set(self._registry.users)
-        backplane = self._registry.backplane
-        return users | backplane.view.users() if backplane is not None else users
+        return self._users()
 
     @_either
     def get_room_members(self, room_name: str) -> set[UserId]:
         """Users with a connection in the room; empty for an unknown room."""
         if not isinstance(room_name, str) or room_name == LOBBY:
             return set()
-        room = self._registry.room(room_name)
-        members = room.member_users() if room is not None else set()
-        backplane = self._registry.backplane
-        return members | backplane.view.room_members(room_name) if backplane else members
+        return self._members(room_name)

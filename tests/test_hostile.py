@@ -935,13 +935,6 @@ async def test_slow_readers_flooding_joins_while_their_room_fans_out_leave_no_ro
         await a.check()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="keeper.py keeps a token-expiry heap entry per Watch (every connection, every "
-    "refresh_token) until that token's exp passes, even after the connection is gone: "
-    "one client refreshing 20 times a second with day-long tokens grows it by 1.7 M "
-    "entries a day. Unwatch should drop them (or the heap be compacted).",
-)
 async def test_refresh_floods_and_reconnects_leave_nothing_in_the_keeper():
     async with arena(rate_limit=1e9, rate_burst=10**9) as a:
         keeper = a.service.gateway._keeper

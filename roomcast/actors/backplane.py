@@ -21,6 +21,7 @@ Key layout, under the configured prefix `P`:
     P:node:ID:room:R           SET     user ids with a connection in room R on node ID
     P:room:R                   channel frames for room R: 16 bytes of origin, then a frame
     P:presence                 channel presence changes, JSON
+    P:node:ID:inbox            channel heard by node ID only: proves its pub/sub is up
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ import attrs
 import coredis
 import coredis.exceptions
 import trio
+from coredis.retry import (
+    CompositeRetryPolicy,
+    ConstantRetryPolicy,
+    ExponentialBackoffRetryPolicy,
+)
 
 from roomcast.actors.base import ActorCrashed, MailboxActor, Reply
 from roomcast.actors.room import LOBBY, Join, Publish, Room
@@ -91,6 +97,11 @@ class Keys:
 
     def presence_channel(self) -> str:
         return f"{self.prefix}:presence"
+
+    def inbox(self, node: str) -> str:
+        """A channel only node `node` hears: while Redis counts one subscriber there,
+        that node's pub/sub connection is up (its rooms are resubscribed with it)."""
+        return f"{self.prefix}:node:{node}:inbox"
 
 
 @attrs.define
@@ -258,13 +269,25 @@ class Backplane(MailboxActor):
     async def _run_connected(self) -> None:
         async with redis_client(self._url, self._sharded) as client:
             self._client = client
-            pubsub = client.sharded_pubsub() if self._sharded else client.pubsub()
+            # coredis backs off up to 16 s between reconnects; a node should hear its
+            # rooms again within about a second of Redis coming back.
+            retry = CompositeRetryPolicy(
+                ExponentialBackoffRetryPolicy(
+                    (coredis.exceptions.ConnectionError,), retries=None,
+                    base_delay=0.1, max_delay=1.0, jitter=True,
+                ),
+                ConstantRetryPolicy((TimeoutError,), retries=2, delay=0.1),
+            )
+            pubsub = (client.sharded_pubsub(retry_policy=retry) if self._sharded
+                      else client.pubsub(retry_policy=retry))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._keep_presence, client)
                 await self._connected.wait()
                 async with pubsub:
                     self._pubsub = pubsub
-                    await pubsub.subscribe(self.keys.presence_channel())
+                    await pubsub.subscribe(
+                        self.keys.presence_channel(), self.keys.inbox(self.node_id)
+                    )
                     await self._subscribe_wanted()
                     nursery.start_soon(self._consume, pubsub)
                     await super().run()  # the mailbox: Subscribe / Unsubscribe
@@ -309,14 +332,17 @@ class Backplane(MailboxActor):
     async def _consume(self, pubsub: Any) -> None:
         presence = self.keys.presence_channel().encode()
         room_prefix = self.keys.room_channel("").encode()
-        async for message in pubsub:
-            if message.get("type") not in ("message", "smessage"):
-                continue
-            channel, data = bytes(message["channel"]), bytes(message["data"])
-            if channel == presence:
-                self._on_presence(data)
-            elif channel.startswith(room_prefix) and data[:16] != self._origin:
-                await self._deliver(channel[len(room_prefix):].decode(), data[16:])
+        while True:
+            # coredis ends the iteration while it reconnects; we keep listening.
+            async for message in pubsub:
+                if message.get("type") not in ("message", "smessage"):
+                    continue
+                channel, data = bytes(message["channel"]), bytes(message["data"])
+                if channel == presence:
+                    self._on_presence(data)
+                elif channel.startswith(room_prefix) and data[:16] != self._origin:
+                    await self._deliver(channel[len(room_prefix):].decode(), data[16:])
+            await trio.sleep(0.05)
 
     async def _deliver(self, room_name: str, frame: bytes) -> None:
         room = self._registry.room(room_name)
@@ -360,6 +386,8 @@ class Backplane(MailboxActor):
                 if now >= next_resync:
                     await self._resync_view(client)
                     next_resync = now + tick
+                if not await self._hearing(client):
+                    raise TimeoutError("the pub/sub connection is not back yet")
                 if not self.healthy:
                     log.info("backplane: connected to Redis as node %s", self.node_id)
                     self.healthy = True
@@ -377,6 +405,13 @@ class Backplane(MailboxActor):
             with trio.move_on_after(tick if self.healthy else 0.5):
                 await self._presence_changed.wait()
                 await trio.sleep(0.005)  # let the rooms apply the joins that woke us
+
+    async def _hearing(self, client: Any) -> bool:
+        if self._pubsub is None:
+            return True  # first connection: the subscriber starts once we are healthy
+        inbox = self.keys.inbox(self.node_id)
+        counts = await client.pubsub_numsub(inbox)
+        return any(count > 0 for count in counts.values())
 
     async def _renew(self, client: Any) -> None:
         lease_ms = int(self._lease * 1000)

@@ -75,6 +75,7 @@ class Keeper(MailboxActor):
         if isinstance(message, Unwatch):
             self.connections.pop(connection.id, None)
             self._pinged.pop(connection.id, None)
+            self._maybe_compact()
             return
         self.connections[connection.id] = connection
         expires_at = connection.principal.expires_at
@@ -83,9 +84,27 @@ class Keeper(MailboxActor):
             self._schedule(connection.id, expires_at)
 
     def _schedule(self, conn_id: int, expires_at: float) -> None:
+        self._maybe_compact()
         # Wall-clock `exp` to Trio's clock, when it is set.
         deadline = trio.current_time() + (expires_at + self.leeway - time.time())
         heapq.heappush(self._expiries, (deadline, conn_id, expires_at))
+
+    def _maybe_compact(self) -> None:
+        # Amortized: a compaction leaves about one entry per connection, so the next
+        # one comes only after as many more watches, refreshes or departures.
+        if len(self._expiries) > 2 * len(self.connections):
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drop entries of gone connections and of refreshed tokens, so that churn and
+        refresh floods cannot grow the heap past twice the live connections."""
+        self._expiries = [
+            (deadline, conn_id, expires_at)
+            for deadline, conn_id, expires_at in self._expiries
+            if (conn := self.connections.get(conn_id)) is not None
+            and conn.principal.expires_at == expires_at
+        ]
+        heapq.heapify(self._expiries)
 
     def _expire(self, now: float) -> None:
         while self._expiries and self._expiries[0][0] <= now:

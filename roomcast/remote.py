@@ -1,0 +1,158 @@
+"""The notification facade for a process that runs no service: a Celery task, a cron
+script, a shell. With ROOMCAST_REDIS_URL set, it publishes through Redis to the
+nodes of the cluster, and answers presence questions from what the nodes wrote there.
+
+- async code (asyncio or Trio): `await NotificationService.notify_user(...)`, as in the
+  seed's Example 3 under `asyncio.run`;
+- plain synchronous code: `SyncNotificationService.notify_user(...)`;
+- a shell: `roomcast notify --user 42 --message "..."`.
+
+Every call connects, publishes and disconnects: simple and safe in short-lived workers.
+A Redis that cannot be reached raises `BackplaneUnavailable`, never a silent answer.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import anyio
+
+from roomcast.actors.backplane import (
+    REDIS_ERRORS,
+    BackplaneUnavailable,
+    ClusterView,
+    Keys,
+    live_nodes,
+    load_presence,
+    new_node_id,
+    publish_frame,
+    redis_client,
+)
+from roomcast.config import Config
+from roomcast.facade import NotificationService
+from roomcast.protocol import UserId
+
+T = TypeVar("T")
+
+
+class RemoteNotificationService(NotificationService):
+    """The facade's seven methods, carried out through Redis."""
+
+    def __init__(self, redis_url: str, prefix: str = "roomcast", sharded: bool = False) -> None:
+        self._url = redis_url
+        self._keys = Keys(prefix)
+        self._sharded = sharded
+        self._origin = new_node_id().encode()  # never any node's: every node delivers
+
+    @classmethod
+    def from_environment(cls) -> RemoteNotificationService | None:
+        config = Config.from_sources()
+        if not config.redis_url:
+            return None
+        return cls(config.redis_url, config.redis_prefix, config.redis_sharded)
+
+    async def _with_redis(self, action: Callable[[Any], Awaitable[T]]) -> T:
+        try:
+            async with redis_client(self._url, self._sharded) as client:
+                return await action(client)
+        except* REDIS_ERRORS as group:
+            raise BackplaneUnavailable(
+                f"Redis at the configured URL is unreachable ({type(group.exceptions[0]).__name__})"
+            ) from None
+
+    async def _view(self, client: Any) -> ClusterView:
+        view = ClusterView()
+        for node in await live_nodes(client, self._keys):
+            view.nodes[node] = await load_presence(client, self._keys, node)
+        return view
+
+    async def _publish(self, room: str, frame: bytes) -> set[UserId]:
+        async def publish(client: Any) -> set[UserId]:
+            await publish_frame(client, self._keys, self._sharded, room, self._origin + frame)
+            return (await self._view(client)).room_members(room)
+
+        return await self._with_redis(publish)
+
+    # The synchronous questions: a blocking round trip to Redis, from a worker thread,
+    # so that they work the same inside an event loop and outside one.
+
+    def _ask(self, question: Callable[[ClusterView], T]) -> T:
+        async def ask() -> T:
+            return question(await self._with_redis(self._view))
+
+        return _run_in_thread(ask)
+
+    def _has_user(self, user_id: UserId) -> bool:
+        return self._ask(lambda view: view.has_user(user_id))
+
+    def _users(self) -> set[UserId]:
+        return self._ask(lambda view: view.users())
+
+    def _members(self, room_name: str) -> set[UserId]:
+        return self._ask(lambda view: view.room_members(room_name))
+
+
+def _run_in_thread(function: Callable[[], Awaitable[T]]) -> T:
+    """Run an async function to completion on a fresh thread and event loop."""
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(anyio.run(function))
+        except BaseException as exc:
+            error.append(exc)
+
+    thread = threading.Thread(target=target, name="roomcast-sync", daemon=True)
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return result[0]
+
+
+class SyncNotificationService:
+    """The facade for plain synchronous code (a Celery task, a Django view): the same
+    seven methods, blocking until Redis has answered. Needs ROOMCAST_REDIS_URL."""
+
+    @staticmethod
+    def _remote() -> RemoteNotificationService:
+        remote = RemoteNotificationService.from_environment()
+        if remote is None:
+            raise BackplaneUnavailable("set ROOMCAST_REDIS_URL to reach the roomcast cluster")
+        return remote
+
+    @classmethod
+    def _call(cls, name: str, *args: Any, **kwargs: Any) -> Any:
+        method = getattr(cls._remote(), name)
+        return _run_in_thread(lambda: method(*args, **kwargs))
+
+    @classmethod
+    def notify_user(cls, *args: Any, **kwargs: Any) -> bool:
+        return cls._call("notify_user", *args, **kwargs)
+
+    @classmethod
+    def notify_room(cls, *args: Any, **kwargs: Any) -> int:
+        return cls._call("notify_room", *args, **kwargs)
+
+    @classmethod
+    def broadcast(cls, *args: Any, **kwargs: Any) -> int:
+        return cls._call("broadcast", *args, **kwargs)
+
+    @classmethod
+    def notify_user_in_room(cls, *args: Any, **kwargs: Any) -> bool:
+        return cls._call("notify_user_in_room", *args, **kwargs)
+
+    @classmethod
+    def is_user_connected(cls, user_id: UserId) -> bool:
+        return cls._remote().is_user_connected(user_id)
+
+    @classmethod
+    def get_connected_users(cls) -> set[UserId]:
+        return cls._remote().get_connected_users()
+
+    @classmethod
+    def get_room_members(cls, room_name: str) -> set[UserId]:
+        return cls._remote().get_room_members(room_name)

@@ -1,0 +1,120 @@
+"""Helpers for cluster tests: a real Redis server and roomcast nodes in processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from .conftest import SECRET, make_config
+
+REDIS = shutil.which("redis-server")
+needs_redis = pytest.mark.skipif(
+    REDIS is None and not os.environ.get("CI"), reason="redis-server is not installed"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A throwaway Redis on a free loopback port; it can be stopped and started again
+    on the same port, as an outage would."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        assert REDIS is not None, "redis-server is not installed (./dev.sh test installs it)"
+        self.process = subprocess.Popen(
+            [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--protected-mode", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+@contextmanager
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class Node:
+    """A roomcast node in its own process, through the real CLI."""
+
+    def __init__(self, redis_url: str, lease: float = 2.0) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "roomcast.cli", "serve", "--port", "0",
+             "--redis-url", redis_url, "--presence-lease", str(lease),
+             "--log-level", "WARNING"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "ROOMCAST_JWT_SECRET": SECRET},
+        )
+        line = self.process.stdout.readline()
+        if "listening on " not in line:
+            self.process.kill()
+            raise RuntimeError(f"node did not start: {line!r} {self.process.stderr.read()}")
+        self.url = line.split("listening on ", 1)[1].strip()
+        self.config = make_config()  # what conftest's connect() needs: path and secret
+        self.port = int(self.url.rsplit(":", 1)[1].split("/", 1)[0])
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@contextmanager
+def nodes(redis_url: str, count: int, lease: float = 2.0) -> Iterator[list[Node]]:
+    started: list[Node] = []
+    try:
+        for _ in range(count):
+            started.append(Node(redis_url, lease))
+        yield started
+    finally:
+        for node in started:
+            node.stop()

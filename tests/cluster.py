@@ -118,3 +118,59 @@ def nodes(redis_url: str, count: int, lease: float = 2.0) -> Iterator[list[Node]
     finally:
         for node in started:
             node.stop()
+
+
+@contextmanager
+def redis_cluster(masters: int = 3) -> Iterator[str]:
+    """A Redis Cluster of `masters` servers on free loopback ports; yields one's URL."""
+    import tempfile
+
+    redis_cli = shutil.which("redis-cli")
+    assert REDIS is not None and redis_cli is not None, "redis-server/redis-cli not installed"
+    ports = [free_port() for _ in range(masters)]
+    processes: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory() as workdir:
+        try:
+            for port in ports:
+                processes.append(subprocess.Popen(
+                    [REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                     "--appendonly", "no", "--cluster-enabled", "yes",
+                     "--cluster-config-file", f"{workdir}/nodes-{port}.conf",
+                     "--dir", workdir, "--protected-mode", "no"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                ))
+            for port in ports:
+                _wait_for_ping(port)
+            subprocess.run(
+                [redis_cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
+                 "--cluster-replicas", "0", "--cluster-yes"],
+                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30,
+            )
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                info = subprocess.run([redis_cli, "-p", str(ports[0]), "cluster", "info"],
+                                      capture_output=True, text=True).stdout
+                if "cluster_state:ok" in info:
+                    break
+                time.sleep(0.1)
+            else:
+                raise RuntimeError("the Redis cluster did not come up")
+            yield f"redis://127.0.0.1:{ports[0]}/0"
+        finally:
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.wait(timeout=10)
+
+
+def _wait_for_ping(port: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"redis-server on {port} did not start")

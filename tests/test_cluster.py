@@ -222,3 +222,27 @@ def test_worker_without_a_redis_url_says_no_service_runs():
     assert result.returncode != 0
     assert "ServiceNotRunning" in result.stderr and "ROOMCAST_REDIS_URL" in result.stderr
     assert SECRET not in result.stderr
+
+
+async def test_sharded_pub_sub_on_a_redis_cluster():
+    from .cluster import redis_cluster
+
+    with redis_cluster() as url:
+        settings = {"redis_url": url, "redis_sharded": True, "presence_lease": 2.0}
+        async with running(**settings) as a, running(**settings) as b:
+            async with connect(a, 1) as x, connect(b, 2) as y:
+                for client in (x, y):
+                    for room in ("alpha", "beta", "gamma"):  # spread over the shards
+                        await client.request({"type": "join_room", "room": room})
+                await eventually(lambda: a.notifications.get_room_members("gamma") == {1, 2})
+                await eventually(lambda: a.ready and b.ready)
+                for room in ("alpha", "beta", "gamma"):
+                    await x.request({"type": "room_message", "room": room, "data": room})
+                    assert (await y.recv())["message"] == room
+                assert await b.notifications.notify_user(1, "to x") is True
+                assert (await x.recv())["message"] == "to x"
+                assert await a.notifications.broadcast("all") == 2
+                assert (await x.recv())["message"] == "all"
+                assert (await y.recv())["message"] == "all"
+                await x.nothing_within(0.2)
+                await y.nothing_within(0.1)

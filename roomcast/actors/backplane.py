@@ -14,11 +14,11 @@ What crosses Redis, and why:
 
 Key layout, under the configured prefix `P`:
 
-    P:nodes                    SET     ids of the nodes that may be alive
-    P:node:ID                  STRING  alive while it exists (expires after the lease)
-    P:node:ID:users            SET     user ids connected to node ID
-    P:node:ID:rooms            SET     rooms (personal rooms and the lobby left out)
-    P:node:ID:room:R           SET     user ids with a connection in room R on node ID
+    {P}:nodes                  SET     ids of the nodes that may be alive
+    {P}:node:ID                STRING  alive while it exists (expires after the lease)
+    {P}:node:ID:users          SET     user ids connected to node ID
+    {P}:node:ID:rooms          SET     rooms (personal rooms and the lobby left out)
+    {P}:node:ID:room:R         SET     user ids with a connection in room R on node ID
     P:room:R                   channel frames for room R: 16 bytes of origin, then a frame
     P:presence                 channel presence changes, JSON
     P:node:ID:inbox            channel heard by node ID only: proves its pub/sub is up
@@ -73,24 +73,33 @@ def new_node_id() -> str:
 
 @attrs.define
 class Keys:
-    """Every Redis key and channel name, in one place."""
+    """Every Redis key and channel name, in one place.
+
+    Keys carry the prefix as a hash tag (`{P}`), so that on Redis Cluster the presence
+    of all nodes lives in one slot and multi-key commands work; channels do not, so
+    that sharded pub/sub spreads the rooms over the shards.
+    """
 
     prefix: str
 
+    @property
+    def tag(self) -> str:
+        return "{" + self.prefix + "}"
+
     def nodes(self) -> str:
-        return f"{self.prefix}:nodes"
+        return f"{self.tag}:nodes"
 
     def node(self, node: str) -> str:
-        return f"{self.prefix}:node:{node}"
+        return f"{self.tag}:node:{node}"
 
     def users(self, node: str) -> str:
-        return f"{self.prefix}:node:{node}:users"
+        return f"{self.tag}:node:{node}:users"
 
     def rooms(self, node: str) -> str:
-        return f"{self.prefix}:node:{node}:rooms"
+        return f"{self.tag}:node:{node}:rooms"
 
     def room_members(self, node: str, room: str) -> str:
-        return f"{self.prefix}:node:{node}:room:{room}"
+        return f"{self.tag}:node:{node}:room:{room}"
 
     def room_channel(self, room: str) -> str:
         return f"{self.prefix}:room:{room}"
@@ -202,12 +211,17 @@ def redis_client(url: str, sharded: bool) -> Any:
     return coredis.Redis.from_url(url, decode_responses=False)
 
 
-async def publish_frame(client: Any, keys: Keys, sharded: bool, room: str, data: bytes) -> None:
-    channel = keys.room_channel(room)
+async def publish_to(client: Any, sharded: bool, channel: str, data: bytes) -> None:
+    """PUBLISH, or SPUBLISH with sharded pub/sub (Redis Cluster: the message goes to the
+    channel's shard only, not to every node of the Redis cluster)."""
     if sharded:
         await client.spublish(channel, data)
     else:
         await client.publish(channel, data)
+
+
+async def publish_frame(client: Any, keys: Keys, sharded: bool, room: str, data: bytes) -> None:
+    await publish_to(client, sharded, keys.room_channel(room), data)
 
 
 class Backplane(MailboxActor):
@@ -410,7 +424,10 @@ class Backplane(MailboxActor):
         if self._pubsub is None:
             return True  # first connection: the subscriber starts once we are healthy
         inbox = self.keys.inbox(self.node_id)
-        counts = await client.pubsub_numsub(inbox)
+        if self._sharded:
+            counts = await client.pubsub_shardnumsub(inbox)
+        else:
+            counts = await client.pubsub_numsub(inbox)
         return any(count > 0 for count in counts.values())
 
     async def _renew(self, client: Any) -> None:
@@ -434,7 +451,8 @@ class Backplane(MailboxActor):
             await self._store(client, self._written, current)
             change = {"node": self.node_id, "add": add, "del": remove}
         self._written = current
-        await client.publish(self.keys.presence_channel(), json.dumps(change).encode())
+        await publish_to(client, self._sharded, self.keys.presence_channel(),
+                         json.dumps(change).encode())
 
     async def _store(self, client: Any, old: Presence, new: Presence) -> None:
         keys, node = self.keys, self.node_id
@@ -483,7 +501,8 @@ class Backplane(MailboxActor):
                 await client.delete([self.keys.node(self.node_id)])
                 await client.srem(self.keys.nodes(), [self.node_id])
                 bye = {"node": self.node_id, "bye": True}
-                await client.publish(self.keys.presence_channel(), json.dumps(bye).encode())
+                await publish_to(client, self._sharded, self.keys.presence_channel(),
+                                 json.dumps(bye).encode())
             except REDIS_ERRORS:
                 pass
 

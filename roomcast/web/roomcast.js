@@ -1,0 +1,518 @@
+// SPDX-License-Identifier: MIT
+// roomcast.js: the browser (and Node) client for roomcast's WebSocket protocol.
+// One dependency-free ES module; docs/protocol.md is the wire protocol it speaks.
+//
+//   import { RoomcastClient } from "/static/roomcast.js";
+//   const client = new RoomcastClient({ url: "ws://localhost:8000/api/v1/ws", getToken });
+//   client.on("notification", ({ level, message }) => toast(level, message));
+//   client.join("project_42");
+//   client.connect();
+//
+// The pure parts (backoff, the offline queue, frame routing, token expiry) are exported
+// as small functions so that they can be tested without a socket.
+
+/** Close codes the service uses (docs/protocol.md, section 7). */
+export const CloseCode = Object.freeze({
+  NORMAL: 1000,
+  GOING_AWAY: 1001,
+  ABNORMAL: 1006,
+  TOO_BIG: 1009,
+  INTERNAL_ERROR: 1011,
+  HEARTBEAT_TIMEOUT: 4000,
+  TOKEN_EXPIRED: 4001,
+  POLICY: 4008,
+  SLOW_CONSUMER: 4009,
+});
+
+export const LEVELS = Object.freeze(["info", "success", "warning", "error"]);
+
+/** Room names the service accepts: 1 to 100 of A-Z a-z 0-9 _ . : @ - */
+export const ROOM_NAME = /^[A-Za-z0-9_.:@-]{1,100}$/;
+
+export const DEFAULTS = Object.freeze({
+  baseDelay: 1000, // ms: the first reconnect waits up to this long
+  maxDelay: 30000, // ms: the cap of the exponential growth (there is no give-up)
+  queueLimit: 100, // frames kept while offline; the oldest is dropped past it
+  refreshMargin: 30000, // ms before the token's exp at most to send refresh_token
+  stopCodes: [CloseCode.POLICY], // close codes after which the client stops
+});
+
+const OPEN = 1; // WebSocket.OPEN, without needing the constructor
+const MAX_TIMER = 2 ** 31 - 1; // the longest setTimeout delay
+
+// ---------------------------------------------------------------------------------
+// Pure parts
+
+/**
+ * Exponential backoff with full jitter: a uniform delay in [0, min(maxDelay,
+ * baseDelay * 2 ** attempt)). `attempt` counts the failures since the last good open
+ * (0 for the first retry).
+ */
+export function backoffDelay(attempt, options = {}) {
+  const { baseDelay = DEFAULTS.baseDelay, maxDelay = DEFAULTS.maxDelay } = options;
+  const random = options.random ?? Math.random;
+  const exponent = Math.min(Math.max(0, attempt), 52); // 2 ** 53 is plenty
+  const ceiling = Math.min(maxDelay, baseDelay * 2 ** exponent);
+  return Math.floor(random() * ceiling);
+}
+
+/** A bounded FIFO of frames waiting for the socket; the oldest goes first when full. */
+export class OfflineQueue {
+  constructor(limit = DEFAULTS.queueLimit) {
+    if (!Number.isInteger(limit) || limit < 0) throw new RangeError("queueLimit: an integer >= 0");
+    this.limit = limit;
+    this.items = [];
+  }
+
+  get size() {
+    return this.items.length;
+  }
+
+  /** Add a frame; returns the frames dropped to make room (oldest first). */
+  push(frame) {
+    if (this.limit === 0) return [frame];
+    this.items.push(frame);
+    const excess = this.items.length - this.limit;
+    return excess > 0 ? this.items.splice(0, excess) : [];
+  }
+
+  /** Take every frame out, in the order they were pushed. */
+  drain() {
+    const items = this.items;
+    this.items = [];
+    return items;
+  }
+
+  clear() {
+    this.items = [];
+  }
+}
+
+/**
+ * What a frame from the service means for the application: a list of
+ * [eventName, detail] pairs to emit (the raw "frame" event aside). Frames follow
+ * docs/protocol.md: {type, message, data, room}.
+ */
+export function routeFrame(frame) {
+  if (frame === null || typeof frame !== "object" || typeof frame.type !== "string") {
+    return [["error", { kind: "protocol", code: "bad_frame", message: "not a roomcast frame", frame }]];
+  }
+  const data = frame.data !== null && typeof frame.data === "object" ? frame.data : {};
+  const message = frame.message ?? "";
+  const room = frame.room ?? null;
+  if (data.notification === true) {
+    const level = LEVELS.includes(data.level) ? data.level : "info";
+    const target = { info: "user", room_message: "room", broadcast: "all" }[frame.type] ?? frame.type;
+    const { notification, level: _level, ...extra } = data;
+    const detail = { level, message, room, target, data: extra, frame };
+    return [["notification", detail], [`notification:${level}`, detail]];
+  }
+  switch (frame.type) {
+    case "room_message":
+      return [["message", { room, message, from: data.from_user_id ?? null, payload: "payload" in data ? data.payload : message, frame }]];
+    case "broadcast":
+      return [["broadcast", { message, from: data.from_user_id ?? null, payload: "payload" in data ? data.payload : message, frame }]];
+    case "error":
+      return [["error", { kind: "frame", code: data.code ?? "unknown", message, frame }]];
+    case "text":
+      return [["text", { message, frame }]];
+    case "info":
+      if (room === null && "user_id" in data && Array.isArray(data.rooms)) {
+        return [["welcome", { userId: data.user_id, rooms: data.rooms, message, frame }]];
+      }
+      if (room !== null && Array.isArray(data.rooms)) {
+        const joined = data.rooms.includes(room);
+        return [["rooms", { rooms: data.rooms, room, joined, message, frame }]];
+      }
+      if (typeof data.expires_at === "number") {
+        return [["refreshed", { expiresAt: data.expires_at, message, frame }]];
+      }
+      return [["info", { message, data, room, frame }]];
+    default:
+      return [["info", { message, data, room, frame }]];
+  }
+}
+
+/** The `exp` claim of a JWT in seconds since 1970, or null (no exp, not a JWT). */
+export function tokenExpiry(token) {
+  if (typeof token !== "string") return null;
+  const parts = token.split(".");
+  if (parts.length !== 3) return null;
+  try {
+    const b64 = parts[1].replace(/-/g, "+").replace(/_/g, "/");
+    const padded = b64 + "=".repeat((4 - (b64.length % 4)) % 4);
+    const bytes = Uint8Array.from(atob(padded), (c) => c.charCodeAt(0));
+    const claims = JSON.parse(new TextDecoder().decode(bytes));
+    return typeof claims?.exp === "number" && Number.isFinite(claims.exp) ? claims.exp : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Milliseconds to wait before sending refresh_token for a token expiring at `exp`
+ * (seconds), seen at `now` (ms): `margin` ms before the expiry, but never more than a
+ * third of the time left, so a short-lived token is renewed at two thirds of its life.
+ */
+export function refreshDelay(exp, now, margin = DEFAULTS.refreshMargin) {
+  const left = exp * 1000 - now;
+  if (left <= 0) return 0;
+  return Math.max(0, Math.floor(left - Math.min(margin, left / 3)));
+}
+
+/** `url` with the token in its `token` query parameter. */
+export function withToken(url, token) {
+  if (token === undefined || token === null || token === "") return String(url);
+  const u = new URL(url);
+  u.searchParams.set("token", token);
+  return u.toString();
+}
+
+// ---------------------------------------------------------------------------------
+// A small event emitter (works the same in browsers and in Node)
+
+export class Emitter {
+  constructor() {
+    this._listeners = new Map();
+  }
+
+  /** Call `listener(detail)` on each `type` event; returns a function that unsubscribes. */
+  on(type, listener) {
+    if (typeof listener !== "function") throw new TypeError("listener must be a function");
+    if (!this._listeners.has(type)) this._listeners.set(type, new Set());
+    this._listeners.get(type).add(listener);
+    return () => this.off(type, listener);
+  }
+
+  off(type, listener) {
+    this._listeners.get(type)?.delete(listener);
+  }
+
+  once(type, listener) {
+    const off = this.on(type, (detail) => {
+      off();
+      listener(detail);
+    });
+    return off;
+  }
+
+  emit(type, detail) {
+    for (const listener of [...(this._listeners.get(type) ?? [])]) {
+      try {
+        listener(detail);
+      } catch (error) {
+        // A broken listener must not break the client or the other listeners.
+        console.error(`roomcast: a "${type}" listener threw`, error);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// The client
+
+/**
+ * A WebSocket that stays connected: it fetches a token through `getToken` before every
+ * (re)connect, reconnects with exponential backoff and full jitter (no give-up),
+ * rejoins its rooms, renews the token before it expires, queues frames sent while
+ * offline, and stops after a 4008 policy close or `close()`.
+ */
+export class RoomcastClient extends Emitter {
+  constructor(options = {}) {
+    super();
+    if (!options.url) throw new TypeError("RoomcastClient: `url` is required");
+    if (typeof options.getToken !== "function") {
+      throw new TypeError("RoomcastClient: `getToken` must be an async function");
+    }
+    this.options = { ...DEFAULTS, ...options };
+    this.url = options.url;
+    this.getToken = options.getToken;
+    this.WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    if (typeof this.WebSocket !== "function") {
+      throw new TypeError("RoomcastClient: no WebSocket here; pass the `WebSocket` option");
+    }
+    this._setTimeout = options.setTimeout ?? globalThis.setTimeout.bind(globalThis);
+    this._clearTimeout = options.clearTimeout ?? globalThis.clearTimeout.bind(globalThis);
+    this._now = options.now ?? Date.now;
+    this._random = options.random ?? Math.random;
+
+    this.state = "idle"; // idle | connecting | open | reconnecting | closed
+    this.rooms = new Set(); // rooms wanted: rejoined after every reconnect
+    this.serverRooms = []; // this connection's rooms as the service last listed them
+    this.userId = null;
+    this.queue = new OfflineQueue(this.options.queueLimit);
+    this.attempt = 0; // failures since the last good open
+    this.stats = { opens: 0, tokens: 0, refreshes: 0 };
+    this._ws = null;
+    this._timer = null; // reconnect wait
+    this._refreshTimer = null;
+    this._generation = 0; // bumps on every connect attempt, to ignore stale sockets
+    this._stopped = false; // close() was called: for good
+    this._needFresh = false;
+    this._lastCode = null;
+  }
+
+  // -- public API ------------------------------------------------------------------
+
+  /** Start (or, after a 4008 stop, resume) connecting. */
+  connect() {
+    if (this._stopped) throw new Error("RoomcastClient: closed for good; make a new client");
+    if (this.state === "connecting" || this.state === "open") return;
+    this._cancelReconnect();
+    const reason = this.state === "idle" ? "connect" : "reconnect";
+    this._open(reason);
+  }
+
+  /** Close for good: no reconnect, timers cleared, queued frames dropped. */
+  close(code = CloseCode.NORMAL, reason = "client closed") {
+    if (this._stopped) return;
+    this._stopped = true;
+    this._generation += 1;
+    this._cancelReconnect();
+    this._cancelRefresh();
+    this.queue.clear();
+    const ws = this._ws;
+    this._ws = null;
+    if (ws) this._detach(ws, code, reason);
+    this._setState("closed", { code, reason });
+  }
+
+  get connected() {
+    return this.state === "open" && this._ws?.readyState === OPEN;
+  }
+
+  /**
+   * Send a frame ({type, room, data}); returns true if it went out now, false if it
+   * was queued for the next open (bounded: the oldest queued frame is dropped).
+   */
+  send(frame) {
+    if (this._stopped) throw new Error("RoomcastClient: closed");
+    if (frame === null || typeof frame !== "object" || typeof frame.type !== "string") {
+      throw new TypeError("send: a frame is an object with a string `type`");
+    }
+    if (this.connected) {
+      this._ws.send(JSON.stringify(frame));
+      return true;
+    }
+    for (const dropped of this.queue.push(frame)) {
+      this.emit("dropped", { frame: dropped, queued: this.queue.size });
+    }
+    return false;
+  }
+
+  /** Join a room now (when connected) and after every reconnect. */
+  join(room) {
+    checkRoom(room);
+    this.rooms.add(room);
+    if (this.connected) this._ws.send(JSON.stringify({ type: "join_room", room }));
+  }
+
+  /** Leave a room and stop rejoining it. */
+  leave(room) {
+    checkRoom(room);
+    this.rooms.delete(room);
+    if (this.connected) this._ws.send(JSON.stringify({ type: "leave_room", room }));
+  }
+
+  /** A room_message; `data` is a string or any JSON value. */
+  sendToRoom(room, data) {
+    checkRoom(room);
+    return this.send({ type: "room_message", room, data });
+  }
+
+  /** A broadcast to every client (the token needs the broadcast permission). */
+  broadcast(data) {
+    return this.send({ type: "broadcast", data });
+  }
+
+  /** The echo frame: an application-level ping. */
+  text(data) {
+    return this.send({ type: "text", data });
+  }
+
+  // -- connecting --------------------------------------------------------------------
+
+  async _open(reason) {
+    const generation = ++this._generation;
+    const fresh = this._needFresh || reason === "expired";
+    this._setState("connecting", { attempt: this.attempt, reason });
+    let token;
+    try {
+      token = await this.getToken({ reason, fresh, attempt: this.attempt, lastCode: this._lastCode });
+      this.stats.tokens += 1;
+    } catch (error) {
+      if (generation !== this._generation) return;
+      this.emit("error", { kind: "token", code: "get_token_failed", message: String(error?.message ?? error), error });
+      this._needFresh = true;
+      this._scheduleReconnect(null);
+      return;
+    }
+    if (generation !== this._generation) return; // closed or restarted meanwhile
+    this._token = token;
+    let ws;
+    try {
+      ws = new this.WebSocket(withToken(this.url, token));
+    } catch (error) {
+      this.emit("error", { kind: "socket", code: "bad_url", message: String(error?.message ?? error), error });
+      this._scheduleReconnect(null);
+      return;
+    }
+    this._ws = ws;
+    let opened = false;
+    ws.onopen = () => {
+      if (ws !== this._ws) return;
+      opened = true;
+      this._needFresh = false;
+      this.stats.opens += 1;
+      this._setState("open", { attempt: this.attempt });
+      // Rooms first, then the queue: a queued room_message needs its room joined.
+      for (const room of this.rooms) ws.send(JSON.stringify({ type: "join_room", room }));
+      for (const frame of this.queue.drain()) ws.send(JSON.stringify(frame));
+      this._scheduleRefresh(tokenExpiry(token));
+    };
+    ws.onmessage = (event) => {
+      if (ws !== this._ws) return;
+      this._onMessage(event.data);
+    };
+    ws.onerror = () => {
+      if (ws !== this._ws) return;
+      this.emit("error", { kind: "socket", code: "socket_error", message: "WebSocket error" });
+    };
+    ws.onclose = (event) => {
+      if (ws !== this._ws) return;
+      this._ws = null;
+      this._cancelRefresh();
+      this._onClose(event.code ?? CloseCode.ABNORMAL, event.reason ?? "", opened);
+    };
+  }
+
+  _onMessage(raw) {
+    let frame;
+    try {
+      frame = JSON.parse(typeof raw === "string" ? raw : String(raw));
+    } catch {
+      this.emit("error", { kind: "protocol", code: "bad_json", message: "a frame that is not JSON" });
+      return;
+    }
+    this.emit("frame", frame);
+    for (const [type, detail] of routeFrame(frame)) {
+      if (type === "welcome") {
+        this.userId = detail.userId;
+        this.serverRooms = detail.rooms;
+        // A good open: the service took us in, so the backoff starts over.
+        this.attempt = 0;
+      } else if (type === "rooms") {
+        this.serverRooms = detail.rooms;
+      } else if (type === "refreshed") {
+        this._scheduleRefresh(detail.expiresAt);
+      }
+      this.emit(type, detail);
+    }
+  }
+
+  _onClose(code, reason, opened) {
+    this._lastCode = code;
+    const willReconnect = !this._stopped && !this.options.stopCodes.includes(code);
+    this.emit("close", { code, reason, opened, willReconnect });
+    if (this._stopped) return;
+    if (!willReconnect) {
+      // 4008: the service says this client misbehaves. Retrying blindly would repeat
+      // it; the application decides (client.connect() resumes).
+      this._setState("closed", { code, reason });
+      this.emit("stopped", { code, reason });
+      return;
+    }
+    if (code === CloseCode.TOKEN_EXPIRED || !opened) this._needFresh = true;
+    if (code === CloseCode.TOKEN_EXPIRED && opened && this.attempt === 0) {
+      // The token ran out on a good connection: reconnect at once with a new one.
+      this.attempt += 1;
+      this._reconnectAfter(0, code, reason, "expired");
+      return;
+    }
+    this._scheduleReconnect(code, reason);
+  }
+
+  _scheduleReconnect(code, reason = "") {
+    const delay = backoffDelay(this.attempt, { ...this.options, random: this._random });
+    this.attempt += 1;
+    this._reconnectAfter(delay, code, reason, code === CloseCode.TOKEN_EXPIRED ? "expired" : "reconnect");
+  }
+
+  _reconnectAfter(delay, code, reason, why) {
+    this._cancelReconnect();
+    this._setState("reconnecting", { code, reason, delay, attempt: this.attempt });
+    this._timer = this._setTimeout(() => {
+      this._timer = null;
+      if (!this._stopped) this._open(why);
+    }, delay);
+  }
+
+  _cancelReconnect() {
+    if (this._timer !== null) this._clearTimeout(this._timer);
+    this._timer = null;
+  }
+
+  // -- token renewal -------------------------------------------------------------------
+
+  _scheduleRefresh(exp) {
+    this._cancelRefresh();
+    if (typeof exp !== "number") return;
+    const delay = refreshDelay(exp, this._now(), this.options.refreshMargin);
+    // Timers overflow past 2 ** 31 - 1 ms (24.8 days): wait in steps for longer tokens.
+    const step = Math.min(delay, MAX_TIMER);
+    this._refreshTimer = this._setTimeout(() => {
+      this._refreshTimer = null;
+      if (step < delay) this._scheduleRefresh(exp);
+      else this._refresh();
+    }, step);
+  }
+
+  _cancelRefresh() {
+    if (this._refreshTimer !== null) this._clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+  }
+
+  async _refresh() {
+    const ws = this._ws;
+    if (!ws || ws.readyState !== OPEN) return;
+    let token;
+    try {
+      token = await this.getToken({ reason: "refresh", fresh: true, attempt: 0, lastCode: null });
+      this.stats.tokens += 1;
+    } catch (error) {
+      // The connection carries on until its token expires; then 4001 and a reconnect.
+      this.emit("error", { kind: "token", code: "get_token_failed", message: String(error?.message ?? error), error });
+      return;
+    }
+    if (ws !== this._ws || ws.readyState !== OPEN) return;
+    this._token = token;
+    this.stats.refreshes += 1;
+    ws.send(JSON.stringify({ type: "refresh_token", data: token }));
+    // Until the service confirms, plan the next renewal from the token itself.
+    this._scheduleRefresh(tokenExpiry(token));
+  }
+
+  // -- helpers -------------------------------------------------------------------------
+
+  _setState(state, detail = {}) {
+    this.state = state;
+    this.emit("state", { state, ...detail });
+  }
+
+  _detach(ws, code, reason) {
+    ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+    try {
+      ws.close(code, reason);
+    } catch {
+      // already closing, or an invalid code for this socket: nothing left to do
+    }
+  }
+}
+
+function checkRoom(room) {
+  if (typeof room !== "string" || !ROOM_NAME.test(room)) {
+    throw new RangeError(`invalid room name ${JSON.stringify(room)}: use 1 to 100 of A-Z a-z 0-9 _ . : @ -`);
+  }
+}
+
+export default RoomcastClient;

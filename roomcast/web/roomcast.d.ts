@@ -58,7 +58,11 @@ export interface RoomcastOptions {
   maxDelay?: number;
   /** Frames kept while offline (default 100); past it the oldest is dropped. */
   queueLimit?: number;
-  /** Send refresh_token this many ms before exp at most (default 30000; a third of the time left for short tokens). */
+  /**
+   * Send refresh_token this many ms before the token ends (default 30000), or at two
+   * thirds of its life when that is sooner. The time left is the token's exp - iat from
+   * when getToken returned it, so a wrong local clock does not matter.
+   */
   refreshMargin?: number;
   /** Close codes after which the client stops instead of reconnecting (default [4008]). */
   stopCodes?: number[];
@@ -214,10 +218,12 @@ export function backoffDelay(
 ): number;
 /** [eventName, detail] pairs for one frame from the service. */
 export function routeFrame(frame: unknown): Array<[keyof EventMap, unknown]>;
-/** The token's exp claim in seconds, or null. */
-export function tokenExpiry(token: string): number | null;
-/** ms to wait before renewing a token that expires at `exp` (seconds), seen at `now` (ms). */
-export function refreshDelay(exp: number, now: number, margin?: number): number;
+/** The token's exp and iat claims in seconds (null when absent), or null if not a JWT. */
+export function tokenTimes(token: string): { exp: number | null; iat: number | null } | null;
+/** ms the token has left `elapsed` ms after it was received (by exp - iat when it has iat), or null. */
+export function tokenTimeLeft(token: string, now: number, elapsed?: number): number | null;
+/** ms to wait before renewing a token with `left` ms to live. */
+export function refreshDelay(left: number, margin?: number): number;
 export function withToken(url: string, token: string | null | undefined): string;
 
 export default RoomcastClient;

@@ -8,7 +8,7 @@
 //   client.join("project_42");
 //   client.connect();
 //
-// The pure parts (backoff, the offline queue, frame routing, token expiry) are exported
+// The pure parts (backoff, the offline queue, frame routing, token times) are exported
 // as small functions so that they can be tested without a socket.
 
 /** Close codes the service uses (docs/protocol.md, section 7). */
@@ -133,8 +133,8 @@ export function routeFrame(frame) {
   }
 }
 
-/** The `exp` claim of a JWT in seconds since 1970, or null (no exp, not a JWT). */
-export function tokenExpiry(token) {
+/** The `exp` and `iat` claims of a JWT (seconds since 1970; null when absent), or null. */
+export function tokenTimes(token) {
   if (typeof token !== "string") return null;
   const parts = token.split(".");
   if (parts.length !== 3) return null;
@@ -143,19 +143,32 @@ export function tokenExpiry(token) {
     const padded = b64 + "=".repeat((4 - (b64.length % 4)) % 4);
     const bytes = Uint8Array.from(atob(padded), (c) => c.charCodeAt(0));
     const claims = JSON.parse(new TextDecoder().decode(bytes));
-    return typeof claims?.exp === "number" && Number.isFinite(claims.exp) ? claims.exp : null;
+    const number = (value) => (typeof value === "number" && Number.isFinite(value) ? value : null);
+    return { exp: number(claims?.exp), iat: number(claims?.iat) };
   } catch {
     return null;
   }
 }
 
 /**
- * Milliseconds to wait before sending refresh_token for a token expiring at `exp`
- * (seconds), seen at `now` (ms): `margin` ms before the expiry, but never more than a
- * third of the time left, so a short-lived token is renewed at two thirds of its life.
+ * Milliseconds a token has left, seen `elapsed` ms after it was received at wall time
+ * `now`; null when it never expires. With `iat`, the answer is its lifetime (exp - iat)
+ * minus `elapsed`, so a browser whose clock is off still renews in time; without, it
+ * is `exp` against the local clock.
  */
-export function refreshDelay(exp, now, margin = DEFAULTS.refreshMargin) {
-  const left = exp * 1000 - now;
+export function tokenTimeLeft(token, now, elapsed = 0) {
+  const times = tokenTimes(token);
+  if (times?.exp == null) return null;
+  if (times.iat != null && times.iat <= times.exp) return (times.exp - times.iat) * 1000 - elapsed;
+  return times.exp * 1000 - now;
+}
+
+/**
+ * Milliseconds to wait before sending refresh_token for a token with `left` ms to
+ * live: `margin` ms before it ends, but never more than a third of the time left, so
+ * a short-lived token is renewed at two thirds of its life.
+ */
+export function refreshDelay(left, margin = DEFAULTS.refreshMargin) {
   if (left <= 0) return 0;
   return Math.max(0, Math.floor(left - Math.min(margin, left / 3)));
 }
@@ -348,7 +361,7 @@ export class RoomcastClient extends Emitter {
       return;
     }
     if (generation !== this._generation) return; // closed or restarted meanwhile
-    this._token = token;
+    const receivedAt = this._now();
     let ws;
     try {
       ws = new this.WebSocket(withToken(this.url, token));
@@ -368,7 +381,7 @@ export class RoomcastClient extends Emitter {
       // Rooms first, then the queue: a queued room_message needs its room joined.
       for (const room of this.rooms) ws.send(JSON.stringify({ type: "join_room", room }));
       for (const frame of this.queue.drain()) ws.send(JSON.stringify(frame));
-      this._scheduleRefresh(tokenExpiry(token));
+      this._scheduleRefresh(token, receivedAt);
     };
     ws.onmessage = (event) => {
       if (ws !== this._ws) return;
@@ -403,8 +416,6 @@ export class RoomcastClient extends Emitter {
         this.attempt = 0;
       } else if (type === "rooms") {
         this.serverRooms = detail.rooms;
-      } else if (type === "refreshed") {
-        this._scheduleRefresh(detail.expiresAt);
       }
       this.emit(type, detail);
     }
@@ -454,15 +465,16 @@ export class RoomcastClient extends Emitter {
 
   // -- token renewal -------------------------------------------------------------------
 
-  _scheduleRefresh(exp) {
+  _scheduleRefresh(token, receivedAt) {
     this._cancelRefresh();
-    if (typeof exp !== "number") return;
-    const delay = refreshDelay(exp, this._now(), this.options.refreshMargin);
+    const left = tokenTimeLeft(token, this._now(), this._now() - receivedAt);
+    if (left === null) return; // a token without exp needs no renewal
+    const delay = refreshDelay(left, this.options.refreshMargin);
     // Timers overflow past 2 ** 31 - 1 ms (24.8 days): wait in steps for longer tokens.
     const step = Math.min(delay, MAX_TIMER);
     this._refreshTimer = this._setTimeout(() => {
       this._refreshTimer = null;
-      if (step < delay) this._scheduleRefresh(exp);
+      if (step < delay) this._scheduleRefresh(token, receivedAt);
       else this._refresh();
     }, step);
   }
@@ -485,11 +497,11 @@ export class RoomcastClient extends Emitter {
       return;
     }
     if (ws !== this._ws || ws.readyState !== OPEN) return;
-    this._token = token;
     this.stats.refreshes += 1;
     ws.send(JSON.stringify({ type: "refresh_token", data: token }));
-    // Until the service confirms, plan the next renewal from the token itself.
-    this._scheduleRefresh(tokenExpiry(token));
+    // The next renewal follows from the new token's own lifetime. If the service
+    // refuses it (an error event), the old expiry stands: 4001, then a reconnect.
+    this._scheduleRefresh(token, this._now());
   }
 
   // -- helpers -------------------------------------------------------------------------

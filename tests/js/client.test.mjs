@@ -501,8 +501,26 @@ describe("token renewal", () => {
     let clock;
     const other = setup({ getToken: async () => expiring(clock, 60) });
     clock = other.clock;
-    (await connected(other)).serverClose(1001);
-    assert.ok(!other.clock.pending().includes(30_000), "the renewal timer went with the socket");
+    await connected(other);
+    assert.deepEqual(other.clock.pending(), [40_000], "renewal planned at two thirds of 60 s");
+    other.WS.last.serverClose(1001);
+    assert.deepEqual(other.clock.pending(), [500], "only the reconnect: the renewal went with the socket");
+  });
+
+  test("a wrong local clock does not matter when the token has iat", async () => {
+    let clock;
+    const ctx = setup({
+      getToken: async () => {
+        const serverNow = clock.time / 1000 + 5 * 3600; // the service is five hours ahead
+        return fakeJwt({ sub: "7", iat: serverNow, exp: serverNow + 90 });
+      },
+    });
+    clock = ctx.clock;
+    const ws = await connected(ctx);
+    await ctx.clock.advance(59_999);
+    assert.equal(ws.frames.length, 0);
+    await ctx.clock.advance(1);
+    assert.equal(ws.frames[0]?.type, "refresh_token", "30 s before the end of its 90 s");
   });
 
   test("a token far in the future does not overflow the timer", async () => {

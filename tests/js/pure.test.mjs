@@ -9,7 +9,8 @@ import {
   backoffDelay,
   refreshDelay,
   routeFrame,
-  tokenExpiry,
+  tokenTimeLeft,
+  tokenTimes,
   withToken,
 } from "../../roomcast/web/roomcast.js";
 
@@ -173,22 +174,33 @@ describe("routeFrame", () => {
 });
 
 describe("tokens", () => {
-  test("tokenExpiry reads exp from a JWT, or null", () => {
-    assert.equal(tokenExpiry(jwt({ sub: "7", exp: 1767225600 })), 1767225600);
-    assert.equal(tokenExpiry(jwt({ sub: "ünïcode", exp: 12.5 })), 12.5);
-    assert.equal(tokenExpiry(jwt({ sub: "7" })), null);
-    assert.equal(tokenExpiry("opaque-session-token"), null);
-    assert.equal(tokenExpiry("a.!!!.c"), null);
-    assert.equal(tokenExpiry(undefined), null);
+  test("tokenTimes reads exp and iat from a JWT, or null", () => {
+    assert.deepEqual(tokenTimes(jwt({ sub: "7", iat: 1767222000, exp: 1767225600 })), { exp: 1767225600, iat: 1767222000 });
+    assert.deepEqual(tokenTimes(jwt({ sub: "ünïcode", exp: 12.5 })), { exp: 12.5, iat: null });
+    assert.deepEqual(tokenTimes(jwt({ sub: "7", exp: "soon" })), { exp: null, iat: null });
+    assert.equal(tokenTimes("opaque-session-token"), null);
+    assert.equal(tokenTimes("a.!!!.c"), null);
+    assert.equal(tokenTimes(undefined), null);
   });
 
-  test("refreshDelay: the margin before exp, at most a third of what is left", () => {
-    const now = 1_000_000_000_000;
-    const exp = (seconds) => now / 1000 + seconds;
-    assert.equal(refreshDelay(exp(3600), now, 30000), 3570000);
-    assert.equal(refreshDelay(exp(3), now, 30000), 2000);
-    assert.equal(refreshDelay(exp(0), now, 30000), 0);
-    assert.equal(refreshDelay(exp(-5), now, 30000), 0);
+  test("tokenTimeLeft: by the token's lifetime when it has iat, whatever the local clock", () => {
+    const serverNow = 1_767_222_000;
+    const token = jwt({ sub: "7", iat: serverNow, exp: serverNow + 60 });
+    const skewed = (serverNow - 3 * 3600) * 1000; // a browser three hours behind
+    assert.equal(tokenTimeLeft(token, skewed), 60_000);
+    assert.equal(tokenTimeLeft(token, skewed, 15_000), 45_000);
+    // Without iat, exp against the local clock is all there is.
+    assert.equal(tokenTimeLeft(jwt({ exp: serverNow + 60 }), serverNow * 1000), 60_000);
+    assert.equal(tokenTimeLeft(jwt({ sub: "7" }), serverNow * 1000), null);
+    assert.equal(tokenTimeLeft("opaque", serverNow * 1000), null);
+  });
+
+  test("refreshDelay: the margin before the end, at most a third of what is left", () => {
+    assert.equal(refreshDelay(3_600_000, 30000), 3_570_000);
+    assert.equal(refreshDelay(3000, 30000), 2000);
+    assert.equal(refreshDelay(0, 30000), 0);
+    assert.equal(refreshDelay(-5000, 30000), 0);
+    assert.equal(refreshDelay(90_000), 60_000, "the default margin is 30 s");
   });
 
   test("withToken puts the token in the query, encoded", () => {

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Developer entry point. `./dev.sh serve` runs the service with a dev secret;
+# Developer entry point. `./dev.sh serve` runs the service in demo mode (the demo page
+# on http://127.0.0.1:8080/) with a dev secret and a dev API key;
 # `./dev.sh test` runs every test. Both set up .venv on first use (and again
 # whenever pyproject.toml changes), so a fresh machine needs nothing else.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 DEV_SECRET="roomcast-dev-secret-change-me-0123456789"
+DEV_API_KEY="roomcast-dev-api-key"
 
 setup() {
     local stamp=.venv/.roomcast-installed
@@ -38,7 +40,9 @@ case "$cmd" in
         setup
         export ROOMCAST_JWT_SECRET="${ROOMCAST_JWT_SECRET:-$DEV_SECRET}"
         echo "Mint a token in another shell: ROOMCAST_JWT_SECRET=$ROOMCAST_JWT_SECRET .venv/bin/roomcast token --user 42"
-        exec .venv/bin/roomcast serve "$@"
+        export ROOMCAST_API_KEY="${ROOMCAST_API_KEY:-$DEV_API_KEY}"
+        # Prints the demo page's URL once listening.
+        exec .venv/bin/roomcast serve --demo "$@"
         ;;
     test)
         setup

@@ -21,7 +21,7 @@ async def announce_maintenance(minutes: int = 5) -> int:
 
 
 async def main() -> None:
-    config = Config(jwt_secret="example-secret-change-me-0123456789", port=0)
+    config = Config(jwt_secret="example-secret-change-me-0123456789", port=0, http_port=-1)
     async with open_service(config) as service:
         urls = [f"{service.url}?token={mint_token(config, user)}" for user in (1, 2)]
         async with open_websocket_url(urls[0]) as a, open_websocket_url(urls[1]) as b:

@@ -35,7 +35,7 @@ async def notify_if_online(user_id: int, message: str, db: list[dict[str, Any]])
 
 
 async def main() -> None:
-    config = Config(jwt_secret="example-secret-change-me-0123456789", port=0)
+    config = Config(jwt_secret="example-secret-change-me-0123456789", port=0, http_port=-1)
     db: list[dict[str, Any]] = []
     async with open_service(config) as service:
         async with open_websocket_url(f"{service.url}?token={mint_token(config, 7)}") as tab:

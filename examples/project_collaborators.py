@@ -28,7 +28,7 @@ async def notify_project_update(project_id: int, update_message: str) -> int:
 
 
 async def main() -> None:
-    config = Config(jwt_secret="example-secret-change-me-0123456789", port=0)
+    config = Config(jwt_secret="example-secret-change-me-0123456789", port=0, http_port=-1)
     async with open_service(config) as service:
         alice = f"{service.url}?token={mint_token(config, 1)}"
         bob = f"{service.url}?token={mint_token(config, 2)}"

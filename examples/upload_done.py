@@ -31,7 +31,7 @@ async def upload_file(project_id: int, filename: str, user_id: int) -> dict[str,
 
 
 async def main() -> None:
-    config = Config(jwt_secret="example-secret-change-me-0123456789", port=0)
+    config = Config(jwt_secret="example-secret-change-me-0123456789", port=0, http_port=-1)
     async with open_service(config) as service:
         # A browser tab of user 42, as `new WebSocket(url + "?token=...")` would open it.
         token = mint_token(config, 42)

@@ -93,6 +93,10 @@ async def _serve_until_signalled(config: Config, authenticator: Authenticator) -
         async with trio.open_nursery() as nursery:
             service = await nursery.start(_run, config, authenticator)
             print(f"roomcast listening on {service.url}", flush=True)
+            if service.http_port is not None:
+                http = f"http://{config.host}:{service.http_port}/"
+                print(f"Demo page: open {http} in a browser" if config.demo else
+                      f"HTTP (health, metrics, API) on {http}", flush=True)
             async for signum in signals:
                 log.info("%s received: closing every connection", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()

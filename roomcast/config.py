@@ -31,6 +31,15 @@ class Config:
     host: str = _setting("127.0.0.1", "address to bind; 0.0.0.0 for every interface")
     port: int = _setting(8000, "WebSocket port; 0 picks a free one")
     path: str = _setting("/api/v1/ws", "WebSocket URL path")
+    http_port: int = _setting(
+        8080, "HTTP port (health, metrics, API, client script); 0 picks a free one, -1 disables"
+    )
+    api_key: str | None = _setting(
+        None, "key that backends send as 'Authorization: Bearer KEY' to the HTTP API; "
+        "unset disables the API"
+    )
+    demo: bool = _setting(False, "serve the demo page at / and mint demo tokens (never in "
+                          "production: anyone can get a token)")
     jwt_secret: str | None = _setting(None, "HMAC secret for HS256/384/512 tokens")
     jwt_public_key: str | None = _setting(
         None, "PEM public key (text, or @path to a file) for RS*/PS*/ES*/EdDSA tokens"

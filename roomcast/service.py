@@ -17,6 +17,8 @@ from roomcast.actors.supervisor import Escalation, Supervisor
 from roomcast.auth import Authenticator, JwtAuthenticator, checked
 from roomcast.config import Config
 from roomcast.facade import NotificationService
+from roomcast.http import serve_http
+from roomcast.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +38,22 @@ class Service:
     registry: Registry
     gateway: Gateway
     supervisor: Supervisor
+    metrics: Metrics = attrs.field(repr=False)
     _scope: trio.CancelScope
+    http_port: int | None = None  # None: no HTTP port (http_port = -1)
 
     @property
     def ready(self) -> bool:
         """Accepting clients, and (in a cluster) connected to Redis."""
+        return not self.unready_reasons()
+
+    def unready_reasons(self) -> list[str]:
+        """Why the node is not ready (`/readyz` shows them); empty when it is."""
+        reasons = ["draining"] if self.gateway.draining else []
         backplane = self.registry.backplane
-        return not self.gateway.draining and (backplane is None or backplane.healthy)
+        if backplane is not None and not backplane.healthy:
+            reasons.append("redis_unavailable")
+        return reasons
 
     @property
     def url(self) -> str:
@@ -94,8 +105,9 @@ async def _run(
 
     with trio.CancelScope(shield=True) as scope:
         async with trio.open_nursery() as actors:
+            metrics = Metrics()
             supervisor = Supervisor(
-                actors, config.restart_intensity, config.restart_period, escalate
+                actors, config.restart_intensity, config.restart_period, escalate, metrics
             )
             registry = Registry(config.mailbox_size, supervisor.start)
             keeper = Keeper(
@@ -114,9 +126,13 @@ async def _run(
             notifications._unbind(token)
             port = listeners[0].socket.getsockname()[1]
             log.info("roomcast listening on ws://%s:%d%s", config.host, port, config.path)
-            task_status.started(
-                Service(config, port, notifications, registry, gateway, supervisor, scope)
+            service = Service(
+                config, port, notifications, registry, gateway, supervisor, metrics, scope
             )
+            if config.http_port >= 0:
+                # In this nursery: it stops with the actors, after the drain.
+                service.http_port = await actors.start(serve_http, service)
+            task_status.started(service)
             await failed.wait()
             log.critical("stopping the service: %s", failures[0])
             await gateway.drain(config.shutdown_timeout)

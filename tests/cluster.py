@@ -80,7 +80,7 @@ class Node:
 
     def __init__(self, redis_url: str, lease: float = 2.0) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "roomcast.cli", "serve", "--port", "0",
+            [sys.executable, "-m", "roomcast.cli", "serve", "--port", "0", "--http-port=-1",
              "--redis-url", redis_url, "--presence-lease", str(lease),
              "--log-level", "WARNING"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

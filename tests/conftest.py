@@ -17,7 +17,9 @@ SECRET = "roomcast-test-secret-0123456789abcdef"
 
 
 def make_config(**overrides: Any) -> Config:
-    values: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "jwt_secret": SECRET}
+    # No HTTP port unless a test asks for one (http_port=0): services run side by side.
+    values: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "jwt_secret": SECRET,
+                              "http_port": -1}
     values.update(overrides)
     return Config(**values)
 

@@ -299,8 +299,8 @@ def test_readme_starts_with_the_two_commands():
     first_block = lines[lines.index("```") : lines.index("```") + 4]
     assert first_block == [
         "```",
-        "./dev.sh serve        # run the service on ws://127.0.0.1:8000/api/v1/ws "
-        "with a dev secret",
+        "./dev.sh serve        # run the service with a dev secret; open the demo at "
+        "http://127.0.0.1:8080/",
         "./dev.sh test         # run every test",
         "```",
     ]

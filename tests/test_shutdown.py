@@ -58,7 +58,7 @@ def _cli(*args: str, **env: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "ROOMCAST_JWT_SECRET": SECRET, **env},
+        env={**os.environ, "ROOMCAST_JWT_SECRET": SECRET, "ROOMCAST_HTTP_PORT": "-1", **env},
     )
 
 

@@ -7,6 +7,8 @@ from typing import Any, Generic, TypeVar
 import attrs
 import trio
 
+from roomcast.metrics import UNCOUNTED, Metrics
+
 T = TypeVar("T")
 
 
@@ -53,6 +55,7 @@ class MailboxActor:
     """An actor reached only through its bounded mailbox; `handle` runs one message."""
 
     name: str
+    metrics: Metrics = UNCOUNTED  # the service's, given by the supervisor that starts it
 
     def __init__(self, name: str, mailbox_size: int) -> None:
         self.name = name

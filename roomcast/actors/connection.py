@@ -105,11 +105,15 @@ class Connection:
     def deliver(self, frame: bytes) -> bool:
         """Queue complete frame bytes without waiting; False if they were dropped."""
         if self.ws.closed is not None:
+            self.registry.metrics.not_delivered("closed")
             return False
         if self._before_welcome is not None:
             self._before_welcome.append(frame)
             return True
-        return self.outbox.write_nowait(frame)
+        if self.outbox.write_nowait(frame):
+            return True
+        self.registry.metrics.not_delivered("slow_consumer" if self.outbox.overflowed else "closed")
+        return False
 
     def request_close(self, code: CloseCode, reason: str) -> None:
         """Ask the actor to stop; it closes the socket with `code` on its way out."""
@@ -162,7 +166,8 @@ class Connection:
                 await self._handle(decode(text))
                 self._strikes = 0
             except ProtocolError as error:
-                self.deliver(encode_frame(error_frame(error)))
+                self.registry.metrics.refused(error.code)
+                self._reply(error_frame(error))
                 self._strike()
 
     def _strike(self) -> None:
@@ -174,6 +179,7 @@ class Connection:
             self.request_close(CloseCode.POLICY, "too many refused frames")
 
     async def _handle(self, frame: ClientFrame) -> None:
+        self.registry.metrics.received(frame.type)
         if frame.type == MessageType.TEXT:
             text, _ = message_text(frame.data)
             self._reply(ServerFrame(type=MessageType.TEXT, message=f"Echo: {text}"))
@@ -189,7 +195,8 @@ class Connection:
             await self._refresh(frame.data)
 
     def _reply(self, frame: ServerFrame) -> None:
-        self.deliver(encode_frame(frame))
+        if self.deliver(encode_frame(frame)):
+            self.registry.metrics.replied(frame.type)
 
     def _rooms_reply(self, message: str, room: str) -> None:
         self._reply(

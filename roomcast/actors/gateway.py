@@ -124,6 +124,8 @@ class Gateway:
         outbox.on_hangup = None
         self._handshakes.discard(handshake)
         if request is None:
+            cause = "hung_up" if hung_up else "draining" if self.draining else "timeout"
+            self._registry.metrics.handshake_failed(cause)
             if hung_up:
                 log.info("conn %d: hung up or refused during the handshake", conn_id)
             else:
@@ -135,6 +137,7 @@ class Gateway:
         except Rejection as rejection:
             log.info("conn %d: handshake refused: %d %s", conn_id, rejection.status,
                      rejection.cause)
+            self._registry.metrics.handshake_failed(rejection.cause)
             body = json.dumps({"error": rejection.error}).encode()
             with trio.move_on_after(config.close_timeout):
                 await request.reject(
@@ -165,6 +168,7 @@ class Gateway:
             with trio.move_on_after(config.close_timeout, shield=True):
                 await self._keeper.send(Unwatch(connection))
         code, reason = connection.close_code, connection.close_reason
+        self._registry.metrics.closed(code)
         with trio.move_on_after(config.close_timeout):
             await ws.aclose(code, reason)
         closed = ws.closed

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -115,6 +116,7 @@ class Room(MailboxActor):
     def _continue_fan_out(self) -> None:
         fan_out = self._fan_out
         assert fan_out is not None
+        started = perf_counter()
         frame = fan_out.publish.frame
         for member in fan_out.pending:
             try:
@@ -130,6 +132,7 @@ class Room(MailboxActor):
             if self.fault_after is not None:
                 self._count_down_fault()
         self._fan_out = None
+        self.metrics.fanned_out(frame, fan_out.connections, perf_counter() - started)
         if fan_out.publish.reply is not None:
             fan_out.publish.reply.set(
                 Delivery(len(fan_out.users), fan_out.connections, fan_out.users)

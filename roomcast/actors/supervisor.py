@@ -10,6 +10,7 @@ from collections.abc import Callable
 import trio
 
 from roomcast.actors.base import MailboxActor
+from roomcast.metrics import UNCOUNTED, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,11 @@ class Supervisor:
         intensity: int = 10,
         period: float = 5.0,
         on_escalation: Callable[[Escalation], None] = _no_handler,
+        metrics: Metrics = UNCOUNTED,
     ) -> None:
         self._nursery = nursery
         self._on_escalation = on_escalation
+        self.metrics = metrics
         self.intensity = intensity
         self.period = period
         self.restarts = 0
@@ -40,6 +43,7 @@ class Supervisor:
     def start(self, actor: MailboxActor) -> None:
         """Run `actor` in the supervised nursery; synchronous, so a caller can start
         an actor and send to it without a checkpoint in between."""
+        actor.metrics = self.metrics  # every actor of the service counts in one place
         self._nursery.start_soon(self._supervise, actor, name=actor.name)
 
     async def _supervise(self, actor: MailboxActor) -> None:
@@ -54,6 +58,7 @@ class Supervisor:
                     self._on_escalation(Escalation(f"{actor.name} restarted too often"))
                     return
                 log.info("restarting %s with its state", actor.name)
+                self.metrics.restarted(actor.name)
 
     def _too_many_restarts(self, actor: MailboxActor) -> bool:
         now = trio.current_time()

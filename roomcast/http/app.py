@@ -1,0 +1,261 @@
+"""The HTTP side of a service, as a plain ASGI application.
+
+Plain ASGI rather than a framework: a dozen fixed routes of small JSON in and out
+need a router of ten lines, and the OpenAPI document is written by hand anyway (it is
+the contract, tested by schemathesis); a framework would be one more dependency to
+keep in step with, for nothing this app uses.
+
+Routes (the OpenAPI document in openapi.py says the same, with schemas):
+
+- `/healthz`, `/readyz`, `/metrics`, `/openapi.json`: open;
+- `/api/v1/...`: notifications and presence, behind `Authorization: Bearer API_KEY`;
+  404 while the service has no `api_key` (the API does not exist then);
+- `/static/roomcast.js` and `.d.ts`: the JavaScript client, from roomcast/web/;
+- demo mode only: `/` (the demo page), `/static/demo.css`, `POST /demo/token`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+from importlib.resources import files
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from roomcast.actors.backplane import BackplaneUnavailable
+from roomcast.auth import ConfigError, mint_token
+from roomcast.http import openapi
+from roomcast.http.asgi import (
+    Handler,
+    HttpError,
+    Receive,
+    Request,
+    Response,
+    Route,
+    Scope,
+    Send,
+    error_response,
+    json_response,
+    lifespan,
+    read_request,
+    send_response,
+)
+from roomcast.metrics import CONTENT_TYPE, exposition, prometheus_registry
+from roomcast.protocol import NotificationLevel, UserId, normalize_user_id, validate_room_name
+from roomcast.protocol import ProtocolError as _ProtocolError
+
+if TYPE_CHECKING:
+    from roomcast.service import Service
+
+log = logging.getLogger(__name__)
+
+WEB = files("roomcast") / "web"
+JS = "text/javascript; charset=utf-8"
+_NOTIFICATION_KEYS = {"message", "level", "data"}
+_HOST = re.compile(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]")
+
+
+def _sorted(users: set[UserId]) -> list[UserId]:
+    return sorted(users, key=lambda u: (isinstance(u, str), u))
+
+
+def _user_id(value: Any) -> UserId:
+    try:
+        return normalize_user_id(value)
+    except ValueError as exc:
+        raise HttpError(400, f"Invalid user id: {exc}") from None
+
+
+def _room(value: Any) -> str:
+    try:
+        if isinstance(value, str):
+            return validate_room_name(value)
+    except _ProtocolError:
+        pass
+    raise HttpError(400, "Invalid room name: 1 to 100 of A-Z a-z 0-9 _ . : @ -")
+
+
+def _only(body: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise HttpError(400, f"Unknown field: {unknown[0]!r}")
+
+
+class HttpApp:
+    def __init__(self, service: Service) -> None:
+        self._service = service
+        self._config = service.config
+        self._prometheus = prometheus_registry(service)
+        routes = [
+            Route("/healthz", {"GET": self.healthz}),
+            Route("/readyz", {"GET": self.readyz}),
+            Route("/metrics", {"GET": self.metrics}),
+            Route("/openapi.json", {"GET": self.openapi}),
+            Route("/api/v1/notifications", {"POST": self.notify}),
+            Route("/api/v1/users", {"GET": self.users}),
+            Route("/api/v1/users/{user_id}", {"GET": self.user}),
+            Route("/api/v1/rooms/{room}/members", {"GET": self.room_members}),
+            Route("/static/roomcast.js", {"GET": self._static("roomcast.js", JS)}),
+            Route("/static/roomcast.d.ts", {"GET": self._static("roomcast.d.ts", JS)}),
+        ]
+        if self._config.demo:  # otherwise these paths do not exist: 404
+            routes += [
+                Route("/", {"GET": self._static("demo.html", "text/html; charset=utf-8")}),
+                Route("/static/demo.css", {"GET": self._static("demo.css", "text/css")}),
+                Route("/demo/token", {"POST": self.demo_token}),
+            ]
+        self._routes = routes
+
+    # ASGI -----------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+        elif scope["type"] == "http":
+            head = scope["method"] == "HEAD"
+            await send_response(send, await self._respond(scope, receive), head=head)
+        else:  # a WebSocket on the HTTP port: the WebSocket port is elsewhere
+            await send({"type": "websocket.close", "code": 1008})
+
+    async def _respond(self, scope: Scope, receive: Receive) -> Response:
+        try:
+            request = await read_request(scope, receive, self._config.max_message_size)
+            handler, params = self._route(request)
+            return await handler(attrs.evolve(request, params=params))
+        except HttpError as error:
+            return error_response(error)
+        except Exception:
+            log.exception("HTTP %s %s failed", scope["method"], scope["path"])
+            return error_response(HttpError(500, "Internal error"))
+
+    def _route(self, request: Request) -> tuple[Handler, dict[str, str]]:
+        path = request.path.partition("?")[0]
+        for route in self._routes:
+            params = route.match(path)
+            if params is None:
+                continue
+            method = "GET" if request.method == "HEAD" else request.method
+            if method not in route.handlers:
+                allowed = {*route.handlers, *(["HEAD"] if "GET" in route.handlers else [])}
+                raise HttpError(405, f"Method {request.method} not allowed",
+                                (("allow", ", ".join(sorted(allowed))),))
+            return route.handlers[method], params
+        raise HttpError(404, "Not found")
+
+    def _authorize(self, request: Request) -> None:
+        key = self._config.api_key
+        if key is None:
+            raise HttpError(404, "The HTTP API is disabled: set api_key (--api-key or "
+                                 "ROOMCAST_API_KEY) to enable it")
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        # Constant time: how much of a guess was right must not show in the timing.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), key.encode()
+        ):
+            raise HttpError(401, "Missing or wrong API key",
+                            (("www-authenticate", 'Bearer realm="roomcast"'),))
+
+    # operations -----------------------------------------------------------------------
+
+    async def healthz(self, request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        reasons = self._service.unready_reasons()
+        return json_response({"ready": not reasons, "reasons": reasons},
+                             503 if reasons else 200)
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(200, exposition(self._prometheus), CONTENT_TYPE)
+
+    async def openapi(self, request: Request) -> Response:
+        return json_response(openapi.document(self._config))
+
+    async def notify(self, request: Request) -> Response:
+        self._authorize(request)
+        body = request.json_object()
+        targets = [key for key in ("user_id", "room", "broadcast") if key in body]
+        if len(targets) != 1:
+            raise HttpError(400, "Give exactly one of 'user_id', 'room' or 'broadcast'")
+        _only(body, {targets[0], *_NOTIFICATION_KEYS})
+        message, level, data = body.get("message"), body.get("level", "info"), body.get("data")
+        if not isinstance(message, str):
+            raise HttpError(400, "'message' is required, a string")
+        if level not in set(NotificationLevel):
+            raise HttpError(400, "'level' is one of info, success, warning, error")
+        if data is not None and not isinstance(data, dict):
+            raise HttpError(400, "'data' is an object or null")
+        facade = self._service.notifications
+        try:
+            if targets[0] == "user_id":
+                uid = _user_id(body["user_id"])
+                return json_response({"delivered": await facade.notify_user(
+                    uid, message, level, data)})
+            if targets[0] == "room":
+                room = _room(body["room"])
+                return json_response({"users": await facade.notify_room(
+                    room, message, level, data)})
+            if body["broadcast"] is not True:
+                raise HttpError(400, "'broadcast' must be true")
+            return json_response({"users": await facade.broadcast(message, level, data)})
+        except BackplaneUnavailable as exc:
+            raise HttpError(503, str(exc)) from None
+
+    async def users(self, request: Request) -> Response:
+        self._authorize(request)
+        return json_response({"users": _sorted(self._service.notifications.get_connected_users())})
+
+    async def user(self, request: Request) -> Response:
+        self._authorize(request)
+        uid = _user_id(request.params["user_id"])
+        connected = self._service.notifications.is_user_connected(uid)
+        return json_response({"user_id": uid, "connected": connected})
+
+    async def room_members(self, request: Request) -> Response:
+        self._authorize(request)
+        room = _room(request.params["room"])
+        members = self._service.notifications.get_room_members(room)
+        return json_response({"room": room, "members": _sorted(members)})
+
+    def _static(self, name: str, content_type: str) -> Handler:
+        async def serve_file(request: Request) -> Response:
+            resource = WEB / name
+            try:
+                body = await trio.to_thread.run_sync(resource.read_bytes)
+            except OSError:
+                raise HttpError(404, f"{name} is not installed") from None
+            # no-cache: browsers revalidate, so a new version shows on the next load.
+            return Response(200, body, content_type, (("cache-control", "no-cache"),))
+
+        return serve_file
+
+    async def demo_token(self, request: Request) -> Response:
+        body = request.json_object()
+        _only(body, {"user_id", "scope", "ttl"})
+        if "user_id" not in body:
+            raise HttpError(400, "'user_id' is required")
+        uid = _user_id(body["user_id"])
+        scope, ttl = body.get("scope"), body.get("ttl", 3600)
+        if scope is not None and not isinstance(scope, str):
+            raise HttpError(400, "'scope' is a string")
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not (
+            1 <= ttl <= openapi.MAX_TTL
+        ):
+            raise HttpError(400, f"'ttl' is a number of seconds from 1 to {openapi.MAX_TTL}")
+        try:
+            token = mint_token(self._config, uid, ttl=ttl, scope=scope or None)
+        except ConfigError:
+            raise HttpError(503, "Demo tokens need a jwt_secret to sign with") from None
+        return json_response({"token": token, "ws_url": self._ws_url(request)})
+
+    def _ws_url(self, request: Request) -> str:
+        """The WebSocket URL on the host the browser used to reach this page."""
+        host = request.headers.get("host", "")
+        name = host[: host.index("]") + 1] if host.startswith("[") and "]" in host else (
+            host.rsplit(":", 1)[0] if host.count(":") == 1 else host)
+        if not _HOST.fullmatch(name):
+            name = self._config.host
+        return f"ws://{name}:{self._service.port}{self._config.path}"

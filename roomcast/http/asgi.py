@@ -1,0 +1,137 @@
+"""Just enough ASGI for a dozen small routes: a request read whole, a response sent
+whole, JSON errors, and path templates. (Why not a framework: see roomcast/http/app.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import unquote
+
+import attrs
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+JSON = "application/json"
+
+
+class HttpError(Exception):
+    """Answer with this status and `{"error": message}`."""
+
+    def __init__(self, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+@attrs.frozen
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = JSON
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def json_response(value: Any, status: int = 200, headers: tuple[tuple[str, str], ...] = ()
+                  ) -> Response:
+    return Response(status, json.dumps(value).encode(), JSON, headers)
+
+
+def error_response(error: HttpError) -> Response:
+    return json_response({"error": error.message}, error.status, error.headers)
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+@attrs.frozen
+class Request:
+    method: str
+    path: str  # as sent: percent-encoded, so that an encoded "/" stays inside its segment
+    headers: dict[str, str]  # lower-case names
+    body: bytes = b""
+    params: dict[str, str] = attrs.Factory(dict)  # from the route's path template
+
+    def json(self) -> Any:
+        """The body as JSON (strict: no NaN or Infinity), or a 400."""
+        try:
+            return json.loads(self.body, parse_constant=_no_constants)
+        except (ValueError, RecursionError):
+            raise HttpError(400, "The body is not valid JSON") from None
+
+    def json_object(self) -> dict[str, Any]:
+        body = self.json()
+        if not isinstance(body, dict):
+            raise HttpError(400, "The body must be a JSON object")
+        return body
+
+
+async def read_request(scope: Scope, receive: Receive, limit: int) -> Request:
+    """The whole request; a body over `limit` bytes is a 413."""
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    raw = scope.get("raw_path") or scope["path"].encode()
+    chunks: list[bytes] = []
+    size, more = 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            # The rest of the body is not read: the connection cannot carry another request.
+            raise HttpError(413, f"The body is larger than {limit} bytes",
+                            (("connection", "close"),))
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return Request(scope["method"], raw.decode("latin-1"), headers, b"".join(chunks))
+
+
+async def send_response(send: Send, response: Response, *, head: bool = False) -> None:
+    headers = [
+        (b"content-type", response.content_type.encode()),
+        (b"content-length", str(len(response.body)).encode()),
+        *((k.lower().encode(), v.encode()) for k, v in response.headers),
+    ]
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head else response.body})
+
+
+async def lifespan(receive: Receive, send: Send) -> None:
+    """Nothing to start or stop: the service owns every resource."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@attrs.frozen
+class Route:
+    """`/api/v1/rooms/{room}/members`: a `{name}` segment matches one segment."""
+
+    template: str
+    handlers: dict[str, Handler]  # by method
+    pattern: re.Pattern[str] = attrs.field(init=False)
+
+    @pattern.default
+    def _compile(self) -> re.Pattern[str]:
+        regex = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(self.template))
+        return re.compile(regex)
+
+    def match(self, path: str) -> dict[str, str] | None:
+        found = self.pattern.fullmatch(path)
+        if found is None:
+            return None
+        return {name: unquote(value) for name, value in found.groupdict().items()}

@@ -90,6 +90,10 @@ class Config:
         10, "actor restarts allowed within restart_period before the service stops"
     )
     restart_period: float = _setting(5.0, "seconds over which restarts are counted")
+    history_size: int = _setting(
+        100, "frames each room keeps for clients that reconnect; 0 keeps none"
+    )
+    history_ttl: float = _setting(300.0, "seconds a room keeps a frame for recovery")
     redis_url: str | None = _setting(
         None, "Redis or Valkey URL (redis://host:6379/0): join the cluster of nodes that share it"
     )

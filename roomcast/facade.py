@@ -21,7 +21,7 @@ from roomcast.protocol import (
     NotificationLevel,
     ServerFrame,
     UserId,
-    encode_frame,
+    encode_body,
     normalize_user_id,
     personal_room,
     validate_room_name,
@@ -83,7 +83,8 @@ def notification_frame(
     data: dict[str, Any] | None,
     room: str | None = None,
 ) -> bytes:
-    """The frame of a facade call, encoded once for all its recipients."""
+    """The frame of a facade call, encoded once for all its recipients (the room adds
+    its position and frames it, once)."""
     if not isinstance(message, str):
         raise TypeError("message must be a string")
     if data is not None and not isinstance(data, dict):
@@ -91,7 +92,7 @@ def notification_frame(
     level = NotificationLevel(level)
     # The two protocol keys win over the caller's keys of the same name.
     payload = {**(data or {}), "level": level.value, "notification": True}
-    return encode_frame(ServerFrame(type=type_, message=message, data=payload, room=room))
+    return encode_body(ServerFrame(type=type_, message=message, data=payload, room=room))
 
 
 class NotificationService:

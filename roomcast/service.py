@@ -13,6 +13,7 @@ from roomcast.actors.backplane import Backplane
 from roomcast.actors.gateway import Gateway
 from roomcast.actors.keeper import Keeper
 from roomcast.actors.registry import Registry
+from roomcast.actors.room import HistoryPolicy
 from roomcast.actors.supervisor import Escalation, Supervisor
 from roomcast.auth import Authenticator, JwtAuthenticator, checked
 from roomcast.config import Config
@@ -109,7 +110,8 @@ async def _run(
             supervisor = Supervisor(
                 actors, config.restart_intensity, config.restart_period, escalate, metrics
             )
-            registry = Registry(config.mailbox_size, supervisor.start)
+            history = HistoryPolicy(size=config.history_size, ttl=config.history_ttl)
+            registry = Registry(config.mailbox_size, supervisor.start, history)
             keeper = Keeper(
                 config.mailbox_size, config.ping_interval, config.ping_timeout, config.jwt_leeway
             )
@@ -137,6 +139,7 @@ async def _run(
             log.critical("stopping the service: %s", failures[0])
             await gateway.drain(config.shutdown_timeout)
             scope.cancel()
+    registry.stop()  # a stale handle's calls now answer "nobody" instead of waiting
     if failures:
         raise ServiceFailed(str(failures[0])) from failures[0]
 

@@ -127,7 +127,7 @@ def redis_cluster(masters: int = 3) -> Iterator[str]:
 
     redis_cli = shutil.which("redis-cli")
     assert REDIS is not None and redis_cli is not None, "redis-server/redis-cli not installed"
-    ports = [free_port() for _ in range(masters)]
+    ports = [cluster_port() for _ in range(masters)]
     processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as workdir:
         try:
@@ -161,6 +161,22 @@ def redis_cluster(masters: int = 3) -> Iterator[str]:
                 process.terminate()
             for process in processes:
                 process.wait(timeout=10)
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(20000, 50000)
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a Redis cluster node")
 
 
 def _wait_for_ping(port: int) -> None:

@@ -200,7 +200,7 @@ async def test_documented_server_frame_is_what_the_service_sends(example: Exampl
                 with trio.fail_after(5):
                     await eval(example.arg, {"__builtins__": {}}, calls)
             vary = frozenset(example.options.get("vary", []))
-            matches(example.body, await client.recv(), vary=vary)
+            matches(example.body, await client.recv(positions=True), vary=vary)
 
 
 def _section(title_start: str) -> str:

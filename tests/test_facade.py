@@ -207,6 +207,8 @@ async def test_notify_user_in_room_return_value(service):
     async with connect(service, 8) as client:
         assert await NotificationService.notify_user_in_room(user_id=8, message="y") is True
         assert await NotificationService.notify_user_in_room(user_id=9, message="z") is False
+        # "x" reached nobody, so the personal room kept it for user 8's next connection.
+        assert (await client.recv())["message"] == "x"
         assert (await client.recv())["message"] == "y"
         await client.nothing_within(0.1)
 

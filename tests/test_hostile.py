@@ -46,7 +46,11 @@ from roomcast.protocol import (
 from .conftest import connect, running, token_for
 
 # Small timeouts so that every attack is over quickly.
-FAST: dict[str, Any] = {"handshake_timeout": 0.5, "close_timeout": 0.5, "shutdown_timeout": 2.0}
+# A short history: a room nobody is in lives on only while it keeps frames for clients
+# that come back, so "back to the baseline" also proves that retention ends.
+FAST: dict[str, Any] = {
+    "handshake_timeout": 0.5, "close_timeout": 0.5, "shutdown_timeout": 2.0, "history_ttl": 0.5,
+}
 PROBE_USER = "probe"  # the well-behaved client of the health check
 BROADCAST = "roomcast:broadcast"
 

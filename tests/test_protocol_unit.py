@@ -536,7 +536,24 @@ def expected_codes(fields: dict[str, Any]) -> set[ErrorCode]:
             codes.add(ErrorCode.INVALID_ROOM)
     if type_ in DATA_TYPES and fields.get("data") is None:
         codes.add(ErrorCode.INVALID_MESSAGE)
+    if type_ == "join_room" and not is_position(fields.get("data")):
+        codes.add(ErrorCode.INVALID_MESSAGE)
     return codes
+
+
+def is_position(data: Any) -> bool:
+    """join_room's optional `data`: nothing, or a recovery position."""
+    if data is None:
+        return True
+    if not isinstance(data, dict):
+        return False
+    offset, epoch = data.get("offset"), data.get("epoch")
+    if offset is None and epoch is None:
+        return True
+    return (
+        isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0
+        and isinstance(epoch, str) and 0 < len(epoch) <= 64
+    )
 
 
 @examples(500)
@@ -565,6 +582,8 @@ def test_decode_frame_shaped_dicts(fields):
     json_values.filter(lambda v: v is not None),
 )
 def test_decode_valid_frames_round_trip(type_, room, data):
+    if type_ == "join_room":
+        data = {"offset": abs(hash(room)) % 1000, "epoch": room[:64]}
     fields = {"type": type_, "room": room, "data": data}
     if has_surrogate(fields):
         return

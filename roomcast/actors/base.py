@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Generic, TypeVar
 
 import attrs
@@ -69,13 +70,34 @@ class MailboxActor:
         await self._mailbox.send(message_with_reply)
         return await message_with_reply.reply.wait()
 
+    def stop(self) -> None:
+        """The actor will not run again: senders get BrokenResourceError, not a hang."""
+        self._inbox.close()
+
     def close_mailbox(self) -> None:
         """No new messages; the loop ends once it has handled those already queued."""
         self._mailbox.close()
 
+    tick_interval: float | None = None  # when set, `tick` runs that often
+
     async def run(self) -> None:
         """The actor's loop; a supervisor calls it again after a crash, state intact."""
-        async for message in self._inbox:
+        next_tick = trio.current_time() + (self.tick_interval or math.inf)
+        while True:
+            message: Any = None
+            try:
+                if self.tick_interval is None:
+                    message = await self._inbox.receive()
+                else:
+                    with trio.move_on_at(next_tick):
+                        message = await self._inbox.receive()
+            except trio.EndOfChannel:
+                return
+            if self.tick_interval is not None and trio.current_time() >= next_tick:
+                next_tick = trio.current_time() + self.tick_interval
+                await self.tick()
+            if message is None:
+                continue
             try:
                 if isinstance(message, Crash):
                     raise message.error
@@ -86,6 +108,9 @@ class MailboxActor:
 
     async def handle(self, message: Any) -> None:
         raise NotImplementedError
+
+    async def tick(self) -> None:
+        """Periodic work of an actor that sets `tick_interval`."""
 
     def on_crash(self, message: Any) -> None:
         """The message being handled crashed the actor: by default its caller is told."""

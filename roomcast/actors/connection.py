@@ -16,21 +16,24 @@ from roomcast.actors.base import ActorCrashed, Reply
 from roomcast.actors.keeper import Keeper, Watch
 from roomcast.actors.outbox import Outbox
 from roomcast.actors.registry import Connect, Disconnect, JoinRoom, LeaveRoom, Registry
-from roomcast.actors.room import LOBBY
+from roomcast.actors.room import LOBBY, Recovery
 from roomcast.auth import Authenticator, AuthError, Principal
 from roomcast.config import Config
 from roomcast.protocol import (
     ClientFrame,
     CloseCode,
     MessageType,
+    Position,
     ProtocolError,
     ServerFrame,
     decode,
+    encode_body,
     encode_frame,
     error_frame,
     is_personal_room,
     message_text,
     personal_room,
+    position_from,
 )
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,16 @@ _ids = itertools.count(1)
 def next_connection_id() -> int:
     """Ids are given at accept time, so that every log line of a socket has one."""
     return next(_ids)
+
+
+def position_data(recovery: Recovery) -> dict[str, Any]:
+    """A room position in a reply: where the room is, and whether recovery worked."""
+    data: dict[str, Any] = {"offset": recovery.offset, "epoch": recovery.epoch}
+    if recovery.recovered is not None:
+        data["recovered"] = recovery.recovered
+    if recovery.reason is not None:
+        data["reason"] = recovery.reason.value
+    return data
 
 
 class TokenBucket:
@@ -95,6 +108,7 @@ class Connection:
         # Frames published to this connection before its welcome went out: the welcome
         # is sent only once the connection is registered, and must still come first.
         self._before_welcome: list[bytes] | None = []
+        self.resume_from: Position | None = None  # the handshake's personal-room position
         outbox.on_overflow = self._on_overflow
 
     def __repr__(self) -> str:
@@ -115,6 +129,13 @@ class Connection:
         self.registry.metrics.not_delivered("slow_consumer" if self.outbox.overflowed else "closed")
         return False
 
+    def deliver_welcome(self, welcome: bytes, missed: list[bytes]) -> None:
+        """The personal room greets us: the welcome, the personal frames we missed, then
+        whatever other rooms sent meanwhile."""
+        early, self._before_welcome = self._before_welcome or [], None
+        for frame in (welcome, *missed, *early):
+            self.deliver(frame)
+
     def request_close(self, code: CloseCode, reason: str) -> None:
         """Ask the actor to stop; it closes the socket with `code` on its way out."""
         if not self._scope.cancel_called:
@@ -133,18 +154,11 @@ class Connection:
 
     async def run(self) -> None:
         """Register, greet, then serve client frames until either side closes."""
-        welcome = ServerFrame(
-            type=MessageType.INFO,
-            message=f"Connected successfully. You are in room: {self.personal_room}",
-            data={"user_id": self.user_id, "rooms": [self.personal_room]},
-        )
         try:
             with self._scope:
-                # Registered first: once a client has its welcome, it is reachable.
-                await self.registry.call(Connect(self, Reply()))
-                early, self._before_welcome = self._before_welcome or [], None
-                for frame in (encode_frame(welcome), *early):
-                    self.deliver(frame)
+                # Registered first: once a client has its welcome, it is reachable. The
+                # personal room sends the welcome, then what this client missed.
+                await self.registry.call(Connect(self, Reply(), self._welcome, self.resume_from))
                 await self._read_loop()
         finally:
             # Shielded, so that cancellation cannot leave the registry pointing at a
@@ -184,7 +198,7 @@ class Connection:
             text, _ = message_text(frame.data)
             self._reply(ServerFrame(type=MessageType.TEXT, message=f"Echo: {text}"))
         elif frame.type == MessageType.JOIN_ROOM:
-            await self._join(frame.room)  # type: ignore[arg-type]
+            await self._join(frame.room, position_from(frame.data))  # type: ignore[arg-type]
         elif frame.type == MessageType.LEAVE_ROOM:
             await self._leave(frame.room)  # type: ignore[arg-type]
         elif frame.type == MessageType.ROOM_MESSAGE:
@@ -193,6 +207,18 @@ class Connection:
             await self._broadcast(frame.data)
         elif frame.type == MessageType.REFRESH_TOKEN:
             await self._refresh(frame.data)
+
+    def _welcome(self, recovery: Recovery) -> bytes:
+        data: dict[str, Any] = {"user_id": self.user_id, "rooms": [self.personal_room]}
+        if self.resume_from is not None:
+            data.update(position_data(recovery))
+        return encode_frame(
+            ServerFrame(
+                type=MessageType.INFO,
+                message=f"Connected successfully. You are in room: {self.personal_room}",
+                data=data,
+            )
+        )
 
     def _reply(self, frame: ServerFrame) -> None:
         if self.deliver(encode_frame(frame)):
@@ -208,18 +234,29 @@ class Connection:
             )
         )
 
-    async def _join(self, room: str) -> None:
+    async def _join(self, room: str, position: Position | None) -> None:
         if is_personal_room(room) and room != self.personal_room:
             raise ProtocolError.forbidden("another user's personal room")
         if room != self.personal_room and room not in self.rooms:
             if len(self.rooms) >= self._config.max_rooms_per_connection:
                 raise ProtocolError.too_many_rooms(self._config.max_rooms_per_connection)
-            join = JoinRoom(self, room, Reply())
+            rooms = [*self.all_rooms(), room]
+
+            def answer(recovery: Recovery) -> bytes:
+                data: dict[str, Any] = {"rooms": rooms}
+                if position is not None:
+                    data.update(position_data(recovery))
+                message = f"Joined room: {room}"
+                return encode_frame(ServerFrame(MessageType.INFO, message, data, room))
+
+            # The room sends the answer itself, then any frames we missed.
+            join = JoinRoom(self, room, Reply(), answer, position)
             await self.registry.send(join)  # cancelled here: not sent, nothing to undo
             # Sent: the registry joins us whatever happens next, so our Disconnect must
             # name the room even if we are cancelled (4009, 4001...) before the answer.
             self.rooms[room] = None
             await join.reply.wait()
+            return
         self._rooms_reply("Joined room", room)
 
     async def _leave(self, room: str) -> None:
@@ -278,7 +315,7 @@ class Connection:
 
     async def _publish(self, room: str, frame: ServerFrame) -> None:
         try:
-            await self.registry.publish(room, encode_frame(frame))
+            await self.registry.publish(room, encode_body(frame))
         except ActorCrashed:
             raise ProtocolError.internal() from None
         except BackplaneUnavailable:

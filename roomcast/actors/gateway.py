@@ -21,7 +21,7 @@ from roomcast.actors.outbox import Outbox
 from roomcast.actors.registry import Registry
 from roomcast.auth import Authenticator, AuthError, Principal
 from roomcast.config import Config
-from roomcast.protocol import CloseCode
+from roomcast.protocol import CloseCode, Position, ProtocolError, position_from
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,20 @@ def token_from(request: WebSocketRequest) -> str | None:
             if scheme.lower() == "bearer" and credentials.strip():
                 return credentials.strip()
     return None
+
+
+def position_in(request: WebSocketRequest) -> Position | None:
+    """`?offset=N&epoch=E` (or `?recover=1`): where the client got to in its personal
+    room. A malformed position is ignored: the client just recovers nothing."""
+    query = parse_qs(urlsplit(request.path).query)
+    offset, epoch = query.get("offset", [None])[0], query.get("epoch", [None])[0]
+    data: dict[str, object] = {"recover": query.get("recover", ["0"])[0] in ("1", "true")}
+    if offset is not None and offset.isdigit() and epoch:
+        data.update(offset=int(offset), epoch=epoch)
+    try:
+        return position_from(data)
+    except ProtocolError:
+        return None
 
 
 def origin_of(request: WebSocketRequest) -> str | None:
@@ -152,6 +166,7 @@ class Gateway:
             config,
         )
         log.info("conn %d user=%r connected from %s", conn_id, connection.user_id, ws.remote)
+        connection.resume_from = position_in(request)
         self._connections.add(connection)
         if self.draining:  # the drain began while this one was being accepted
             connection.request_close(CloseCode.GOING_AWAY, "server shutting down")

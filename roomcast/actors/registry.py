@@ -15,8 +15,17 @@ import trio
 
 from roomcast.actors.backplane import Subscribe, Unsubscribe
 from roomcast.actors.base import MailboxActor, Reply
-from roomcast.actors.room import LOBBY, Delivery, Join, Leave, Publish, Room
-from roomcast.protocol import UserId, personal_room
+from roomcast.actors.room import (
+    LOBBY,
+    Delivery,
+    HistoryPolicy,
+    Join,
+    Leave,
+    Publish,
+    Recovery,
+    Room,
+)
+from roomcast.protocol import Position, UserId, personal_room
 
 if TYPE_CHECKING:
     from roomcast.actors.backplane import Backplane
@@ -30,6 +39,8 @@ NOBODY = Delivery(users=0, connections=0)
 class Connect:
     connection: Connection
     reply: Reply[None]
+    welcome: Callable[[Recovery], bytes]  # the welcome, built once the room answers
+    position: Position | None = None  # where the client got to in its personal room
 
 
 @attrs.define
@@ -44,6 +55,8 @@ class JoinRoom:
     connection: Connection
     room: str
     reply: Reply[None]
+    answer: Callable[[Recovery], bytes] | None = None
+    position: Position | None = None
 
 
 @attrs.define
@@ -54,16 +67,33 @@ class LeaveRoom:
 
 
 @attrs.define
+class EnsureRoom:
+    """A publish to a room with no actor: start one, so that its history keeps the
+    frame for members to come (a user offline now, for instance)."""
+
+    room: str
+    reply: Reply[Room]
+
+
+@attrs.define
 class _RoomEntry:
     actor: Room
     refs: int = 0  # member connections, counted here to know when to stop the room
 
 
 class Registry(MailboxActor):
-    def __init__(self, mailbox_size: int, start_room: Callable[[Room], None]) -> None:
+    def __init__(
+        self,
+        mailbox_size: int,
+        start_room: Callable[[Room], None],
+        history: HistoryPolicy | None = None,
+    ) -> None:
         super().__init__("registry", mailbox_size)
         self._mailbox_size = mailbox_size
         self._start_room = start_room
+        self._history = history or HistoryPolicy()
+        # Rooms with no members stay while their history is kept; swept this often.
+        self.tick_interval = max(1.0, min(30.0, self._history.ttl / 4))
         self.users: dict[UserId, dict[int, Connection]] = {}
         self._rooms: dict[str, _RoomEntry] = {}
         self.backplane: Backplane | None = None  # set when the node is part of a cluster
@@ -94,10 +124,15 @@ class Registry(MailboxActor):
     async def _publish_here(self, room: str, frame: bytes) -> Delivery:
         actor = self.room(room)
         if actor is None:
-            return NOBODY
+            if room == LOBBY or self._history.size == 0:
+                return NOBODY
+            try:
+                actor = await self.call(EnsureRoom(room, Reply()))
+            except trio.BrokenResourceError:
+                return NOBODY  # the service has stopped
         try:
             return await actor.call(Publish(frame, Reply()))
-        except (trio.ClosedResourceError, trio.EndOfChannel):
+        except (trio.ClosedResourceError, trio.BrokenResourceError, trio.EndOfChannel):
             return NOBODY  # the room emptied and stopped while we looked it up
 
     def _presence_changed(self) -> None:
@@ -106,7 +141,13 @@ class Registry(MailboxActor):
 
     # messages ---------------------------------------------------------------------
 
-    async def handle(self, message: Connect | Disconnect | JoinRoom | LeaveRoom) -> None:
+    async def handle(
+        self, message: Connect | Disconnect | JoinRoom | LeaveRoom | EnsureRoom
+    ) -> None:
+        if isinstance(message, EnsureRoom):
+            entry = self._rooms.get(message.room) or self._start(message.room, refs=0)
+            message.reply.set(entry.actor)
+            return
         connection = message.connection
         if isinstance(message, Connect):
             conns = self.users.setdefault(connection.user_id, {})
@@ -115,10 +156,12 @@ class Registry(MailboxActor):
                 self._presence_changed()
             # The reply waits for the personal room: once the client is told it is
             # connected, `get_room_members("user_U")` already lists it.
-            await self._join(connection, LOBBY, None)
-            await self._join(connection, personal_room(connection.user_id), message.reply)
+            await self._join(Join(connection), LOBBY)
+            welcome = Join(connection, message.reply, message.position, message.welcome, True)
+            await self._join(welcome, personal_room(connection.user_id))
         elif isinstance(message, JoinRoom):
-            await self._join(connection, message.room, message.reply)
+            join = Join(connection, message.reply, message.position, message.answer)
+            await self._join(join, message.room)
         elif isinstance(message, LeaveRoom):
             await self._leave(connection, message.room, message.reply)
         else:
@@ -131,23 +174,23 @@ class Registry(MailboxActor):
             if message.reply is not None:
                 message.reply.set(None)
 
-    async def _join(self, connection: Connection, room: str, reply: Reply[None] | None) -> None:
-        join = Join(connection, reply)
-        entry = self._rooms.get(room)
-        if entry is not None:
-            entry.refs += 1
+    def _start(self, room: str, refs: int) -> _RoomEntry:
+        entry = self._rooms[room] = _RoomEntry(Room(room, self._mailbox_size, self._history), refs)
+        self._start_room(entry.actor)
+        if self.backplane is not None:
+            entry.actor.on_presence_change = self.backplane.presence_changed
+        return entry
+
+    async def _join(self, join: Join, room: str) -> None:
+        entry = self._rooms.get(room) or self._start(room, refs=0)
+        entry.refs += 1
+        if entry.refs > 1 or self.backplane is None:
             # The room answers the caller itself; the registry does not wait for it.
             await entry.actor.send(join)
             return
-        actor = Room(room, self._mailbox_size)
-        self._rooms[room] = _RoomEntry(actor, refs=1)
-        self._start_room(actor)
-        if self.backplane is None:
-            await actor.send(join)
-            return
-        actor.on_presence_change = self.backplane.presence_changed
-        # The first join is answered once this node hears the room's channel.
-        await self.backplane.send(Subscribe(room, then=(actor, join)))
+        # The first local member: its join is answered once this node hears the
+        # room's channel.
+        await self.backplane.send(Subscribe(room, then=(entry.actor, join)))
 
     async def _leave(self, connection: Connection, room: str, reply: Reply[None] | None) -> None:
         entry = self._rooms.get(room)
@@ -158,9 +201,20 @@ class Registry(MailboxActor):
         entry.refs -= 1
         await entry.actor.send(Leave(connection, reply))
         if entry.refs <= 0:
-            # Publishers that still hold the address find the mailbox closed, which
-            # means what it says: nobody is in the room any more.
-            del self._rooms[room]
-            entry.actor.close_mailbox()
             if self.backplane is not None:
                 await self.backplane.send(Unsubscribe(room))
+            if entry.actor.retained_until() <= trio.current_time():
+                self._stop(room, entry)
+
+    def _stop(self, room: str, entry: _RoomEntry) -> None:
+        # Publishers that still hold the address find the mailbox closed, which means
+        # what it says: nobody is in the room, and it keeps no history any more.
+        del self._rooms[room]
+        entry.actor.close_mailbox()
+
+    async def tick(self) -> None:
+        """Stop the rooms that have no members and whose history has expired."""
+        now = trio.current_time()
+        for room, entry in list(self._rooms.items()):
+            if entry.refs <= 0 and entry.actor.retained_until() <= now:
+                self._stop(room, entry)

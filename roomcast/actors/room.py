@@ -13,15 +13,24 @@ fan-out for the members not reached yet, then answers the publisher.
 from __future__ import annotations
 
 import logging
-from collections import Counter
+import secrets
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import trio
 
 from roomcast.actors.base import MailboxActor, Reply
-from roomcast.protocol import CloseCode, UserId
+from roomcast.protocol import (
+    CloseCode,
+    Position,
+    RecoveryFailure,
+    UserId,
+    positioned_frame,
+    text_frame,
+)
 
 if TYPE_CHECKING:
     from roomcast.actors.connection import Connection
@@ -40,10 +49,26 @@ class Delivery:
     user_ids: set[UserId] = attrs.field(factory=set, eq=False)  # who they are
 
 
+@attrs.frozen
+class Recovery:
+    """What a join learned about its position in the room."""
+
+    offset: int  # the room's last offset: frames after the join have larger ones
+    epoch: str
+    recovered: bool | None = None  # None: no position was given
+    reason: RecoveryFailure | None = None
+    missed: int = 0  # frames sent right after the answer, before any new frame
+
+
 @attrs.define
 class Join:
     connection: Connection
     reply: Reply[None] | None = None
+    position: Position | None = None  # the client's last position, to recover from
+    # Builds the join's answer frame from its Recovery; the room sends it itself, so
+    # that the answer, the recovered frames and new frames cannot be reordered.
+    answer: Callable[[Recovery], bytes] | None = None
+    welcome: bool = False  # the answer is the connection's welcome (its personal room)
 
 
 @attrs.define
@@ -54,8 +79,18 @@ class Leave:
 
 @attrs.define
 class Publish:
-    frame: bytes  # complete WebSocket frame bytes, built once by the publisher
+    body: bytes  # the frame's JSON, encoded once by the publisher; the room numbers it
     reply: Reply[Delivery] | None = None
+
+
+@attrs.define
+class _Entry:
+    """One frame of a room's history."""
+
+    offset: int
+    at: float  # trio.current_time() when published
+    frame: bytes
+    delivered: bool = False  # reached a connection (else it waits for the user to come)
 
 
 @attrs.define
@@ -63,15 +98,33 @@ class _FanOut:
     """A fan-out in progress: what is left survives a crash of the room's loop."""
 
     publish: Publish
+    frame: bytes  # numbered and framed once, before the first member gets it
     pending: Iterator[Connection]
     users: set[UserId] = attrs.Factory(set)
     connections: int = 0
 
 
+@attrs.frozen
+class HistoryPolicy:
+    size: int = 100  # frames kept per room; 0 keeps none
+    ttl: float = 300.0  # seconds a frame is kept
+
+
 class Room(MailboxActor):
-    def __init__(self, name: str, mailbox_size: int) -> None:
+    """Also the room's sequencer and history: every frame gets the next `offset` in
+    this room's `epoch`, and the last frames are kept for clients that reconnect."""
+
+    def __init__(
+        self, name: str, mailbox_size: int, history: HistoryPolicy | None = None
+    ) -> None:
         super().__init__(f"room {name}", mailbox_size)
         self.room = name
+        self.numbered = name != LOBBY  # broadcasts are live only
+        self.epoch = secrets.token_hex(4)  # new with every actor: its history is new too
+        self.last_offset = 0
+        self._policy = history or HistoryPolicy()
+        self.history: deque[_Entry] = deque()
+        self._evicted_by: RecoveryFailure | None = None
         self.members: dict[int, Connection] = {}
         self.user_counts: Counter[UserId] = Counter()
         self._fan_out: _FanOut | None = None
@@ -92,14 +145,21 @@ class Room(MailboxActor):
             return  # the publisher is answered once the restarted loop has finished
         super().on_crash(message)
 
+    def retained_until(self) -> float:
+        """When the newest frame of the history expires (0 with no history)."""
+        return self.history[-1].at + self._policy.ttl if self.history else 0.0
+
     async def handle(self, message: Join | Leave | Publish) -> None:
         if isinstance(message, Publish):
+            frame = self._number(message.body)
             # A snapshot: members joining or leaving meanwhile cannot disturb it.
-            self._fan_out = _FanOut(message, iter(list(self.members.values())))
+            self._fan_out = _FanOut(message, frame, iter(list(self.members.values())))
             self._continue_fan_out()
             return
         connection = message.connection
         if isinstance(message, Join):
+            if message.answer is not None:
+                self._answer(message)
             if connection.id not in self.members:
                 self.members[connection.id] = connection
                 self.user_counts[connection.user_id] += 1
@@ -117,7 +177,7 @@ class Room(MailboxActor):
         fan_out = self._fan_out
         assert fan_out is not None
         started = perf_counter()
-        frame = fan_out.publish.frame
+        frame = fan_out.frame
         for member in fan_out.pending:
             try:
                 delivered = member.deliver(frame)
@@ -133,10 +193,70 @@ class Room(MailboxActor):
                 self._count_down_fault()
         self._fan_out = None
         self.metrics.fanned_out(frame, fan_out.connections, perf_counter() - started)
+        if fan_out.connections and self.history and self.history[-1].frame is frame:
+            self.history[-1].delivered = True
         if fan_out.publish.reply is not None:
             fan_out.publish.reply.set(
                 Delivery(len(fan_out.users), fan_out.connections, fan_out.users)
             )
+
+    # numbering, history, recovery ----------------------------------------------------
+
+    def _number(self, body: bytes) -> bytes:
+        if not self.numbered:
+            return text_frame(body)
+        self.last_offset += 1
+        frame = positioned_frame(body, self.last_offset, self.epoch)
+        if self._policy.size > 0:
+            now = trio.current_time()
+            self.history.append(_Entry(self.last_offset, now, frame))
+            self._evict(now)
+        return frame
+
+    def _evict(self, now: float) -> None:
+        history, policy = self.history, self._policy
+        while len(history) > policy.size:
+            history.popleft()
+            self._evicted_by = RecoveryFailure.TOO_MANY
+        while history and now - history[0].at > policy.ttl:
+            history.popleft()
+            self._evicted_by = RecoveryFailure.TOO_OLD
+
+    def _answer(self, join: Join) -> None:
+        """Send the join's answer, then what the client missed, before any new frame."""
+        recovery, missed = self._recover(join)
+        assert join.answer is not None
+        answer = join.answer(recovery)
+        connection = join.connection
+        if join.welcome:
+            connection.deliver_welcome(answer, missed)
+        else:
+            for frame in (answer, *missed):
+                connection.deliver(frame)
+
+    def _recover(self, join: Join) -> tuple[Recovery, list[bytes]]:
+        self._evict(trio.current_time())
+        position, last, epoch = join.position, self.last_offset, self.epoch
+        if position is None or position.offset is None:
+            if not join.welcome:
+                return Recovery(last, epoch), []
+            # A user coming online gets the personal notifications nobody received.
+            waiting = [entry for entry in self.history if not entry.delivered]
+            return Recovery(last, epoch, missed=len(waiting)), self._take(waiting)
+        if position.epoch != epoch or position.offset > last:
+            return Recovery(last, epoch, False, RecoveryFailure.EPOCH_CHANGED), []
+        first = self.history[0].offset if self.history else last + 1
+        if position.offset + 1 < first:
+            reason = self._evicted_by or RecoveryFailure.TOO_MANY
+            return Recovery(last, epoch, False, reason), []
+        missed = [entry for entry in self.history if entry.offset > position.offset]
+        return Recovery(last, epoch, True, missed=len(missed)), self._take(missed)
+
+    @staticmethod
+    def _take(entries: list[_Entry]) -> list[bytes]:
+        for entry in entries:
+            entry.delivered = True
+        return [entry.frame for entry in entries]
 
     def _presence_changed(self) -> None:
         if self.on_presence_change is not None:

@@ -7,8 +7,10 @@ from roomcast.protocol.codec import (
     converter,
     decode,
     encode,
+    encode_body,
     encode_frame,
     error_frame,
+    position_from,
 )
 from roomcast.protocol.errors import ErrorCode, ProtocolError
 from roomcast.protocol.frames import (
@@ -17,6 +19,8 @@ from roomcast.protocol.frames import (
     CloseCode,
     MessageType,
     NotificationLevel,
+    Position,
+    RecoveryFailure,
     ServerFrame,
 )
 from roomcast.protocol.rules import (
@@ -27,7 +31,7 @@ from roomcast.protocol.rules import (
     personal_room,
     validate_room_name,
 )
-from roomcast.protocol.wsframe import text_frame
+from roomcast.protocol.wsframe import positioned_frame, text_frame
 
 __all__ = [
     "CLIENT_TYPES",
@@ -36,18 +40,23 @@ __all__ = [
     "ErrorCode",
     "MessageType",
     "NotificationLevel",
+    "Position",
     "ProtocolError",
+    "RecoveryFailure",
     "ServerFrame",
     "UserId",
     "converter",
     "decode",
     "encode",
+    "encode_body",
     "encode_frame",
     "error_frame",
     "is_personal_room",
     "message_text",
     "normalize_user_id",
     "personal_room",
+    "position_from",
+    "positioned_frame",
     "text_frame",
     "validate_room_name",
 ]

@@ -20,6 +20,7 @@ from roomcast.protocol.frames import (
     ROOM_TYPES,
     ClientFrame,
     MessageType,
+    Position,
     ServerFrame,
 )
 from roomcast.protocol.rules import compact_json, validate_room_name
@@ -97,7 +98,31 @@ def decode(text: str | bytes) -> ClientFrame:
         validate_room_name(frame.room)
     if frame.type in DATA_TYPES and frame.data is None:
         raise ProtocolError.invalid("'data' is required")
+    if frame.type == MessageType.JOIN_ROOM and frame.data is not None:
+        position_from(frame.data)  # validated here, used by the room
     return frame
+
+
+def position_from(data: Any) -> Position | None:
+    """The recovery position a client sends: `{"offset": N, "epoch": "E"}` (the last
+    frame it saw), `{"recover": true}` (nothing seen yet), or nothing."""
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ProtocolError.invalid("join_room 'data' is an object with 'offset' and 'epoch'")
+    offset, epoch = data.get("offset"), data.get("epoch")
+    if offset is None and epoch is None:
+        return Position() if data.get("recover") is True else None
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ProtocolError.invalid("'offset' is a whole number, 0 or more")
+    if not isinstance(epoch, str) or not 0 < len(epoch) <= 64:
+        raise ProtocolError.invalid("'epoch' is the string the service gave")
+    return Position(offset=offset, epoch=epoch)
+
+
+def encode_body(frame: ServerFrame) -> bytes:
+    """The JSON bytes of a frame that a room will number and frame."""
+    return encode(frame).encode()
 
 
 def encode(frame: ServerFrame) -> str:

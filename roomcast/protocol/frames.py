@@ -74,3 +74,20 @@ class ServerFrame:
     message: str
     data: dict[str, Any] | None = None
     room: str | None = None
+
+
+@attrs.frozen
+class Position:
+    """Where a client got to in a room: the last `offset` it saw, in `epoch`. Both
+    None: the client has seen nothing yet, but wants positions in its answers."""
+
+    offset: int | None = None
+    epoch: str | None = None
+
+
+class RecoveryFailure(enum.StrEnum):
+    """Why missed frames could not be recovered; the client should reload its state."""
+
+    EPOCH_CHANGED = "epoch_changed"  # the room's history was lost (a restart) or is another
+    TOO_OLD = "too_old"  # the missed frames are older than the retention time
+    TOO_MANY = "too_many"  # more frames were missed than the room keeps

@@ -21,3 +21,11 @@ def text_frame(payload: bytes) -> bytes:
     else:
         header = struct.pack("!BBQ", _FIN_TEXT, 127, n)
     return header + payload
+
+
+def positioned_frame(body: bytes, offset: int, epoch: str) -> bytes:
+    """A room's frame: the publisher's JSON object with the room's position added as
+    two more keys, `offset` and `epoch`, then framed. Built once per publish, by the
+    room that numbers it; seed clients ignore the extra keys."""
+    position = b',"offset":%d,"epoch":"%s"}' % (offset, epoch.encode())
+    return text_frame(body[:-1] + position)

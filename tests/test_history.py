@@ -1,0 +1,145 @@
+"""Positions, history and recovery: a client that comes back misses nothing."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import trio
+from trio_websocket import open_websocket_url
+
+from .conftest import connect, running, token_for, ws_url
+
+
+async def _frames(client, count: int) -> list[dict]:
+    return [await client.recv(positions=True) for _ in range(count)]
+
+
+async def test_room_frames_carry_increasing_offsets_in_one_epoch_broadcasts_none(service):
+    async with connect(service, 1, scope="roomcast:broadcast") as client:
+        joined = await client.request({"type": "join_room", "room": "r", "data": {"recover": True}})
+        assert joined["data"]["offset"] == 0 and isinstance(joined["data"]["epoch"], str)
+        for i in range(3):
+            await service.notifications.notify_room("r", f"m{i}")
+        await client.send({"type": "room_message", "room": "r", "data": "mine"})
+        frames = await _frames(client, 4)
+        assert [f["offset"] for f in frames] == [1, 2, 3, 4]
+        assert {f["epoch"] for f in frames} == {joined["data"]["epoch"]}
+        await service.notifications.notify_user(1, "personal")
+        personal = await client.recv(positions=True)
+        assert personal["offset"] == 1 and personal["epoch"] != joined["data"]["epoch"]
+        await client.send({"type": "broadcast", "data": "all"})
+        broadcast = await client.recv(positions=True)
+        assert "offset" not in broadcast and "epoch" not in broadcast
+        # Seed-style joins and welcomes keep the seed's exact shape.
+        plain = await client.request({"type": "join_room", "room": "s"})
+        assert plain["data"] == {"rooms": ["user_1", "r", "s"]}
+        assert client.welcome["data"] == {"user_id": 1, "rooms": ["user_1"]}
+
+
+async def test_reconnect_with_a_position_gets_exactly_the_missed_frames_in_order(service):
+    async with connect(service, 1) as first:
+        await first.request({"type": "join_room", "room": "r"})
+        await service.notifications.notify_room("r", "seen")
+        seen = await first.recv(positions=True)
+    for i in range(5):  # sent while the client is away
+        await service.notifications.notify_room("r", f"missed {i}")
+    async with connect(service, 1) as again:
+        position = {"offset": seen["offset"], "epoch": seen["epoch"]}
+        await again.send({"type": "join_room", "room": "r", "data": position})
+        answer = await again.recv(positions=True)
+        assert answer["data"]["recovered"] is True
+        assert answer["data"]["offset"] == seen["offset"] + 5
+        await service.notifications.notify_room("r", "new")
+        frames = await _frames(again, 6)
+        assert [f["message"] for f in frames] == [f"missed {i}" for i in range(5)] + ["new"]
+        assert [f["offset"] for f in frames] == list(range(seen["offset"] + 1, seen["offset"] + 7))
+        await again.nothing_within(0.1)
+
+
+async def test_an_offline_user_gets_the_personal_notifications_sent_while_away_once(service):
+    assert await service.notifications.notify_user(9, "your upload is complete") is False
+    assert await service.notifications.notify_user_in_room(9, "and one more") is False
+    async with connect(service, 9) as tab:
+        assert tab.welcome["data"]["user_id"] == 9  # the welcome comes first
+        assert (await tab.recv())["message"] == "your upload is complete"
+        assert (await tab.recv())["message"] == "and one more"
+        await tab.nothing_within(0.1)
+        async with connect(service, 9) as second_tab:  # once: not again
+            await second_tab.nothing_within(0.2)
+    async with connect(service, 9) as later:
+        await later.nothing_within(0.2)
+
+
+async def test_handshake_position_recovers_the_personal_room(service):
+    async with connect(service, 4) as tab:
+        await service.notifications.notify_user(4, "one")
+        seen = await tab.recv(positions=True)
+    await service.notifications.notify_user(4, "two")  # nobody connected: kept
+    query = f"?token={token_for(4)}&offset={seen['offset']}&epoch={seen['epoch']}"
+    async with open_websocket_url(ws_url(service, query)) as ws:
+        welcome = json.loads(await ws.get_message())
+        assert welcome["data"]["recovered"] is True
+        assert json.loads(await ws.get_message())["message"] == "two"
+
+
+async def test_an_old_epoch_is_refused_honestly(service):
+    async with connect(service, 1) as client:
+        reply = await client.request(
+            {"type": "join_room", "room": "r", "data": {"offset": 3, "epoch": "gone-away"}}
+        )
+        assert reply["data"]["recovered"] is False
+        assert reply["data"]["reason"] == "epoch_changed"
+        await client.nothing_within(0.1)
+
+
+async def test_positions_past_the_retention_are_refused_too_many_or_too_old():
+    async with running(history_size=3, history_ttl=0.5) as service:
+        async with connect(service, 1) as client:
+            await client.request({"type": "join_room", "room": "r"})
+            await service.notifications.notify_room("r", "first")
+            first = await client.recv(positions=True)
+            for i in range(5):
+                await service.notifications.notify_room("r", f"n{i}")
+            position = {"offset": first["offset"], "epoch": first["epoch"]}
+            async with connect(service, 1) as other:
+                reply = await other.request({"type": "join_room", "room": "r", "data": position})
+                assert (reply["data"]["recovered"], reply["data"]["reason"]) == (False, "too_many")
+            await trio.sleep(0.7)  # everything is older than the retention now
+            latest = {"offset": first["offset"] + 4, "epoch": first["epoch"]}
+            async with connect(service, 1) as late:
+                reply = await late.request({"type": "join_room", "room": "r", "data": latest})
+                assert (reply["data"]["recovered"], reply["data"]["reason"]) == (False, "too_old")
+
+
+async def test_random_disconnects_never_give_a_recovered_client_a_gap_or_a_duplicate():
+    """A seeded schedule: thousands of frames, a client dropping mid-stream at random
+    moments and coming back with the last position it saw."""
+    rng = random.Random(20261126)
+    total = 2000
+    async with running(history_size=total, rate_limit=1e6, rate_burst=10**6) as service:
+        received: list[int] = []
+        position: dict = {"recover": True}
+        last_offset, sent, reconnects = 0, 0, 0
+        while len(received) < total:
+            async with connect(service, 1) as client:
+                reconnects += 1
+                answer = await client.request({"type": "join_room", "room": "r", "data": position})
+                assert answer["data"].get("recovered", True) is True, answer
+                if "offset" not in position:  # nothing seen yet: from the room's start
+                    position = {"offset": 0, "epoch": answer["data"]["epoch"]}
+                available = answer["data"]["offset"] - last_offset
+                burst = min(rng.randint(1, 150), total - sent)
+                for _ in range(burst):
+                    await service.notifications.notify_room("r", "x", data={"seq": sent})
+                    sent += 1
+                available += burst
+                finish = sent == total and rng.random() < 0.5
+                keep = available if finish else rng.randint(0, available)
+                for _ in range(keep):  # then drop the connection, frames still in flight
+                    frame = await client.recv(positions=True)
+                    received.append(frame["data"]["seq"])
+                    last_offset = frame["offset"]
+                    position = {"offset": frame["offset"], "epoch": frame["epoch"]}
+        assert received == list(range(total))
+        assert reconnects > 10

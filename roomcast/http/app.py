@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 WEB = files("roomcast") / "web"
 JS = "text/javascript; charset=utf-8"
 _NOTIFICATION_KEYS = {"message", "level", "data"}
+_LEVELS = tuple(level.value for level in NotificationLevel)  # a tuple: `in` never hashes
 _HOST = re.compile(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]")
 
 
@@ -184,7 +185,7 @@ class HttpApp:
         message, level, data = body.get("message"), body.get("level", "info"), body.get("data")
         if not isinstance(message, str):
             raise HttpError(400, "'message' is required, a string")
-        if level not in set(NotificationLevel):
+        if level not in _LEVELS:
             raise HttpError(400, "'level' is one of info, success, warning, error")
         if data is not None and not isinstance(data, dict):
             raise HttpError(400, "'data' is an object or null")

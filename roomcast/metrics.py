@@ -106,6 +106,11 @@ class Metrics:
         self.frames_out[frame_type(frame)] += connections
         self.fan_out.observe(seconds)
 
+    def answered(self, answer: bytes, recovered: list[bytes]) -> None:
+        """A join's answer (or a welcome), sent by the room with the frames recovered."""
+        for frame in (answer, *recovered):
+            self.frames_out[frame_type(frame)] += 1
+
     def handshake_failed(self, cause: str) -> None:
         self.handshake_failures[cause] += 1
 

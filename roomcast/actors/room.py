@@ -228,6 +228,7 @@ class Room(MailboxActor):
         assert join.answer is not None
         answer = join.answer(recovery)
         connection = join.connection
+        self.metrics.answered(answer, missed)
         if join.welcome:
             connection.deliver_welcome(answer, missed)
         else:

@@ -1,0 +1,65 @@
+"""One roomcast node for the cluster benchmark: the service, plus a line-based control
+port on which the benchmark asks this node's facade to publish.
+
+    notify USER COUNT PACE_MS   -> COUNT notify_user calls, PACE_MS apart
+    room ROOM COUNT PACE_MS     -> COUNT notify_room calls
+Each notification carries `data.t`, the monotonic clock in ns when it was published
+(the clock is shared by the processes of one machine). The answer is `ok SECONDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import trio
+
+from roomcast import Config, open_service
+
+
+async def control(stream: trio.SocketStream, service) -> None:
+    buffer = b""
+    async for chunk in stream:
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            verb, target, count, pace_ms = line.decode().split()
+            started = time.perf_counter()
+            for seq in range(int(count)):
+                if float(pace_ms) > 0:
+                    await trio.sleep(float(pace_ms) / 1000)
+                data = {"t": time.monotonic_ns(), "seq": seq}
+                if verb == "notify":
+                    await service.notifications.notify_user(int(target), "n", data=data)
+                else:
+                    await service.notifications.notify_room(target, "n", data=data)
+            await stream.send_all(f"ok {time.perf_counter() - started:.6f}\n".encode())
+
+
+async def main(args: argparse.Namespace) -> None:
+    config = Config(
+        host="127.0.0.1", port=0, http_port=-1, jwt_secret=args.secret,
+        redis_url=args.redis_url or None, rate_limit=1e6, rate_burst=10**6,
+        max_connections_per_user=10**6, log_level="WARNING",
+    )
+    async with open_service(config) as service:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        control_port = listeners[0].socket.getsockname()[1]
+        print(f"{service.port} {control_port}", flush=True)
+        await trio.serve_listeners(lambda s: control(s, service), listeners)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--secret", required=True)
+    parser.add_argument("--redis-url", default="")
+    parser.add_argument("--core", type=int, default=None)
+    arguments = parser.parse_args()
+    if arguments.core is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {arguments.core % os.cpu_count()})
+    try:
+        trio.run(main, arguments)
+    except KeyboardInterrupt:
+        sys.exit(0)

@@ -162,11 +162,11 @@ async def test_metrics_count_handshake_failures_closes_drops_and_restarts():
                 while True:
                     await c.recv()
         # Slow consumer: a client that stops reading is closed with 4009.
-        async with connect(service, 2, message_queue_size=1) as stalled:
+        async with connect(service, 2, message_queue_size=1):
             (conn,) = service.registry.connections_of(2).values()
-            while conn.close_code != CloseCode.SLOW_CONSUMER:
-                await service.notifications.notify_user(2, "x" * 10_000)
-            del stalled
+            with trio.fail_after(20):
+                while conn.close_code != CloseCode.SLOW_CONSUMER:
+                    await service.notifications.notify_user(2, "x" * 10_000)
         # A room crashes once and is restarted.
         async with connect(service, 3):
             room = service.registry.room("user_3")

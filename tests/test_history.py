@@ -143,3 +143,16 @@ async def test_random_disconnects_never_give_a_recovered_client_a_gap_or_a_dupli
                     position = {"offset": frame["offset"], "epoch": frame["epoch"]}
         assert received == list(range(total))
         assert reconnects > 10
+
+
+def test_recovery_benchmark_runs_tiny():
+    """bench/recovery.py kept working; it asserts nothing about speed."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "recovery.py"
+    result = subprocess.run([sys.executable, str(script), "--missed", "50", "--repeat", "1"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "recovery of 50 missed frames" in result.stdout

@@ -41,6 +41,7 @@ from roomcast.protocol import (
     is_personal_room,
     message_text,
     personal_room,
+    position_from,
 )
 
 from .conftest import connect, running, token_for
@@ -487,6 +488,9 @@ class Model:
                 if len(self.rooms) >= self.max_rooms:
                     return self._error("too_many_rooms")
                 self.rooms.append(room)
+                position = position_from(data)
+                if position is not None:  # a new join that asked for positions
+                    return self._positioned_join(room, [OWN, *self.rooms], position.offset)
             return self._exact("info", f"Joined room: {room}", room, {"rooms": [OWN, *self.rooms]})
         if kind == MessageType.LEAVE_ROOM:
             assert room is not None
@@ -502,8 +506,9 @@ class Model:
                 return self._error("forbidden")
             message, extra = message_text(data)
             if kind == MessageType.BROADCAST:
-                room = None
-            return self._exact(kind.value, message, room, {"from_user_id": 1, **extra})
+                return self._exact(kind.value, message, None, {"from_user_id": 1, **extra})
+            # Through a room: the room's position comes with it.
+            return self._exact(kind.value, message, room, {"from_user_id": 1, **extra}, True)
         assert kind == MessageType.REFRESH_TOKEN
         if not isinstance(data, str) or not data:
             return self._error("invalid_message")
@@ -527,11 +532,32 @@ class Model:
         return check
 
     @staticmethod
-    def _exact(kind: str, message: str, room: str | None, data: Any) -> Callable[[dict], None]:
+    def _exact(
+        kind: str, message: str, room: str | None, data: Any, positioned: bool = False
+    ) -> Callable[[dict], None]:
         expected = {"type": kind, "message": message, "data": data, "room": room}
 
         def check(reply: dict[str, Any]) -> None:
+            if positioned:
+                reply = dict(reply)
+                assert isinstance(reply.pop("offset"), int), reply
+                assert isinstance(reply.pop("epoch"), str), reply
             assert reply == expected, (expected, reply)
+
+        return check
+
+    @staticmethod
+    def _positioned_join(
+        room: str, rooms: list[str], offset: int | None
+    ) -> Callable[[dict], None]:
+        def check(reply: dict[str, Any]) -> None:
+            assert reply["type"] == "info" and reply["room"] == room, reply
+            data = dict(reply["data"])
+            assert data.pop("rooms") == rooms, reply
+            assert isinstance(data.pop("offset"), int) and isinstance(data.pop("epoch"), str)
+            if offset is not None:  # a random position: never this new room's
+                assert data == {"recovered": False, "reason": "epoch_changed"}, reply
+            assert not data or offset is not None, reply
 
         return check
 

@@ -30,9 +30,11 @@ from roomcast.actors.backplane import (
     publish_frame,
     redis_client,
 )
+from roomcast.actors.room import LOBBY
+from roomcast.actors.streams import Streams
 from roomcast.config import Config
 from roomcast.facade import NotificationService
-from roomcast.protocol import UserId
+from roomcast.protocol import UserId, is_personal_room, normalize_user_id
 
 T = TypeVar("T")
 
@@ -40,10 +42,18 @@ T = TypeVar("T")
 class RemoteNotificationService(NotificationService):
     """The facade's seven methods, carried out through Redis."""
 
-    def __init__(self, redis_url: str, prefix: str = "roomcast", sharded: bool = False) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        prefix: str = "roomcast",
+        sharded: bool = False,
+        history_size: int = 100,
+        history_ttl: float = 300.0,
+    ) -> None:
         self._url = redis_url
         self._keys = Keys(prefix)
         self._sharded = sharded
+        self._streams = Streams(prefix, history_size, history_ttl)
         self._origin = new_node_id().encode()  # never any node's: every node delivers
 
     @classmethod
@@ -51,7 +61,8 @@ class RemoteNotificationService(NotificationService):
         config = Config.from_sources()
         if not config.redis_url:
             return None
-        return cls(config.redis_url, config.redis_prefix, config.redis_sharded)
+        return cls(config.redis_url, config.redis_prefix, config.redis_sharded,
+                   config.history_size, config.history_ttl)
 
     async def _with_redis(self, action: Callable[[Any], Awaitable[T]]) -> T:
         try:
@@ -68,10 +79,21 @@ class RemoteNotificationService(NotificationService):
             view.nodes[node] = await load_presence(client, self._keys, node)
         return view
 
-    async def _publish(self, room: str, frame: bytes) -> set[UserId]:
+    async def _publish(self, room: str, body: bytes) -> set[UserId]:
         async def publish(client: Any) -> set[UserId]:
-            await publish_frame(client, self._keys, self._sharded, room, self._origin + frame)
-            return (await self._view(client)).room_members(room)
+            view = await self._view(client)
+            members = view.room_members(room)
+            if room != LOBBY and not self._sharded:
+                # Numbered and kept in the room's history, as a node would; a personal
+                # notification to a user connected nowhere waits for them.
+                away = None
+                if is_personal_room(room) and not members:
+                    away = normalize_user_id(room.removeprefix("user_"))
+                await self._streams.sequence(client, room, body, self._origin, away)
+            else:
+                await publish_frame(client, self._keys, self._sharded, room,
+                                    self._origin + b"\n" + body)
+            return members
 
         return await self._with_redis(publish)
 

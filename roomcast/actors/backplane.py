@@ -46,6 +46,7 @@ from coredis.retry import (
 
 from roomcast.actors.base import ActorCrashed, MailboxActor, Reply
 from roomcast.actors.room import LOBBY, Join, Publish, Room
+from roomcast.actors.streams import BackplaneUnavailable, Numbered, Streams, Stretch
 from roomcast.protocol import UserId, is_personal_room, normalize_user_id
 
 if TYPE_CHECKING:
@@ -61,10 +62,6 @@ REDIS_ERRORS = (
     anyio.ClosedResourceError,  # coredis's pubsub, cleaning up a connection already gone
     anyio.BrokenResourceError,
 )
-
-
-class BackplaneUnavailable(RuntimeError):
-    """Redis could not be reached: other nodes (or this worker's recipients) were not."""
 
 
 def new_node_id() -> str:
@@ -233,6 +230,7 @@ class Backplane(MailboxActor):
         self._sharded: bool = config.redis_sharded
         self._lease = config.presence_lease
         self.keys = Keys(config.redis_prefix)
+        self.streams = Streams(config.redis_prefix, config.history_size, config.history_ttl)
         self._registry = registry
         self.view = ClusterView()
         self.healthy = False
@@ -248,18 +246,36 @@ class Backplane(MailboxActor):
     def presence_changed(self) -> None:
         self._presence_changed.set()
 
-    def check_healthy(self) -> None:
-        if not self.healthy:
-            raise BackplaneUnavailable(
-                "Redis is unreachable: delivered on this node only, other nodes not reached"
-            )
+    @property
+    def cluster_history(self) -> bool:
+        """Rooms are numbered, and their history kept, in Redis (classic pub/sub only:
+        the script that numbers also publishes, which a sharded channel forbids)."""
+        return not self._sharded and self.healthy and self._client is not None
 
-    async def publish(self, room: str, frame: bytes) -> None:
-        """Send frame bytes to the other nodes with members in `room`."""
+    async def publish(self, room: str, body: bytes) -> None:
+        """Send a frame's JSON, unnumbered, to the other nodes with members in `room`."""
+        await self._redis(publish_frame, self.keys, self._sharded, room,
+                          self._origin + b"\n" + body)
+
+    async def sequence(self, room: str, body: bytes, pending: UserId | None) -> Numbered:
+        """Number a frame in Redis, keep it in the room's stream, publish it to every
+        node (with a pending copy for `pending`, a user connected nowhere)."""
+        return await self._redis(self.streams.sequence, room, body, self._origin, pending)
+
+    async def position(self, room: str) -> tuple[str, int]:
+        return await self._redis(self.streams.position, room)
+
+    async def since(self, room: str, offset: int) -> Stretch:
+        return await self._redis(self.streams.since, room, offset)
+
+    async def take_pending(self, user: UserId) -> list[bytes]:
+        return await self._redis(self.streams.take_pending, user)
+
+    async def _redis(self, operation: Any, *args: Any) -> Any:
         if self._client is None:
             raise BackplaneUnavailable("the backplane has not connected to Redis yet")
         try:
-            await publish_frame(self._client, self.keys, self._sharded, room, self._origin + frame)
+            return await operation(self._client, *args)
         except REDIS_ERRORS as exc:
             self.healthy = False
             raise BackplaneUnavailable(f"Redis is unreachable ({type(exc).__name__})") from exc
@@ -277,7 +293,7 @@ class Backplane(MailboxActor):
             except* REDIS_ERRORS as group:
                 self.healthy = False
                 log.error("backplane: Redis failed (%s); retrying",
-                          type(group.exceptions[0]).__name__)
+                          "; ".join(repr(e) for e in _leaves(group)))
             await trio.sleep(1.0)
 
     async def _run_connected(self) -> None:
@@ -358,13 +374,19 @@ class Backplane(MailboxActor):
                     await self._deliver(channel[len(room_prefix):].decode(), data[16:])
             await trio.sleep(0.05)
 
-    async def _deliver(self, room_name: str, frame: bytes) -> None:
+    async def _deliver(self, room_name: str, message: bytes) -> None:
         room = self._registry.room(room_name)
         if room is None:
             return  # our last member left since; the unsubscribe is on its way
+        # `OFFSET EPOCH\n` then the numbered JSON, or `\n` then an unnumbered one.
+        header, _, body = message.partition(b"\n")
+        numbered = None
+        if header:
+            offset, epoch = header.split(b" ", 1)
+            numbered = Numbered(int(offset), epoch.decode(), body)
         # One at a time: frames from one publisher keep their order here too.
         with contextlib.suppress(ActorCrashed, trio.ClosedResourceError, trio.EndOfChannel):
-            await room.call(Publish(frame, Reply()))
+            await room.call(Publish(body, Reply(), numbered))
 
     def _on_presence(self, data: bytes) -> None:
         try:
@@ -524,3 +546,10 @@ async def live_nodes(client: Any, keys: Keys) -> list[str]:
         return []
     leases = await client.mget([keys.node(n) for n in nodes])
     return [n for n, lease in zip(nodes, leases, strict=True) if lease is not None]
+
+
+def _leaves(group: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, for a log line."""
+    if isinstance(group, BaseExceptionGroup):
+        return [leaf for inner in group.exceptions for leaf in _leaves(inner)]
+    return [group]

@@ -25,7 +25,14 @@ from roomcast.actors.room import (
     Recovery,
     Room,
 )
-from roomcast.protocol import Position, UserId, personal_room
+from roomcast.actors.streams import BackplaneUnavailable, Numbered
+from roomcast.protocol import (
+    Position,
+    UserId,
+    is_personal_room,
+    normalize_user_id,
+    personal_room,
+)
 
 if TYPE_CHECKING:
     from roomcast.actors.backplane import Backplane
@@ -113,25 +120,51 @@ class Registry(MailboxActor):
     def all_connections(self) -> list[Connection]:
         return [c for conns in self.users.values() for c in conns.values()]
 
-    async def publish(self, room: str, frame: bytes) -> Delivery:
-        """Fan complete frame bytes out through the room's actor, and wait until it
-        has: callers that await each publish keep their frames in order."""
-        delivery = await self._publish_here(room, frame)
-        if self.backplane is not None:
-            await self.backplane.publish(room, frame)
+    async def publish(self, room: str, body: bytes) -> Delivery:
+        """Fan a frame's JSON out through the room's actor (which numbers and frames
+        it), on this node and the others, and wait until this node's room has: callers
+        that await each publish keep their frames in order. In a cluster the room is
+        numbered in Redis first, so that every node agrees on its positions."""
+        backplane = self.backplane
+        if backplane is not None and room != LOBBY and backplane.cluster_history:
+            try:
+                numbered = await backplane.sequence(room, body, self._away(room))
+            except BackplaneUnavailable:
+                await self._publish_here(room, body)  # numbered here; other nodes missed it
+                raise
+            return await self._publish_here(room, body, numbered)
+        delivery = await self._publish_here(room, body)
+        if backplane is not None:
+            await backplane.publish(room, body)
         return delivery
 
-    async def _publish_here(self, room: str, frame: bytes) -> Delivery:
+    def _away(self, room: str) -> UserId | None:
+        """The owner of a personal room who is connected nowhere in the cluster."""
+        if not is_personal_room(room):
+            return None
+        try:
+            user = normalize_user_id(room.removeprefix("user_"))
+        except ValueError:
+            return None
+        if self.connections_of(user) or (self.backplane and self.backplane.view.has_user(user)):
+            return None
+        return user
+
+    async def _publish_here(
+        self, room: str, body: bytes, numbered: Numbered | None = None
+    ) -> Delivery:
         actor = self.room(room)
         if actor is None:
-            if room == LOBBY or self._history.size == 0:
+            # Numbered in Redis: the history lives there. Otherwise a room starts to
+            # keep the frame for members to come (a user offline now, for one).
+            if numbered is not None or room == LOBBY or self._history.size == 0:
                 return NOBODY
             try:
                 actor = await self.call(EnsureRoom(room, Reply()))
             except trio.BrokenResourceError:
                 return NOBODY  # the service has stopped
         try:
-            return await actor.call(Publish(frame, Reply()))
+            return await actor.call(Publish(body, Reply(), numbered))
         except (trio.ClosedResourceError, trio.BrokenResourceError, trio.EndOfChannel):
             return NOBODY  # the room emptied and stopped while we looked it up
 
@@ -179,6 +212,7 @@ class Registry(MailboxActor):
         self._start_room(entry.actor)
         if self.backplane is not None:
             entry.actor.on_presence_change = self.backplane.presence_changed
+            entry.actor.cluster = self.backplane
         return entry
 
     async def _join(self, join: Join, room: str) -> None:

@@ -13,9 +13,11 @@ fan-out for the members not reached yet, then answers the publisher.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
+import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +25,7 @@ import attrs
 import trio
 
 from roomcast.actors.base import MailboxActor, Reply
+from roomcast.actors.streams import BackplaneUnavailable, Numbered
 from roomcast.protocol import (
     CloseCode,
     Position,
@@ -33,6 +36,7 @@ from roomcast.protocol import (
 )
 
 if TYPE_CHECKING:
+    from roomcast.actors.backplane import Backplane
     from roomcast.actors.connection import Connection
 
 log = logging.getLogger(__name__)
@@ -81,6 +85,7 @@ class Leave:
 class Publish:
     body: bytes  # the frame's JSON, encoded once by the publisher; the room numbers it
     reply: Reply[Delivery] | None = None
+    numbered: Numbered | None = None  # numbered in Redis already (a cluster's history)
 
 
 @attrs.define
@@ -131,6 +136,12 @@ class Room(MailboxActor):
         # Called when a user appears in or leaves the room (the backplane's presence).
         self.on_presence_change: Callable[[], None] | None = None
         self.fault_after: int | None = None  # fault injection: crash after N+1 members
+        # In a cluster the history lives in Redis, and this reads it (None: on this node).
+        self.cluster: Backplane | None = None
+        # Members that recovered up to an offset: frames up to it may still arrive from
+        # Redis after the recovery, and must not reach them twice.
+        self._floors: dict[int, int] = {}
+        self._epoch_from_redis = False
 
     def member_users(self) -> set[UserId]:
         return set(self.user_counts)
@@ -151,15 +162,18 @@ class Room(MailboxActor):
 
     async def handle(self, message: Join | Leave | Publish) -> None:
         if isinstance(message, Publish):
-            frame = self._number(message.body)
+            frame = self._number(message)
+            members = self.members.values()
+            if self._floors:
+                members = self._beyond_floors(message.numbered, members)
             # A snapshot: members joining or leaving meanwhile cannot disturb it.
-            self._fan_out = _FanOut(message, frame, iter(list(self.members.values())))
+            self._fan_out = _FanOut(message, frame, iter(list(members)))
             self._continue_fan_out()
             return
         connection = message.connection
         if isinstance(message, Join):
             if message.answer is not None:
-                self._answer(message)
+                await self._answer(message)
             if connection.id not in self.members:
                 self.members[connection.id] = connection
                 self.user_counts[connection.user_id] += 1
@@ -202,9 +216,19 @@ class Room(MailboxActor):
 
     # numbering, history, recovery ----------------------------------------------------
 
-    def _number(self, body: bytes) -> bytes:
+    def _number(self, publish: Publish) -> bytes:
+        body, numbered = publish.body, publish.numbered
+        if numbered is not None:
+            self.last_offset, self.epoch = numbered.offset, numbered.epoch
+            self._epoch_from_redis = True
+            return text_frame(numbered.frame)
         if not self.numbered:
             return text_frame(body)
+        if self._epoch_from_redis:
+            # Redis is out of reach: number here, in an epoch of our own, so that no
+            # offset can mean two frames once Redis numbers again.
+            self.epoch, self.last_offset, self._epoch_from_redis = secrets.token_hex(4), 0, False
+            self.history.clear()
         self.last_offset += 1
         frame = positioned_frame(body, self.last_offset, self.epoch)
         if self._policy.size > 0:
@@ -222,9 +246,25 @@ class Room(MailboxActor):
             history.popleft()
             self._evicted_by = RecoveryFailure.TOO_OLD
 
-    def _answer(self, join: Join) -> None:
+    def _beyond_floors(
+        self, numbered: Numbered | None, members: Iterable[Connection]
+    ) -> list[Connection]:
+        offset = numbered.offset if numbered is not None else math.inf
+        if offset > max(self._floors.values()):
+            self._floors.clear()  # every recovered member is past its floor now
+            return list(members)
+        return [m for m in members if offset > self._floors.get(m.id, -1)]
+
+    async def _answer(self, join: Join) -> None:
         """Send the join's answer, then what the client missed, before any new frame."""
-        recovery, missed = self._recover(join)
+        recovery, missed = None, []
+        if self.cluster is not None and self.cluster.cluster_history:
+            try:
+                recovery, missed = await self._recover_from_redis(join, self.cluster)
+            except BackplaneUnavailable:
+                recovery = None  # Redis just went away: what this node knows, honestly
+        if recovery is None:
+            recovery, missed = self._recover(join)
         assert join.answer is not None
         answer = join.answer(recovery)
         connection = join.connection
@@ -252,6 +292,33 @@ class Room(MailboxActor):
             return Recovery(last, epoch, False, reason), []
         missed = [entry for entry in self.history if entry.offset > position.offset]
         return Recovery(last, epoch, True, missed=len(missed)), self._take(missed)
+
+    async def _recover_from_redis(
+        self, join: Join, cluster: Backplane
+    ) -> tuple[Recovery, list[bytes]]:
+        position = join.position
+        if position is None or position.offset is None:
+            epoch, last = await cluster.position(self.room)
+            waiting: list[bytes] = []
+            if join.welcome:  # what reached nobody while the user was away, once
+                waiting = await cluster.take_pending(join.connection.user_id)
+            self._floors[join.connection.id] = last
+            return Recovery(last, epoch, missed=len(waiting)), [text_frame(f) for f in waiting]
+        stretch = await cluster.since(self.room, position.offset)
+        if stretch.epoch != position.epoch or position.offset > stretch.last:
+            epoch, last = await cluster.position(self.room)
+            return Recovery(last, epoch, False, RecoveryFailure.EPOCH_CHANGED), []
+        self._floors[join.connection.id] = stretch.last
+        recovery = Recovery(stretch.last, stretch.epoch, True, missed=len(stretch.entries))
+        missing = stretch.last - position.offset
+        if len(stretch.entries) < missing:  # trimmed by the stream's length
+            return attrs.evolve(recovery, recovered=False, reason=RecoveryFailure.TOO_MANY,
+                                missed=0), []
+        oldest = time.time() - self._policy.ttl
+        if stretch.entries and stretch.entries[0][1] < oldest:
+            return attrs.evolve(recovery, recovered=False, reason=RecoveryFailure.TOO_OLD,
+                                missed=0), []
+        return recovery, [text_frame(frame) for _, _, frame in stretch.entries]
 
     @staticmethod
     def _take(entries: list[_Entry]) -> list[bytes]:

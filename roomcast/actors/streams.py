@@ -1,0 +1,142 @@
+"""Room history in Redis: one sequence for a room across every node of a cluster.
+
+With a backplane (and classic pub/sub), a publisher does not number a room's frames
+itself. One Lua script, atomic in Redis, takes the room's next offset, adds the
+numbered frame to the room's stream (`XADD`, bounded by `history_size`), keeps the
+room's keys for `history_ttl` after the last frame, and publishes the frame to the
+nodes: every node, and every client recovering on any node, sees the same offsets in
+the same epoch. The epoch is new whenever the room's keys are gone (Redis restarted,
+or the room was idle past its retention), so a lost history is always told apart.
+
+A personal notification that reached nobody in the cluster is also pushed to the
+user's pending list, which the user's next connection, on any node, takes once.
+
+Keys, with the prefix as a hash tag so they share one slot on Redis Cluster:
+
+    {P}:seq:R        STRING  the room's last offset
+    {P}:epoch:R      STRING  the room's epoch
+    {P}:hist:R       STREAM  entries 0-OFFSET with fields t (ms) and f (the frame's JSON)
+    {P}:pending:U    LIST    frames for user U that reached nobody
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+import attrs
+
+from roomcast.protocol import UserId
+
+# KEYS: seq, epoch, hist, pending (may be unused); ARGV: body without its closing brace,
+# maxlen, ttl ms, channel, origin, candidate epoch, now ms, pending flag.
+SEQUENCE = """
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  epoch = ARGV[6]
+  redis.call('SET', KEYS[2], epoch)
+  redis.call('DEL', KEYS[1], KEYS[3])
+end
+local offset = redis.call('INCR', KEYS[1])
+local frame = ARGV[1] .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
+if tonumber(ARGV[2]) > 0 then
+  redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[2], '0-' .. offset, 't', ARGV[7], 'f', frame)
+end
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
+if ARGV[8] == '1' then
+  redis.call('RPUSH', KEYS[4], frame)
+  redis.call('PEXPIRE', KEYS[4], ARGV[3])
+end
+redis.call('PUBLISH', ARGV[4], ARGV[5] .. offset .. ' ' .. epoch .. '\\n' .. frame)
+return {offset, epoch, frame}
+"""
+
+# KEYS: seq, epoch; ARGV: candidate epoch, ttl ms. A room's position, made if missing.
+POSITION = """
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[2], epoch, 'PX', ARGV[2])
+  redis.call('DEL', KEYS[1])
+end
+return {epoch, redis.call('GET', KEYS[1]) or '0'}
+"""
+
+TAKE_PENDING = """
+local frames = redis.call('LRANGE', KEYS[1], 0, -1)
+redis.call('DEL', KEYS[1])
+return frames
+"""
+
+
+class BackplaneUnavailable(RuntimeError):
+    """Redis could not be reached: other nodes (or this worker's recipients) were not."""
+
+
+@attrs.frozen
+class Numbered:
+    offset: int
+    epoch: str
+    frame: bytes  # the frame's JSON, position included
+
+
+@attrs.frozen
+class Stretch:
+    """What Redis holds of a room's history after some offset."""
+
+    epoch: str | None  # None: the room has no history at all (new, or lost)
+    last: int  # the room's last offset
+    entries: list[tuple[int, float, bytes]]  # (offset, published at in seconds, frame JSON)
+
+
+class Streams:
+    def __init__(self, prefix: str, size: int, ttl: float) -> None:
+        self._tag = "{" + prefix + "}"
+        self._size = size
+        self._ttl_ms = max(1, int(ttl * 1000))
+        self._channel_prefix = f"{prefix}:room:"
+
+    def _key(self, kind: str, name: object) -> str:
+        return f"{self._tag}:{kind}:{name}"
+
+    async def sequence(
+        self, client: Any, room: str, body: bytes, origin: bytes, pending: UserId | None
+    ) -> Numbered:
+        keys = [self._key("seq", room), self._key("epoch", room), self._key("hist", room),
+                self._key("pending", pending if pending is not None else "-")]
+        args = [body[:-1], str(self._size), str(self._ttl_ms), self._channel_prefix + room,
+                origin, secrets.token_hex(4), str(int(time.time() * 1000)),
+                "1" if pending is not None else "0"]
+        offset, epoch, frame = await client.eval(SEQUENCE, keys, args)
+        return Numbered(int(offset), _text(epoch), bytes(frame))
+
+    async def position(self, client: Any, room: str) -> tuple[str, int]:
+        """The room's epoch and last offset (a new epoch if it had none)."""
+        keys = [self._key("seq", room), self._key("epoch", room)]
+        epoch, last = await client.eval(POSITION, keys, [secrets.token_hex(4), str(self._ttl_ms)])
+        return _text(epoch), int(_text(last))
+
+    async def since(self, client: Any, room: str, offset: int) -> Stretch:
+        epoch = await client.get(self._key("epoch", room))
+        if epoch is None:
+            return Stretch(None, 0, [])
+        last = int(await client.get(self._key("seq", room)) or 0)
+        raw = await client.xrange(self._key("hist", room), f"0-{offset + 1}", "+")
+        entries = []
+        for entry in raw:
+            identifier, fields = entry[0], entry[1]
+            fields = {_text(k): v for k, v in dict(fields).items()}
+            entries.append((int(_text(identifier).split("-")[1]),
+                            int(_text(fields["t"])) / 1000, bytes(fields["f"])))
+        return Stretch(_text(epoch), last, entries)
+
+    async def take_pending(self, client: Any, user: UserId) -> list[bytes]:
+        frames = await client.eval(TAKE_PENDING, [self._key("pending", user)], [])
+        return [bytes(frame) for frame in frames or []]
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode()
+    return str(value)

@@ -1,0 +1,134 @@
+"""History in Redis: positions agree across nodes, so a client recovers on any node."""
+
+from __future__ import annotations
+
+import random
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+from .cluster import needs_redis, redis_server
+from .conftest import connect, running
+
+pytestmark = needs_redis
+
+
+@pytest.fixture
+def redis():
+    with redis_server() as server:
+        yield server
+
+
+@asynccontextmanager
+async def cluster(redis, **extra):
+    """A node of the cluster, once it has joined (before that it numbers locally)."""
+    async with running(redis_url=redis.url, presence_lease=2.0, **extra) as node:
+        await eventually(lambda: node.ready)
+        yield node
+
+
+async def eventually(predicate, timeout: float = 10.0) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.02)
+
+
+async def test_reconnecting_to_another_node_recovers_exactly_the_missed_frames(redis):
+    async with cluster(redis) as a, cluster(redis) as b:
+        async with connect(b, 2) as member:  # keeps the room alive on node B
+            await member.request({"type": "join_room", "room": "r"})
+            async with connect(a, 1) as first:
+                await first.request({"type": "join_room", "room": "r"})
+                await a.notifications.notify_room("r", "seen")
+                seen = await first.recv(positions=True)
+            for i in range(5):  # published on A while client 1 is away
+                await a.notifications.notify_room("r", f"missed {i}")
+            async with connect(b, 1) as again:  # comes back on the other node
+                position = {"offset": seen["offset"], "epoch": seen["epoch"]}
+                answer = await again.request(
+                    {"type": "join_room", "room": "r", "data": position}
+                )
+                assert answer["data"]["recovered"] is True, answer
+                await b.notifications.notify_room("r", "new")
+                frames = [await again.recv(positions=True) for _ in range(6)]
+                assert [f["message"] for f in frames] == [f"missed {i}" for i in range(5)] + ["new"]
+                offsets = [f["offset"] for f in frames]
+                assert offsets == list(range(seen["offset"] + 1, seen["offset"] + 7))
+                assert {f["epoch"] for f in frames} == {seen["epoch"]}
+                await again.nothing_within(0.3)
+
+
+async def test_offline_user_gets_what_a_worker_sent_once_on_any_node(redis):
+    from roomcast.remote import RemoteNotificationService
+
+    worker = RemoteNotificationService(redis.url)
+    async with cluster(redis) as a, cluster(redis) as b:
+        assert await worker.notify_user(9, "your export is ready") is False
+        assert await a.notifications.notify_user(9, "and a second thing") is False
+        async with connect(b, 9) as tab:
+            assert (await tab.recv())["message"] == "your export is ready"
+            assert (await tab.recv())["message"] == "and a second thing"
+            await tab.nothing_within(0.3)
+        async with connect(a, 9) as later:
+            await later.nothing_within(0.3)
+
+
+async def test_redis_restart_gives_an_honest_answer_not_a_wrong_recovery(redis):
+    async with cluster(redis) as a, cluster(redis) as b:
+        async with connect(b, 2) as member:
+            await member.request({"type": "join_room", "room": "r"})
+            async with connect(a, 1) as first:
+                await first.request({"type": "join_room", "room": "r"})
+                await a.notifications.notify_room("r", "before")
+                seen = await first.recv(positions=True)
+            redis.stop()
+            redis.start()  # empty: the room's history is gone
+            await eventually(lambda: a.ready and b.ready, timeout=20)
+            await a.notifications.notify_room("r", "after")
+            async with connect(b, 1) as again:
+                position = {"offset": seen["offset"], "epoch": seen["epoch"]}
+                answer = await again.request(
+                    {"type": "join_room", "room": "r", "data": position}
+                )
+                assert answer["data"]["recovered"] is False
+                assert answer["data"]["reason"] == "epoch_changed"
+                assert answer["data"]["epoch"] != seen["epoch"]
+                await again.nothing_within(0.2)
+
+
+async def test_random_reconnects_across_nodes_never_leave_a_gap_or_a_duplicate(redis):
+    rng = random.Random(7)
+    total = 600
+    settings = {"rate_limit": 1e6, "rate_burst": 10**6, "history_size": total}
+    async with cluster(redis, **settings) as a, cluster(redis, **settings) as b:
+        nodes = [a, b]
+        async with connect(b, 2) as keeper:
+            await keeper.request({"type": "join_room", "room": "r"})
+            received: list[int] = []
+            position: dict = {"recover": True}
+            last_offset, sent = 0, 0
+            while len(received) < total:
+                node = rng.choice(nodes)
+                async with connect(node, 1) as client:
+                    answer = await client.request(
+                        {"type": "join_room", "room": "r", "data": position}
+                    )
+                    assert answer["data"].get("recovered", True) is True, answer
+                    if "offset" not in position:
+                        position = {"offset": 0, "epoch": answer["data"]["epoch"]}
+                    available = answer["data"]["offset"] - last_offset
+                    burst = min(rng.randint(1, 60), total - sent)
+                    publisher = rng.choice(nodes)
+                    for _ in range(burst):
+                        await publisher.notifications.notify_room("r", "x", data={"seq": sent})
+                        sent += 1
+                    available += burst
+                    finish = sent == total and rng.random() < 0.5
+                    keep = available if finish else rng.randint(0, available)
+                    for _ in range(keep):
+                        frame = await client.recv(positions=True)
+                        received.append(frame["data"]["seq"])
+                        last_offset = frame["offset"]
+                        position = {"offset": frame["offset"], "epoch": frame["epoch"]}
+            assert received == list(range(total))

@@ -34,7 +34,7 @@ from roomcast.actors.room import LOBBY
 from roomcast.actors.streams import Streams
 from roomcast.config import Config
 from roomcast.facade import NotificationService
-from roomcast.protocol import UserId, is_personal_room, normalize_user_id
+from roomcast.protocol import UserId, personal_room_owner
 
 T = TypeVar("T")
 
@@ -86,9 +86,7 @@ class RemoteNotificationService(NotificationService):
             if room != LOBBY and not self._sharded:
                 # Numbered and kept in the room's history, as a node would; a personal
                 # notification to a user connected nowhere waits for them.
-                away = None
-                if is_personal_room(room) and not members:
-                    away = normalize_user_id(room.removeprefix("user_"))
+                away = personal_room_owner(room) if not members else None
                 await self._streams.sequence(client, room, body, self._origin, away)
             else:
                 await publish_frame(client, self._keys, self._sharded, room,

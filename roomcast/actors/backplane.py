@@ -47,7 +47,7 @@ from coredis.retry import (
 from roomcast.actors.base import ActorCrashed, MailboxActor, Reply
 from roomcast.actors.room import LOBBY, Join, Publish, Room
 from roomcast.actors.streams import BackplaneUnavailable, Numbered, Streams, Stretch
-from roomcast.protocol import UserId, is_personal_room, normalize_user_id
+from roomcast.protocol import UserId, is_personal_room, normalize_user_id, personal_room_owner
 
 if TYPE_CHECKING:
     from roomcast.actors.registry import Registry
@@ -149,9 +149,9 @@ class ClusterView:
     def room_members(self, room: str) -> set[UserId]:
         if room == LOBBY:
             return self.users()
-        if is_personal_room(room):
-            owner = room.removeprefix("user_")
-            return {_user(owner)} if self.has_user(_user(owner)) else set()
+        owner = personal_room_owner(room)
+        if owner is not None:
+            return {owner} if self.has_user(owner) else set()
         return {_user(u) for p in self.nodes.values() for u in p.rooms.get(room, ())}
 
     def apply(self, change: dict[str, Any]) -> None:

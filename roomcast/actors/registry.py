@@ -26,13 +26,7 @@ from roomcast.actors.room import (
     Room,
 )
 from roomcast.actors.streams import BackplaneUnavailable, Numbered
-from roomcast.protocol import (
-    Position,
-    UserId,
-    is_personal_room,
-    normalize_user_id,
-    personal_room,
-)
+from roomcast.protocol import Position, UserId, personal_room, personal_room_owner
 
 if TYPE_CHECKING:
     from roomcast.actors.backplane import Backplane
@@ -140,11 +134,8 @@ class Registry(MailboxActor):
 
     def _away(self, room: str) -> UserId | None:
         """The owner of a personal room who is connected nowhere in the cluster."""
-        if not is_personal_room(room):
-            return None
-        try:
-            user = normalize_user_id(room.removeprefix("user_"))
-        except ValueError:
+        user = personal_room_owner(room)
+        if user is None:
             return None
         if self.connections_of(user) or (self.backplane and self.backplane.view.has_user(user)):
             return None

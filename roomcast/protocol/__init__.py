@@ -29,6 +29,7 @@ from roomcast.protocol.rules import (
     message_text,
     normalize_user_id,
     personal_room,
+    personal_room_owner,
     validate_room_name,
 )
 from roomcast.protocol.wsframe import positioned_frame, text_frame
@@ -55,6 +56,7 @@ __all__ = [
     "message_text",
     "normalize_user_id",
     "personal_room",
+    "personal_room_owner",
     "position_from",
     "positioned_frame",
     "text_frame",

@@ -48,6 +48,16 @@ def personal_room(user_id: UserId) -> str:
     return f"{PERSONAL_PREFIX}{user_id}"
 
 
+def personal_room_owner(room: str) -> UserId | None:
+    """The user whose personal room this is, or None for any other room."""
+    if not room.startswith(PERSONAL_PREFIX):
+        return None
+    try:
+        return normalize_user_id(room.removeprefix(PERSONAL_PREFIX))
+    except ValueError:
+        return None
+
+
 def is_personal_room(room: str) -> bool:
     """Every `user_*` name is reserved for personal rooms, not only canonical ones."""
     return room.startswith(PERSONAL_PREFIX)

@@ -33,6 +33,17 @@ need_redis() {
     fi
 }
 
+# The browser tests (tests/test_browser.py) drive Debian's chromium through Playwright
+# for Python (the test extra installs it); no browser is downloaded from anywhere else.
+need_chromium() {
+    if [ ! -x /usr/bin/chromium ]; then
+        echo "installing chromium (Debian package) for the browser tests"
+        if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+        $SUDO apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+    fi
+}
+
 cmd=${1:-help}
 shift || true
 case "$cmd" in
@@ -47,6 +58,7 @@ case "$cmd" in
     test)
         setup
         need_redis
+        need_chromium
         .venv/bin/ruff check .
         exec .venv/bin/pytest "$@"
         ;;

@@ -5,12 +5,21 @@ export type Level = "info" | "success" | "warning" | "error";
 export type ConnectionState = "idle" | "connecting" | "open" | "reconnecting" | "closed";
 export type UserId = number | string;
 
+/** Where a client got to in a room: the last frame's offset, in the room's epoch. */
+export interface Position {
+  offset: number;
+  epoch: string;
+}
+
 /** Every frame the service sends (docs/protocol.md, section 3). */
 export interface Frame {
   type: "info" | "error" | "text" | "room_message" | "broadcast" | string;
   message: string;
   data: Record<string, unknown> | null;
   room: string | null;
+  /** Frames through a room: its position (docs/protocol.md, 6b). */
+  offset?: number;
+  epoch?: string;
 }
 
 /** A frame the client sends (docs/protocol.md, section 4). */
@@ -66,6 +75,14 @@ export interface RoomcastOptions {
   refreshMargin?: number;
   /** Close codes after which the client stops instead of reconnecting (default [4008]). */
   stopCodes?: number[];
+  /**
+   * Remember each room's position and send it on rejoin and reconnect, so the service
+   * replays missed frames (docs/protocol.md, 6b). Default true; false sends the seed's
+   * plain join_room frames.
+   */
+  recover?: boolean;
+  /** Where to listen for "online" (default globalThis: a browser's window) to cut a backoff short. */
+  events?: { addEventListener?: EventTarget["addEventListener"]; removeEventListener?: EventTarget["removeEventListener"] };
   setTimeout?: (fn: () => void, ms: number) => unknown;
   clearTimeout?: (id: unknown) => void;
   now?: () => number;
@@ -120,6 +137,18 @@ export interface ErrorEvent {
   error?: unknown;
 }
 
+export interface RecoveryEvent {
+  room: string;
+  /** true: the missed frames follow, in order; false: reload what you show from your API. */
+  recovered: boolean;
+  /** Why not: "epoch_changed" (history lost, e.g. a restart), "too_old" or "too_many". */
+  reason: string | null;
+  /** The room's position now, from the answer. */
+  position: Position | null;
+  /** How many missed frames follow (when recovered). */
+  missed: number;
+}
+
 export interface CloseEvent {
   code: number;
   reason: string;
@@ -130,8 +159,10 @@ export interface CloseEvent {
 
 export interface EventMap {
   state: StateEvent;
-  welcome: { userId: UserId; rooms: string[]; message: string; frame: Frame };
-  rooms: { rooms: string[]; room: string; joined: boolean; message: string; frame: Frame };
+  welcome: { userId: UserId; rooms: string[]; position: Position | null; message: string; frame: Frame };
+  rooms: { rooms: string[]; room: string; joined: boolean; position: Position | null; message: string; frame: Frame };
+  /** The answer to a join (or the welcome, for the personal room) that asked to recover. */
+  recovery: RecoveryEvent;
   refreshed: { expiresAt: number; message: string; frame: Frame };
   notification: NotificationEvent;
   "notification:info": NotificationEvent;
@@ -167,6 +198,8 @@ export class RoomcastClient extends Emitter<EventMap> {
   readonly rooms: Set<string>;
   /** This connection's rooms as the service last listed them. */
   readonly serverRooms: string[];
+  /** The last position seen in each room (the personal room user_ID included). */
+  readonly positions: Map<string, Position>;
   /** From the welcome frame; null before the first. */
   readonly userId: UserId | null;
   readonly connected: boolean;
@@ -175,6 +208,8 @@ export class RoomcastClient extends Emitter<EventMap> {
   readonly stats: { opens: number; tokens: number; refreshes: number };
   /** Start connecting, or resume after a stop (4008). */
   connect(): void;
+  /** Drop the current connection, if any, and connect again now, without backoff. */
+  reconnect(): void;
   /** Close for good (default 1000): no reconnect. */
   close(code?: number, reason?: string): void;
   /** True if sent now, false if queued until the next open. */
@@ -209,7 +244,9 @@ export const CloseCode: Readonly<{
 }>;
 export const LEVELS: readonly Level[];
 export const ROOM_NAME: RegExp;
-export const DEFAULTS: Readonly<Required<Pick<RoomcastOptions, "baseDelay" | "maxDelay" | "queueLimit" | "refreshMargin" | "stopCodes">>>;
+export const DEFAULTS: Readonly<
+  Required<Pick<RoomcastOptions, "baseDelay" | "maxDelay" | "queueLimit" | "refreshMargin" | "stopCodes" | "recover">>
+>;
 
 /** Full jitter: uniform in [0, min(maxDelay, baseDelay * 2 ** attempt)). */
 export function backoffDelay(
@@ -224,6 +261,15 @@ export function tokenTimes(token: string): { exp: number | null; iat: number | n
 export function tokenTimeLeft(token: string, now: number, elapsed?: number): number | null;
 /** ms to wait before renewing a token with `left` ms to live. */
 export function refreshDelay(left: number, margin?: number): number;
-export function withToken(url: string, token: string | null | undefined): string;
+/** `url` with `token`, and with recover: the personal room's position (or recover=1). */
+export function connectUrl(
+  url: string,
+  token: string | null | undefined,
+  options?: { recover?: boolean; position?: Position | null },
+): string;
+/** A frame's (or a reply data's) room position, or null. */
+export function positionOf(source: unknown): Position | null;
+/** join_room's data: the position to recover from, or {recover: true}. */
+export function joinData(position: Position | null | undefined): Position | { recover: true };
 
 export default RoomcastClient;

@@ -35,6 +35,7 @@ export const DEFAULTS = Object.freeze({
   queueLimit: 100, // frames kept while offline; the oldest is dropped past it
   refreshMargin: 30000, // ms before the token's exp at most to send refresh_token
   stopCodes: [CloseCode.POLICY], // close codes after which the client stops
+  recover: true, // send positions on (re)join and reconnect, to get missed frames back
 });
 
 const OPEN = 1; // WebSocket.OPEN, without needing the constructor
@@ -118,11 +119,13 @@ export function routeFrame(frame) {
       return [["text", { message, frame }]];
     case "info":
       if (room === null && "user_id" in data && Array.isArray(data.rooms)) {
-        return [["welcome", { userId: data.user_id, rooms: data.rooms, message, frame }]];
+        const personal = `user_${data.user_id}`;
+        const welcome = { userId: data.user_id, rooms: data.rooms, position: positionOf(data), message, frame };
+        return [["welcome", welcome], ...recoveryOf(personal, data)];
       }
       if (room !== null && Array.isArray(data.rooms)) {
         const joined = data.rooms.includes(room);
-        return [["rooms", { rooms: data.rooms, room, joined, message, frame }]];
+        return [["rooms", { rooms: data.rooms, room, joined, position: positionOf(data), message, frame }], ...recoveryOf(room, data)];
       }
       if (typeof data.expires_at === "number") {
         return [["refreshed", { expiresAt: data.expires_at, message, frame }]];
@@ -131,6 +134,26 @@ export function routeFrame(frame) {
     default:
       return [["info", { message, data, room, frame }]];
   }
+}
+
+/** A room position ({offset, epoch}) in `source` (a frame, or a reply's data), or null. */
+export function positionOf(source) {
+  if (source === null || typeof source !== "object") return null;
+  const { offset, epoch } = source;
+  return Number.isInteger(offset) && offset >= 0 && typeof epoch === "string" && epoch !== "" ? { offset, epoch } : null;
+}
+
+function recoveryOf(room, data) {
+  if (typeof data.recovered !== "boolean") return [];
+  return [["recovery", { room, recovered: data.recovered, reason: data.reason ?? null, position: positionOf(data) }]];
+}
+
+/**
+ * The `data` of a join_room that asks to recover `position` (the last frame seen in
+ * the room), or only for positions when there is none yet (docs/protocol.md, 6b).
+ */
+export function joinData(position) {
+  return position ? { offset: position.offset, epoch: position.epoch } : { recover: true };
 }
 
 /** The `exp` and `iat` claims of a JWT (seconds since 1970; null when absent), or null. */
@@ -173,11 +196,19 @@ export function refreshDelay(left, margin = DEFAULTS.refreshMargin) {
   return Math.max(0, Math.floor(left - Math.min(margin, left / 3)));
 }
 
-/** `url` with the token in its `token` query parameter. */
-export function withToken(url, token) {
-  if (token === undefined || token === null || token === "") return String(url);
+/**
+ * `url` with the token in its `token` query parameter and, when `recover` is set, the
+ * personal room's last position (`offset`, `epoch`), or `recover=1` when there is none.
+ */
+export function connectUrl(url, token, { recover = false, position = null } = {}) {
   const u = new URL(url);
-  u.searchParams.set("token", token);
+  if (token !== undefined && token !== null && token !== "") u.searchParams.set("token", token);
+  if (recover && position) {
+    u.searchParams.set("offset", String(position.offset));
+    u.searchParams.set("epoch", position.epoch);
+  } else if (recover) {
+    u.searchParams.set("recover", "1");
+  }
   return u.toString();
 }
 
@@ -252,6 +283,7 @@ export class RoomcastClient extends Emitter {
     this.state = "idle"; // idle | connecting | open | reconnecting | closed
     this.rooms = new Set(); // rooms wanted: rejoined after every reconnect
     this.serverRooms = []; // this connection's rooms as the service last listed them
+    this.positions = new Map(); // room -> {offset, epoch}: the last frame seen there
     this.userId = null;
     this.queue = new OfflineQueue(this.options.queueLimit);
     this.attempt = 0; // failures since the last good open
@@ -263,6 +295,16 @@ export class RoomcastClient extends Emitter {
     this._stopped = false; // close() was called: for good
     this._needFresh = false;
     this._lastCode = null;
+    this._why = "reconnect"; // the reason of the reconnect that is waiting
+    // Back online (browsers): stop waiting out the backoff and try at once.
+    this._onOnline = () => {
+      if (this.state === "reconnecting" && !this._stopped) {
+        this._cancelReconnect();
+        this._open(this._why);
+      }
+    };
+    this._events = options.events ?? globalThis;
+    this._events.addEventListener?.("online", this._onOnline);
   }
 
   // -- public API ------------------------------------------------------------------
@@ -281,6 +323,7 @@ export class RoomcastClient extends Emitter {
     if (this._stopped) return;
     this._stopped = true;
     this._generation += 1;
+    this._events.removeEventListener?.("online", this._onOnline);
     this._cancelReconnect();
     this._cancelRefresh();
     this.queue.clear();
@@ -288,6 +331,20 @@ export class RoomcastClient extends Emitter {
     this._ws = null;
     if (ws) this._detach(ws, code, reason);
     this._setState("closed", { code, reason });
+  }
+
+  /** Drop the current connection, if any, and connect again now (no backoff). */
+  reconnect() {
+    if (this._stopped) throw new Error("RoomcastClient: closed for good; make a new client");
+    this._cancelReconnect();
+    this._cancelRefresh();
+    const ws = this._ws;
+    this._ws = null;
+    if (ws) {
+      this._detach(ws, CloseCode.NORMAL, "reconnecting");
+      this.emit("close", { code: CloseCode.NORMAL, reason: "reconnecting", opened: true, willReconnect: true });
+    }
+    this._open("reconnect");
   }
 
   get connected() {
@@ -317,13 +374,14 @@ export class RoomcastClient extends Emitter {
   join(room) {
     checkRoom(room);
     this.rooms.add(room);
-    if (this.connected) this._ws.send(JSON.stringify({ type: "join_room", room }));
+    if (this.connected) this._ws.send(JSON.stringify(this._joinFrame(room)));
   }
 
   /** Leave a room and stop rejoining it. */
   leave(room) {
     checkRoom(room);
     this.rooms.delete(room);
+    this.positions.delete(room);
     if (this.connected) this._ws.send(JSON.stringify({ type: "leave_room", room }));
   }
 
@@ -364,7 +422,8 @@ export class RoomcastClient extends Emitter {
     const receivedAt = this._now();
     let ws;
     try {
-      ws = new this.WebSocket(withToken(this.url, token));
+      const personal = this.userId === null ? null : this.positions.get(`user_${this.userId}`);
+      ws = new this.WebSocket(connectUrl(this.url, token, { recover: this.options.recover, position: personal }));
     } catch (error) {
       this.emit("error", { kind: "socket", code: "bad_url", message: String(error?.message ?? error), error });
       this._scheduleReconnect(null);
@@ -379,7 +438,7 @@ export class RoomcastClient extends Emitter {
       this.stats.opens += 1;
       this._setState("open", { attempt: this.attempt });
       // Rooms first, then the queue: a queued room_message needs its room joined.
-      for (const room of this.rooms) ws.send(JSON.stringify({ type: "join_room", room }));
+      for (const room of this.rooms) ws.send(JSON.stringify(this._joinFrame(room)));
       for (const frame of this.queue.drain()) ws.send(JSON.stringify(frame));
       this._scheduleRefresh(token, receivedAt);
     };
@@ -408,6 +467,14 @@ export class RoomcastClient extends Emitter {
       return;
     }
     this.emit("frame", frame);
+    const position = positionOf(frame);
+    if (position) {
+      // A frame through a room: remember where we are, to recover from there.
+      const room = frame.room ?? (this.userId === null ? null : `user_${this.userId}`);
+      if (room !== null && (this.rooms.has(room) || room === `user_${this.userId}`)) {
+        this.positions.set(room, position);
+      }
+    }
     for (const [type, detail] of routeFrame(frame)) {
       if (type === "welcome") {
         this.userId = detail.userId;
@@ -416,9 +483,28 @@ export class RoomcastClient extends Emitter {
         this.attempt = 0;
       } else if (type === "rooms") {
         this.serverRooms = detail.rooms;
+      } else if (type === "recovery") {
+        const before = this.positions.get(detail.room);
+        detail.missed = detail.recovered && before && detail.position ? detail.position.offset - before.offset : 0;
+        // Recovered: the missed frames follow and move the position on. Otherwise
+        // we start from the room's position now (the application reloads).
+        if (!detail.recovered && detail.position) this.positions.set(detail.room, detail.position);
       }
+      if (type === "welcome" || type === "rooms") this._startPosition(detail);
       this.emit(type, detail);
     }
+  }
+
+  /** A join answer or welcome that asked only for positions: start from there. */
+  _startPosition({ room, position, frame }) {
+    const name = room ?? (this.userId === null ? null : `user_${this.userId}`);
+    if (!position || name === null || "recovered" in (frame.data ?? {})) return;
+    if (!this.positions.has(name)) this.positions.set(name, position);
+  }
+
+  _joinFrame(room) {
+    if (!this.options.recover) return { type: "join_room", room };
+    return { type: "join_room", room, data: joinData(this.positions.get(room)) };
   }
 
   _onClose(code, reason, opened) {
@@ -451,6 +537,7 @@ export class RoomcastClient extends Emitter {
 
   _reconnectAfter(delay, code, reason, why) {
     this._cancelReconnect();
+    this._why = why;
     this._setState("reconnecting", { code, reason, delay, attempt: this.attempt });
     this._timer = this._setTimeout(() => {
       this._timer = null;

@@ -1,7 +1,8 @@
 // RoomcastClient against a fake WebSocket and a fake clock: reconnects, tokens, rooms,
 // the offline queue, events. Run with: node --test tests/js/
 import assert from "node:assert/strict";
-import { beforeEach, describe, test } from "node:test";
+import { readFileSync } from "node:fs";
+import { describe, test } from "node:test";
 
 import { RoomcastClient } from "../../roomcast/web/roomcast.js";
 
@@ -168,7 +169,7 @@ describe("connecting", () => {
     await settle();
     assert.deepEqual(ctx.tokenCalls, [{ reason: "connect", fresh: false, attempt: 0, lastCode: null }]);
     assert.equal(ctx.WS.instances.length, 1);
-    assert.equal(ctx.WS.last.url, `${URL_}?token=t1`);
+    assert.equal(ctx.WS.last.url, `${URL_}?token=t1&recover=1`);
     ctx.WS.last.open();
     ctx.WS.last.welcome(7);
     assert.equal(ctx.client.state, "open");
@@ -320,6 +321,33 @@ describe("reconnecting", () => {
     assert.equal(slow.WS.instances.length, 0, "no socket after close()");
   });
 
+  test("reconnect() drops the socket and connects at once", async () => {
+    const ctx = setup();
+    const first = await connected(ctx);
+    ctx.client.reconnect();
+    assert.deepEqual(first.closedWith, { code: 1000, reason: "reconnecting" });
+    await settle();
+    assert.equal(ctx.WS.instances.length, 2);
+    assert.equal(ctx.tokenCalls.at(-1).reason, "reconnect");
+    first.serverClose(1000); // the old socket's late close changes nothing
+    assert.equal(ctx.client.state, "connecting");
+  });
+
+  test("going back online cuts the backoff short", async () => {
+    const events = new EventTarget();
+    const ctx = setup({ events, baseDelay: 60_000, maxDelay: 60_000 });
+    (await connected(ctx)).serverClose(1006);
+    assert.deepEqual(ctx.clock.pending(), [30_000]);
+    events.dispatchEvent(new Event("online"));
+    await settle();
+    assert.equal(ctx.WS.instances.length, 2, "tried at once");
+    assert.deepEqual(ctx.clock.pending(), []);
+    ctx.client.close();
+    events.dispatchEvent(new Event("online"));
+    await settle();
+    assert.equal(ctx.WS.instances.length, 2, "closed: the listener is gone");
+  });
+
   test("events of a replaced socket are ignored", async () => {
     const ctx = setup();
     const first = await connected(ctx);
@@ -350,9 +378,9 @@ describe("rooms", () => {
     await ctx.clock.advance(500);
     ctx.WS.last.open();
     assert.deepEqual(ctx.WS.last.frames, [
-      { type: "join_room", room: "project_42" },
-      { type: "join_room", room: "chat" },
-      { type: "join_room", room: "while_offline" },
+      { type: "join_room", room: "project_42", data: { recover: true } },
+      { type: "join_room", room: "chat", data: { recover: true } },
+      { type: "join_room", room: "while_offline", data: { recover: true } },
     ]);
     assert.deepEqual([...ctx.client.rooms], ["project_42", "chat", "while_offline"]);
   });
@@ -385,7 +413,7 @@ describe("the offline queue", () => {
     assert.equal(ctx.client.send({ type: "text", data: "third" }), false, "still connecting");
     ctx.WS.last.open();
     assert.deepEqual(ctx.WS.last.frames, [
-      { type: "join_room", room: "p" },
+      { type: "join_room", room: "p", data: { recover: true } },
       { type: "room_message", room: "p", data: "first" },
       { type: "text", data: "second" },
       { type: "text", data: "third" },
@@ -531,5 +559,118 @@ describe("token renewal", () => {
     assert.ok(Math.max(...ctx.clock.pending()) <= 2 ** 31 - 1);
     await ctx.clock.advance(3_600_000);
     assert.equal(ws.frames.length, 0, "not renewed early");
+  });
+});
+
+describe("recovery of missed frames", () => {
+  const joined = (room, extra = {}) => ({
+    type: "info", message: `Joined room: ${room}`, data: { rooms: ["user_7", room], ...extra }, room,
+  });
+  const inRoom = (room, offset, epoch, message = `m${offset}`) => ({
+    type: "room_message", message, data: { from_user_id: 8 }, room, offset, epoch,
+  });
+
+  test("positions are remembered and sent back on rejoin and reconnect", async () => {
+    const ctx = setup();
+    const recoveries = [];
+    ctx.client.on("recovery", (r) => recoveries.push(r));
+    const ws = await connected(ctx);
+    ws.welcome(7); // the welcome of a connection with recover=1 carries the personal position
+    ws.receive({ type: "info", message: "Connected", data: { user_id: 7, rooms: ["user_7"], offset: 0, epoch: "u1" }, room: null });
+    ctx.client.join("p");
+    ws.receive(joined("p", { offset: 10, epoch: "e1" }));
+    ws.receive(inRoom("p", 11, "e1"));
+    ws.receive(inRoom("p", 12, "e1"));
+    ws.receive({ type: "info", message: "hi", data: { level: "info", notification: true }, room: null, offset: 1, epoch: "u1" });
+    assert.deepEqual(ctx.client.positions.get("p"), { offset: 12, epoch: "e1" });
+    assert.deepEqual(ctx.client.positions.get("user_7"), { offset: 1, epoch: "u1" });
+
+    ws.serverClose(1006);
+    await ctx.clock.advance(500);
+    const again = ctx.WS.last;
+    assert.equal(again.url, `${URL_}?token=t2&offset=1&epoch=u1`, "the personal room's position");
+    again.open();
+    assert.deepEqual(again.frames, [{ type: "join_room", room: "p", data: { offset: 12, epoch: "e1" } }]);
+    again.receive({ type: "info", message: "Connected", data: { user_id: 7, rooms: ["user_7"], offset: 1, epoch: "u1", recovered: true }, room: null });
+    again.receive(joined("p", { offset: 14, epoch: "e1", recovered: true }));
+    again.receive(inRoom("p", 13, "e1", "missed one"));
+    again.receive(inRoom("p", 14, "e1", "missed two"));
+    assert.deepEqual(recoveries.map((r) => [r.room, r.recovered, r.missed]), [["user_7", true, 0], ["p", true, 2]]);
+    assert.deepEqual(ctx.named("message").slice(-2).map((m) => m.message), ["missed one", "missed two"]);
+    assert.deepEqual(ctx.client.positions.get("p"), { offset: 14, epoch: "e1" });
+  });
+
+  test("a failed recovery is reported, and the position starts over from the answer", async () => {
+    const ctx = setup();
+    const recoveries = [];
+    ctx.client.on("recovery", (r) => recoveries.push(r));
+    const ws = await connected(ctx);
+    ctx.client.join("p");
+    ws.receive(joined("p", { offset: 3, epoch: "old" }));
+    ws.serverClose(1001); // a restart: histories are lost
+    await ctx.clock.advance(500);
+    ctx.WS.last.open();
+    ctx.WS.last.receive(joined("p", { offset: 0, epoch: "new", recovered: false, reason: "epoch_changed" }));
+    assert.deepEqual(recoveries, [{ room: "p", recovered: false, reason: "epoch_changed", position: { offset: 0, epoch: "new" }, missed: 0 }]);
+    assert.deepEqual(ctx.client.positions.get("p"), { offset: 0, epoch: "new" });
+  });
+
+  test("leaving forgets the position; recover: false sends the seed's frames", async () => {
+    const ctx = setup();
+    const ws = await connected(ctx);
+    ctx.client.join("p");
+    ws.receive(joined("p", { offset: 3, epoch: "e" }));
+    ctx.client.leave("p");
+    assert.equal(ctx.client.positions.has("p"), false);
+    ws.receive(inRoom("p", 4, "e")); // in flight before the leave took effect
+    assert.equal(ctx.client.positions.has("p"), false);
+
+    const plain = setup({ recover: false });
+    plain.client.join("q");
+    const socket = await connected(plain);
+    assert.equal(socket.url, `${URL_}?token=t1`);
+    assert.deepEqual(socket.frames, [{ type: "join_room", room: "q" }]);
+  });
+});
+
+describe("the README", () => {
+  test("its ten lines replacing the seed's WebSocketManager work as written", async () => {
+    const readme = readFileSync(new URL("../../README.md", import.meta.url), "utf8");
+    const marker = readme.indexOf("<!-- js-client-example");
+    assert.ok(marker > 0, "the README marks its example");
+    const block = readme.slice(readme.indexOf("```javascript", marker) + 13, readme.indexOf("```\n", marker + 30));
+    const all = block.trim().split("\n").filter((line) => line.trim());
+    assert.equal(all.length, 10, "ten lines");
+    assert.match(all[0], /^import \{ RoomcastClient \} from /);
+    const lines = all.slice(1); // the import is the module's job here
+
+    const WS = fakeWebSocketClass();
+    const shown = [];
+    const roomMessages = [];
+    const badges = [];
+    const fetch = async (path) => ({ text: async () => `token-from-${path}` });
+    const run = new Function("RoomcastClient", "fetch", "showNotification", "handleRoomMessage", "setConnectionBadge",
+      `${lines.join("\n")}\nreturn client;`);
+    const saved = globalThis.WebSocket;
+    globalThis.WebSocket = WS;
+    let client;
+    try {
+      client = run(RoomcastClient, fetch, (...args) => shown.push(args), (...args) => roomMessages.push(args),
+        (state, code) => badges.push([state, code]));
+    } finally {
+      globalThis.WebSocket = saved;
+    }
+    await settle();
+    const ws = WS.last;
+    assert.equal(ws.url, "ws://localhost:8000/api/v1/ws?token=token-from-%2Fapi%2Fws-token&recover=1");
+    ws.open();
+    ws.welcome(42);
+    assert.deepEqual(ws.frames, [{ type: "join_room", room: "project_123", data: { recover: true } }]);
+    ws.receive({ type: "info", message: "Export ready", data: { id: 7, level: "success", notification: true }, room: null });
+    ws.receive({ type: "room_message", message: "hi", data: { from_user_id: 8 }, room: "project_123" });
+    assert.deepEqual(shown, [["Export ready", "success", { id: 7 }]]);
+    assert.deepEqual(roomMessages, [["project_123", 8, "hi"]]);
+    assert.deepEqual(badges.map(([state]) => state), ["connecting", "open"]);
+    client.close();
   });
 });

@@ -1,4 +1,4 @@
-// The client's pure parts: backoff, the offline queue, frame routing, token expiry.
+// The client's pure parts: backoff, the offline queue, frame routing, positions, tokens.
 // Run with: node --test tests/js/
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
@@ -9,9 +9,11 @@ import {
   backoffDelay,
   refreshDelay,
   routeFrame,
+  connectUrl,
+  joinData,
+  positionOf,
   tokenTimeLeft,
   tokenTimes,
-  withToken,
 } from "../../roomcast/web/roomcast.js";
 
 const jwt = (claims) => {
@@ -103,6 +105,35 @@ describe("routeFrame", () => {
     const [[name, left]] = routeFrame({ type: "info", message: "Left room: p", data: { rooms: ["user_7"] }, room: "p" });
     assert.equal(name, "rooms");
     assert.equal(left.joined, false);
+  });
+
+  test("positions and recovery answers (docs/protocol.md, 6b)", () => {
+    const [[, rooms], [name, recovery]] = routeFrame({
+      type: "info", message: "Joined room: p",
+      data: { rooms: ["user_7", "p"], offset: 5, epoch: "e1", recovered: false, reason: "epoch_changed" }, room: "p",
+    });
+    assert.deepEqual(rooms.position, { offset: 5, epoch: "e1" });
+    assert.equal(name, "recovery");
+    assert.deepEqual(recovery, { room: "p", recovered: false, reason: "epoch_changed", position: { offset: 5, epoch: "e1" } });
+
+    const welcome = routeFrame({
+      type: "info", message: "Connected", data: { user_id: 7, rooms: ["user_7"], offset: 2, epoch: "u", recovered: true }, room: null,
+    });
+    assert.deepEqual(welcome.map(([n]) => n), ["welcome", "recovery"]);
+    assert.deepEqual([welcome[1][1].room, welcome[1][1].recovered], ["user_7", true]);
+
+    const plain = routeFrame({ type: "info", message: "Joined room: p", data: { rooms: ["user_7", "p"] }, room: "p" });
+    assert.deepEqual(plain.map(([n]) => n), ["rooms"], "the seed's reply: no recovery event");
+    assert.equal(plain[0][1].position, null);
+  });
+
+  test("positionOf and joinData", () => {
+    assert.deepEqual(positionOf({ type: "room_message", room: "p", offset: 3, epoch: "e" }), { offset: 3, epoch: "e" });
+    for (const bad of [null, {}, { offset: 3 }, { offset: -1, epoch: "e" }, { offset: 1.5, epoch: "e" }, { offset: 1, epoch: "" }]) {
+      assert.equal(positionOf(bad), null, JSON.stringify(bad));
+    }
+    assert.deepEqual(joinData({ offset: 41, epoch: "9f2c41d0" }), { offset: 41, epoch: "9f2c41d0" });
+    assert.deepEqual(joinData(null), { recover: true });
   });
 
   test("the refresh_token reply", () => {
@@ -203,9 +234,15 @@ describe("tokens", () => {
     assert.equal(refreshDelay(90_000), 60_000, "the default margin is 30 s");
   });
 
-  test("withToken puts the token in the query, encoded", () => {
-    assert.equal(withToken("ws://h:8000/api/v1/ws", "a.b+c"), "ws://h:8000/api/v1/ws?token=a.b%2Bc");
-    assert.equal(withToken("ws://h/ws?x=1", "t"), "ws://h/ws?x=1&token=t");
-    assert.equal(withToken("ws://h/ws", null), "ws://h/ws");
+  test("connectUrl puts the token and the personal room's position in the query", () => {
+    assert.equal(connectUrl("ws://h:8000/api/v1/ws", "a.b+c"), "ws://h:8000/api/v1/ws?token=a.b%2Bc");
+    assert.equal(connectUrl("ws://h/ws?x=1", "t"), "ws://h/ws?x=1&token=t");
+    assert.equal(connectUrl("ws://h/ws", null), "ws://h/ws");
+    assert.equal(connectUrl("ws://h/ws", "t", { recover: true }), "ws://h/ws?token=t&recover=1");
+    assert.equal(
+      connectUrl("ws://h/ws", "t", { recover: true, position: { offset: 41, epoch: "9f2c41d0" } }),
+      "ws://h/ws?token=t&offset=41&epoch=9f2c41d0",
+    );
+    assert.equal(connectUrl("ws://h/ws", "t", { recover: false, position: { offset: 1, epoch: "e" } }), "ws://h/ws?token=t");
   });
 });

@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 # client room name, so no client can join, leave or address it.
 LOBBY = "*"
 
+# Members a fan-out reaches between two checkpoints.
+FAN_OUT_SLICE = 512
+
 
 @attrs.frozen
 class Delivery:
@@ -148,7 +151,7 @@ class Room(MailboxActor):
 
     async def run(self) -> None:
         if self._fan_out is not None:  # restarted after a crash mid-fan-out
-            self._continue_fan_out()
+            await self._continue_fan_out()
         await super().run()
 
     def on_crash(self, message: Any) -> None:
@@ -168,7 +171,7 @@ class Room(MailboxActor):
                 members = self._beyond_floors(message.numbered, members)
             # A snapshot: members joining or leaving meanwhile cannot disturb it.
             self._fan_out = _FanOut(message, frame, iter(list(members)))
-            self._continue_fan_out()
+            await self._continue_fan_out()
             return
         connection = message.connection
         if isinstance(message, Join):
@@ -187,12 +190,13 @@ class Room(MailboxActor):
         if message.reply is not None:
             message.reply.set(None)
 
-    def _continue_fan_out(self) -> None:
+    async def _continue_fan_out(self) -> None:
         fan_out = self._fan_out
         assert fan_out is not None
         started = perf_counter()
         frame = fan_out.frame
-        for member in fan_out.pending:
+        users, delivered_to = fan_out.users, 0
+        for count, member in enumerate(fan_out.pending, 1):
             try:
                 delivered = member.deliver(frame)
             except Exception:
@@ -201,10 +205,20 @@ class Room(MailboxActor):
                 member.request_close(CloseCode.INTERNAL_ERROR, "internal error")
                 continue
             if delivered:
-                fan_out.users.add(member.user_id)
-                fan_out.connections += 1
+                users.add(member.user_id)
+                delivered_to += 1
             if self.fault_after is not None:
+                fan_out.connections += delivered_to
+                delivered_to = 0
                 self._count_down_fault()
+            if count % FAN_OUT_SLICE == 0:
+                # A big room yields now and then, so that other rooms' frames (a
+                # notification to one user, say) do not wait for all of its members.
+                # This room's own next frame still waits: its order holds.
+                fan_out.connections += delivered_to
+                delivered_to = 0
+                await trio.lowlevel.checkpoint()
+        fan_out.connections += delivered_to
         self._fan_out = None
         self.metrics.fanned_out(frame, fan_out.connections, perf_counter() - started)
         if fan_out.connections and self.history and self.history[-1].frame is frame:

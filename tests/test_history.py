@@ -156,3 +156,18 @@ def test_recovery_benchmark_runs_tiny():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "recovery of 50 missed frames" in result.stdout
+
+
+def test_history_cost_benchmark_runs_tiny():
+    """bench/history_cost.py kept working; it asserts nothing about speed."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "history_cost.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--members", "20", "--publishes", "20", "--repeat", "1"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "history costs" in result.stdout

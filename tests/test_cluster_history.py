@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from contextlib import asynccontextmanager
 
@@ -132,3 +133,19 @@ async def test_random_reconnects_across_nodes_never_leave_a_gap_or_a_duplicate(r
                         last_offset = frame["offset"]
                         position = {"offset": frame["offset"], "epoch": frame["epoch"]}
             assert received == list(range(total))
+
+
+async def test_a_stale_personal_position_still_gets_the_pending_frames_once(redis):
+    from .conftest import token_for, ws_url
+
+    async with cluster(redis) as a, cluster(redis) as b:
+        query = f"?token={token_for(6)}&offset=3&epoch=long-gone"
+        assert await a.notifications.notify_user(6, "while you were away") is False
+        from trio_websocket import open_websocket_url
+
+        async with open_websocket_url(ws_url(b, query)) as ws:
+            welcome = json.loads(await ws.get_message())
+            assert welcome["data"]["recovered"] is False
+            assert json.loads(await ws.get_message())["message"] == "while you were away"
+        async with connect(a, 6) as again:
+            await again.nothing_within(0.3)

@@ -171,3 +171,26 @@ def test_history_cost_benchmark_runs_tiny():
     )
     assert result.returncode == 0, result.stderr
     assert "history costs" in result.stdout
+
+
+async def test_a_stale_personal_position_still_gets_what_waited_for_the_user(service):
+    """The personal room was gone (nobody in it, nothing kept), so the position the
+    client remembers is from an old epoch: recovery fails, honestly, but what reached
+    nobody meanwhile is still delivered, once."""
+    query = f"?token={token_for(6)}&recover=1"
+    async with open_websocket_url(ws_url(service, query)) as ws:
+        welcome = json.loads(await ws.get_message())
+    position = welcome["data"]
+    for _ in range(200):  # the empty personal room stops
+        if service.registry.room("user_6") is None:
+            break
+        await trio.sleep(0.01)
+    assert await service.notifications.notify_user(6, "while you were away") is False
+    query = f"?token={token_for(6)}&offset={position['offset']}&epoch={position['epoch']}"
+    async with open_websocket_url(ws_url(service, query)) as ws:
+        welcome = json.loads(await ws.get_message())
+        assert welcome["data"]["recovered"] is False
+        assert welcome["data"]["reason"] == "epoch_changed"
+        assert json.loads(await ws.get_message())["message"] == "while you were away"
+    async with connect(service, 6) as again:
+        await again.nothing_within(0.2)

@@ -12,6 +12,7 @@ fan-out for the members not reached yet, then answers the publisher.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import secrets
@@ -290,14 +291,20 @@ class Room(MailboxActor):
                 connection.deliver(frame)
 
     def _recover(self, join: Join) -> tuple[Recovery, list[bytes]]:
+        recovery, missed = self._recover_position(join)
+        if join.welcome and not recovery.recovered:
+            # A user coming online gets the personal notifications that reached nobody,
+            # whether or not its position could be recovered.
+            waiting = [entry for entry in self.history if not entry.delivered]
+            recovery = attrs.evolve(recovery, missed=len(waiting))
+            missed = self._take(waiting)
+        return recovery, missed
+
+    def _recover_position(self, join: Join) -> tuple[Recovery, list[bytes]]:
         self._evict(trio.current_time())
         position, last, epoch = join.position, self.last_offset, self.epoch
         if position is None or position.offset is None:
-            if not join.welcome:
-                return Recovery(last, epoch), []
-            # A user coming online gets the personal notifications nobody received.
-            waiting = [entry for entry in self.history if not entry.delivered]
-            return Recovery(last, epoch, missed=len(waiting)), self._take(waiting)
+            return Recovery(last, epoch), []
         if position.epoch != epoch or position.offset > last:
             return Recovery(last, epoch, False, RecoveryFailure.EPOCH_CHANGED), []
         first = self.history[0].offset if self.history else last + 1
@@ -310,17 +317,30 @@ class Room(MailboxActor):
     async def _recover_from_redis(
         self, join: Join, cluster: Backplane
     ) -> tuple[Recovery, list[bytes]]:
+        recovery, missed = await self._recover_position_from_redis(join, cluster)
+        if not join.welcome:
+            return recovery, [text_frame(f) for f in missed]
+        # What reached nobody while the user was away: taken once, whatever the
+        # recovery gave (the frames it already gave are not given twice).
+        given = {json.loads(frame)["offset"] for frame in missed}
+        waiting = [f for f in await cluster.take_pending(join.connection.user_id)
+                   if json.loads(f)["offset"] not in given]
+        frames = missed + waiting
+        return attrs.evolve(recovery, missed=len(frames)), [text_frame(f) for f in frames]
+
+    async def _recover_position_from_redis(
+        self, join: Join, cluster: Backplane
+    ) -> tuple[Recovery, list[bytes]]:
+        """The recovery, and the missed frames' JSON (unframed)."""
         position = join.position
         if position is None or position.offset is None:
             epoch, last = await cluster.position(self.room)
-            waiting: list[bytes] = []
-            if join.welcome:  # what reached nobody while the user was away, once
-                waiting = await cluster.take_pending(join.connection.user_id)
             self._floors[join.connection.id] = last
-            return Recovery(last, epoch, missed=len(waiting)), [text_frame(f) for f in waiting]
+            return Recovery(last, epoch), []
         stretch = await cluster.since(self.room, position.offset)
         if stretch.epoch != position.epoch or position.offset > stretch.last:
             epoch, last = await cluster.position(self.room)
+            self._floors[join.connection.id] = last
             return Recovery(last, epoch, False, RecoveryFailure.EPOCH_CHANGED), []
         self._floors[join.connection.id] = stretch.last
         recovery = Recovery(stretch.last, stretch.epoch, True, missed=len(stretch.entries))
@@ -332,7 +352,7 @@ class Room(MailboxActor):
         if stretch.entries and stretch.entries[0][1] < oldest:
             return attrs.evolve(recovery, recovered=False, reason=RecoveryFailure.TOO_OLD,
                                 missed=0), []
-        return recovery, [text_frame(frame) for _, _, frame in stretch.entries]
+        return recovery, [frame for _, _, frame in stretch.entries]
 
     @staticmethod
     def _take(entries: list[_Entry]) -> list[bytes]:

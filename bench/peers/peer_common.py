@@ -1,0 +1,192 @@
+"""What every benchmark server shares: arguments, pinning, the notification payload,
+process figures, and the control channel for the asyncio peers.
+
+The control channel is a line protocol on its own loopback port: one JSON object per
+line in, one JSON object per line out, answered in order. The load generator uses it
+to make the server publish from inside its own process (as backend code would) and to
+read the server's RSS and CPU time:
+
+- `{"cmd": "stats"}` -> `{"rss_kib", "hwm_kib", "cpu_s", "connections"}`, where
+  `connections` counts authenticated, registered connections;
+- `{"cmd": "publish_room", "room": R, "start": s, "n": n, "pad": p}` publishes the
+  notifications `seq = s .. s+n-1` to room R one after the other, each awaited as the
+  peer's API allows, as fast as it can; answers `{"seconds": publishing time}`;
+- `{"cmd": "notify_user", "user": U, "seq": k}` publishes one notification (data
+  `{"lat": k}`) to user U; answers `{"ok": true}` once published;
+- `{"cmd": "bg_start", "room": R, "rate": r, "pad": p}` starts a background task that
+  publishes `{"bg": k}` to room R, r times a second (never catching up in bursts);
+  `{"cmd": "bg_stop"}` stops it and answers `{"published": n}`;
+- `{"cmd": "quit"}` answers `{}` and ends the process.
+
+A peer prints one JSON line `{"port": P, "control": C}` on stdout once it listens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+PATH = "/api/v1/ws"
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--secret", required=True, help="HS256 secret for the JWTs")
+    parser.add_argument("--cpu", type=int, default=None, help="pin this process to a core")
+    parser.add_argument("--max-connections", type=int, default=100_000)
+    return parser.parse_args()
+
+
+def setup_process(cpu: int | None) -> None:
+    """Pin to one core (where the machine has it), and raise the descriptor limit."""
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, {cpu})
+    raise_fd_limit()
+
+
+def raise_fd_limit() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def process_figures() -> dict[str, Any]:
+    values: dict[str, int] = {}
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                key, value = line.split(":", 1)
+                values[key] = int(value.split()[0])
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "rss_kib": values.get("VmRSS", 0),
+        "hwm_kib": values.get("VmHWM", 0),
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+    }
+
+
+def pad_text(size: int) -> str:
+    return "x" * max(0, size)
+
+
+def room_payload(room: str, key: str, seq: int, pad: str) -> dict[str, Any]:
+    """The frame roomcast's `notify_room` sends, built the same way by every peer."""
+    return {
+        "type": "room_message",
+        "message": "bench",
+        "data": {key: seq, "pad": pad, "level": "info", "notification": True},
+        "room": room,
+    }
+
+
+def user_payload(seq: int) -> dict[str, Any]:
+    """The frame roomcast's `notify_user` sends."""
+    return {
+        "type": "info",
+        "message": "bench",
+        "data": {"lat": seq, "level": "info", "notification": True},
+    }
+
+
+def compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def user_id_of(claims: dict[str, Any]) -> int:
+    return int(claims["sub"])
+
+
+def announce(port: int, control: int) -> None:
+    sys.stdout.write(json.dumps({"port": port, "control": control}) + "\n")
+    sys.stdout.flush()
+
+
+class AsyncioBackend:
+    """What an asyncio peer implements for the control channel."""
+
+    def connections(self) -> int:
+        raise NotImplementedError
+
+    async def publish_room(self, room: str, key: str, seq: int, pad: str) -> None:
+        raise NotImplementedError
+
+    async def notify_user(self, user: int, seq: int) -> None:
+        raise NotImplementedError
+
+
+async def serve_control(
+    backend: AsyncioBackend, stop: Callable[[], Awaitable[None] | None]
+) -> asyncio.AbstractServer:
+    """The control channel of an asyncio peer, on a free loopback port."""
+    background: dict[str, Any] = {}
+
+    async def background_loop(room: str, rate: float, pad: str, counter: list[int]) -> None:
+        interval = 1.0 / rate
+        due = time.perf_counter()
+        while True:
+            await backend.publish_room(room, "bg", counter[0], pad)
+            counter[0] += 1
+            due = max(due + interval, time.perf_counter())
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+
+    async def handle(command: dict[str, Any]) -> dict[str, Any]:
+        cmd = command["cmd"]
+        if cmd == "stats":
+            return {**process_figures(), "connections": backend.connections()}
+        if cmd == "publish_room":
+            pad = pad_text(command.get("pad", 0))
+            room, start, n = command["room"], command["start"], command["n"]
+            began = time.perf_counter()
+            for seq in range(start, start + n):
+                await backend.publish_room(room, "seq", seq, pad)
+            return {"seconds": time.perf_counter() - began}
+        if cmd == "notify_user":
+            await backend.notify_user(command["user"], command["seq"])
+            return {"ok": True}
+        if cmd == "bg_start":
+            counter = [0]
+            background["counter"] = counter
+            background["task"] = asyncio.ensure_future(
+                background_loop(
+                    command["room"], command["rate"], pad_text(command.get("pad", 0)), counter
+                )
+            )
+            return {"ok": True}
+        if cmd == "bg_stop":
+            task = background.pop("task", None)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            return {"published": background.pop("counter", [0])[0]}
+        if cmd == "quit":
+            result = stop()
+            if result is not None:
+                await result
+            return {}
+        return {"error": f"unknown command {cmd!r}"}
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                try:
+                    answer = await handle(json.loads(line))
+                except Exception as exc:  # reported to the load generator, not fatal
+                    answer = {"error": f"{type(exc).__name__}: {exc}"}
+                writer.write((json.dumps(answer) + "\n").encode())
+                await writer.drain()
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(client, "127.0.0.1", 0)

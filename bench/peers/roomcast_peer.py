@@ -1,0 +1,125 @@
+"""roomcast itself: `roomcast.open_service` with its JWT authenticator, and a
+publisher that drives the facade (`service.notifications.notify_room` /
+`notify_user`) from a task inside the same process, as backend code would.
+
+    python bench/peers/roomcast_peer.py --secret S [--cpu 0] [--max-connections N]
+
+Every setting at its default except the ones a benchmark needs: loopback, a free
+port, the secret, and the connection limits (the suite opens thousands of sockets,
+one user each). The control channel (see peer_common.py) is served by Trio here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import time
+from typing import Any
+
+import trio
+from peer_common import announce, pad_text, parse_args, process_figures, setup_process
+
+from roomcast import Config, Service, open_service
+
+
+class Control:
+    def __init__(self, service: Service, nursery: trio.Nursery, done: trio.Event) -> None:
+        self.service = service
+        self.notifications = service.notifications
+        self.nursery = nursery
+        self.done = done
+        self.background: trio.CancelScope | None = None
+        self.background_count = 0
+
+    def connections(self) -> int:
+        return sum(len(conns) for conns in self.service.registry.users.values())
+
+    async def publish_room(self, room: str, key: str, seq: int, pad: str) -> None:
+        await self.notifications.notify_room(room, "bench", data={key: seq, "pad": pad})
+
+    async def _background(self, room: str, rate: float, pad: str,
+                          task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            interval = 1.0 / rate
+            due = trio.current_time()
+            while True:
+                await self.publish_room(room, "bg", self.background_count, pad)
+                self.background_count += 1
+                due = max(due + interval, trio.current_time())
+                await trio.sleep_until(due)
+
+    async def handle(self, command: dict[str, Any]) -> dict[str, Any]:
+        cmd = command["cmd"]
+        if cmd == "stats":
+            return {**process_figures(), "connections": self.connections()}
+        if cmd == "publish_room":
+            pad = pad_text(command.get("pad", 0))
+            room, start, n = command["room"], command["start"], command["n"]
+            began = time.perf_counter()
+            for seq in range(start, start + n):
+                await self.publish_room(room, "seq", seq, pad)
+            return {"seconds": time.perf_counter() - began}
+        if cmd == "notify_user":
+            await self.notifications.notify_user(command["user"], "bench",
+                                                 data={"lat": command["seq"]})
+            return {"ok": True}
+        if cmd == "bg_start":
+            self.background_count = 0
+            self.background = await self.nursery.start(
+                self._background, command["room"], command["rate"],
+                pad_text(command.get("pad", 0)),
+            )
+            return {"ok": True}
+        if cmd == "bg_stop":
+            if self.background is not None:
+                self.background.cancel()
+                self.background = None
+            return {"published": self.background_count}
+        if cmd == "quit":
+            self.done.set()
+            return {}
+        return {"error": f"unknown command {cmd!r}"}
+
+    async def serve_client(self, stream: trio.SocketStream) -> None:
+        buffer = b""
+        async with stream:
+            while True:
+                data = await stream.receive_some(65536)
+                if not data:
+                    return
+                buffer += data
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    try:
+                        answer = await self.handle(json.loads(line))
+                    except Exception as exc:  # reported to the load generator
+                        answer = {"error": f"{type(exc).__name__}: {exc}"}
+                    await stream.send_all((json.dumps(answer) + "\n").encode())
+
+
+async def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
+    setup_process(args.cpu)
+    config = Config(
+        host="127.0.0.1",
+        port=0,
+        jwt_secret=args.secret,
+        max_connections=args.max_connections,
+        max_connections_per_user=args.max_connections,
+    )
+    async with open_service(config) as service, trio.open_nursery() as nursery:
+        done = trio.Event()
+        control = Control(service, nursery, done)
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, control.serve_client, 0, host="127.0.0.1")
+        )
+        announce(service.port, listeners[0].socket.getsockname()[1])
+        await done.wait()
+        nursery.cancel_scope.cancel()
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        trio.run(main)

@@ -1,0 +1,100 @@
+"""python-socketio's `AsyncServer` on uvicorn: the JWT is checked in `connect` (from
+the client's `auth` payload; refused with `ConnectionRefusedError`), everyone enters a
+personal room `user_{id}`, clients join rooms with a `join_room` event (acknowledged),
+and a room message is one `await sio.emit("notification", payload, room=R)`.
+
+    python bench/peers/socketio_peer.py --secret S [--cpu 0]
+
+Everything else at python-socketio's defaults (engine.io pings every 25 s); uvicorn at
+its defaults, as for the seed's design.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from typing import Any
+
+import jwt
+import socketio
+import uvicorn
+from peer_common import (
+    AsyncioBackend,
+    announce,
+    parse_args,
+    room_payload,
+    serve_control,
+    setup_process,
+    user_id_of,
+    user_payload,
+)
+
+
+def build_server(secret: str, users: dict[str, int]) -> socketio.AsyncServer:
+    sio = socketio.AsyncServer(async_mode="asgi", logger=False, engineio_logger=False)
+
+    @sio.event
+    async def connect(sid: str, environ: dict[str, Any], auth: Any) -> None:
+        token = auth.get("token", "") if isinstance(auth, dict) else ""
+        try:
+            user_id = user_id_of(jwt.decode(token, secret, algorithms=["HS256"]))
+        except (jwt.PyJWTError, KeyError, ValueError):
+            raise socketio.exceptions.ConnectionRefusedError("invalid token") from None
+        users[sid] = user_id
+        await sio.enter_room(sid, f"user_{user_id}")
+
+    @sio.event
+    async def disconnect(sid: str, *reason: Any) -> None:
+        users.pop(sid, None)
+
+    @sio.on("join_room")
+    async def join_room(sid: str, room: Any) -> dict[str, Any]:
+        await sio.enter_room(sid, str(room))
+        return {"message": f"Joined room: {room}", "room": room}
+
+    return sio
+
+
+class SocketioBackend(AsyncioBackend):
+    def __init__(self, sio: socketio.AsyncServer, users: dict[str, int]) -> None:
+        self.sio = sio
+        self.users = users
+
+    def connections(self) -> int:
+        return len(self.users)
+
+    async def publish_room(self, room: str, key: str, seq: int, pad: str) -> None:
+        await self.sio.emit("notification", room_payload(room, key, seq, pad), room=room)
+
+    async def notify_user(self, user: int, seq: int) -> None:
+        await self.sio.emit("notification", user_payload(seq), room=f"user_{user}")
+
+
+async def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
+    setup_process(args.cpu)
+    users: dict[str, int] = {}
+    sio = build_server(args.secret, users)
+    sock = socket.create_server(("127.0.0.1", 0), backlog=4096)
+    config = uvicorn.Config(socketio.ASGIApp(sio), log_level="error", lifespan="off",
+                            backlog=4096)
+    server = uvicorn.Server(config)
+
+    def stop() -> None:
+        server.should_exit = True
+
+    control = await serve_control(SocketioBackend(sio, users), stop)
+    serving = asyncio.ensure_future(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+        if serving.done():
+            serving.result()
+    announce(sock.getsockname()[1], control.sockets[0].getsockname()[1])
+    await serving
+    control.close()
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())

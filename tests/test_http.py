@@ -369,6 +369,7 @@ async def test_the_client_script_is_served_as_javascript():
             response = await client.get(f"/static/{name}")
             assert response.status_code == 200, name
             assert response.headers["content-type"].startswith("text/javascript")
+            assert response.headers["access-control-allow-origin"] == "*"  # importable
             assert response.content
 
 

@@ -229,7 +229,10 @@ class HttpApp:
             except OSError:
                 raise HttpError(404, f"{name} is not installed") from None
             # no-cache: browsers revalidate, so a new version shows on the next load.
-            return Response(200, body, content_type, (("cache-control", "no-cache"),))
+            # Any origin may import the client module: it is public and holds no secret,
+            # and a page on the application's own origin is the usual importer.
+            headers = (("cache-control", "no-cache"), ("access-control-allow-origin", "*"))
+            return Response(200, body, content_type, headers)
 
         return serve_file
 

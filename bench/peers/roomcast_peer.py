@@ -108,6 +108,7 @@ async def main() -> None:
         jwt_secret=args.secret,
         max_connections=args.max_connections,
         max_connections_per_user=args.max_connections,
+        http_port=-1,  # the benchmark needs no HTTP port; 8080 would collide across peers
     )
     async with open_service(config) as service, trio.open_nursery() as nursery:
         done = trio.Event()

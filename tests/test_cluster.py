@@ -197,6 +197,9 @@ async def test_redis_restart_mid_run_delivery_and_presence_resume(redis):
                 await on_b.nothing_within(0.2)
                 # A client's frame is still delivered on its own node.
                 await on_a.request({"type": "room_message", "room": "r", "data": "local"})
+                # The connection handles frames in order: once the echo is back, its
+                # attempt to publish "local" to the other nodes is over (and failed).
+                assert (await on_a.request({"type": "text", "data": "sync"}))["type"] == "text"
                 redis.start()  # empty: every key is gone
                 await eventually(lambda: a.ready and b.ready, timeout=20)
                 await eventually(lambda: a.notifications.get_room_members("r") == {1, 2})

@@ -23,16 +23,20 @@ from roomcast.protocol import MessageType, ServerFrame, encode_body
 
 
 class Member:
-    """A member that hands each frame to a socket, as Outbox.write_nowait does."""
+    """A member that hands each frame to a socket at once, as Outbox.write_nowait
+    does (deferred frames too: this measures the room's own cost per member)."""
 
     def __init__(self, member_id: int, sink: int) -> None:
         self.id = member_id
         self.user_id = member_id
         self._sink = sink
 
-    def deliver(self, frame: bytes) -> bool:
+    def deliver(self, frame: bytes, *, later: bool = False) -> bool:
         os.write(self._sink, frame)
         return True
+
+    def flush(self) -> None:
+        pass
 
 
 async def per_publish(members: int, publishes: int, size: int) -> float:

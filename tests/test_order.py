@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import trio
@@ -61,6 +62,31 @@ async def _clients_in_order(service):
                 frame = await recipient.recv()
                 received[frame["data"]["from_user_id"]].append(frame["data"]["payload"]["s"])
         assert received == {user: list(range(per_sender)) for user in senders}
+
+
+async def test_a_big_rooms_deferred_frames_keep_their_order_among_direct_ones(service):
+    """A room of more than WRITE_NOW_UP_TO members defers its writes to its flush; a
+    notification to one member, written at once, must still come after them."""
+    from roomcast.actors.room import WRITE_NOW_UP_TO
+
+    size, count = WRITE_NOW_UP_TO + 4, 300
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(connect(service, 100 + i))
+                   for i in range(size)]
+        for client in clients:
+            await client.request({"type": "join_room", "room": "big"})
+        for seq in range(count):
+            if seq % 3 == 2:
+                await NotificationService.notify_user(user_id=100, message="u", data={"seq": seq})
+            else:
+                await NotificationService.notify_room(room_name="big", message="r",
+                                                      data={"seq": seq})
+        first = [(await clients[0].recv())["data"]["seq"] for _ in range(count)]
+        assert first == list(range(count))
+        room_only = [seq for seq in range(count) if seq % 3 != 2]
+        for client in clients[1:]:
+            assert [(await client.recv())["data"]["seq"] for _ in room_only] == room_only
+            await client.nothing_within(0.05)
 
 
 async def test_drain_delivers_what_was_queued_before_the_1001():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import trio
@@ -109,3 +110,65 @@ async def test_a_vanished_peer_breaks_the_outbox_without_raising():
     assert results[-1] is False
     assert outbox.broken is not None
     await outbox.aclose()
+
+
+def _readable(stream: trio.SocketStream) -> bytes:
+    """What the peer can read right now (Trio's sockets do not block)."""
+    data = b""
+    while True:
+        try:
+            chunk = os.read(stream.socket.fileno(), 65536)
+        except BlockingIOError:
+            return data
+        if not chunk:  # end of stream
+            return data
+        data += chunk
+
+
+async def test_deferred_frames_wait_for_the_flush_and_go_out_in_one_write():
+    from roomcast.actors.outbox import FLUSH_AT
+
+    outbox, peer = await _pair()
+    assert outbox.write_later(b"a1") and outbox.write_later(b"a2")
+    assert _readable(peer) == b""  # nothing written yet
+    assert outbox.backlog_bytes == 4  # counted as the connection's, for its limit
+    outbox.flush()
+    assert _readable(peer) == b"a1a2"
+    # A frame written now goes after the deferred ones, never before.
+    outbox.write_later(b"b1")
+    assert outbox.write_nowait(b"now")
+    assert _readable(peer) == b"b1now"
+    # trio-websocket's own writes (a pong, a close) too.
+    outbox.write_later(b"c1")
+    await outbox.send_all(b"pong")
+    assert _readable(peer) == b"c1pong"
+    # Past FLUSH_AT bytes they are written without waiting for the flush.
+    chunk = b"d" * 1000
+    for _ in range(FLUSH_AT // len(chunk) + 1):
+        outbox.write_later(chunk)
+    assert _readable(peer).startswith(chunk)  # no flush was called
+    await outbox.aclose()
+    await peer.aclose()
+
+
+async def test_deferred_frames_of_a_slow_consumer_are_dropped_at_overflow():
+    outbox, peer = await _pair(limit=20_000)
+    overflows: list[bool] = []
+    outbox.on_overflow = lambda: overflows.append(True)
+    while outbox.write_nowait(b"y" * 10_000):
+        pass  # the kernel's buffer is full now, and a backlog waits
+    assert overflows == [True]
+    assert not outbox.write_later(b"late")
+    assert outbox.backlog_bytes < 10_000  # nothing deferred is kept
+    await outbox.aclose()
+    await peer.aclose()
+
+
+async def test_deferred_frames_are_never_written_after_close():
+    outbox, peer = await _pair()
+    outbox.write_later(b"secret")
+    outbox.close_now()
+    outbox.flush()
+    assert not outbox.write_later(b"more")
+    assert _readable(peer) == b""
+    await peer.aclose()

@@ -86,6 +86,8 @@ class MailboxActor:
         while True:
             message: Any = None
             try:
+                if self.mailbox_empty():
+                    await self.idle()
                 if self.tick_interval is None:
                     message = await self._inbox.receive()
                 else:
@@ -108,6 +110,12 @@ class MailboxActor:
 
     async def handle(self, message: Any) -> None:
         raise NotImplementedError
+
+    async def idle(self) -> None:
+        """Runs when the mailbox is empty, before the loop waits for a message."""
+
+    def mailbox_empty(self) -> bool:
+        return not self._inbox.statistics().current_buffer_used
 
     async def tick(self) -> None:
         """Periodic work of an actor that sets `tick_interval`."""

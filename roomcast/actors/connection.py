@@ -116,18 +116,24 @@ class Connection:
 
     # what other actors may do ---------------------------------------------------------
 
-    def deliver(self, frame: bytes) -> bool:
-        """Queue complete frame bytes without waiting; False if they were dropped."""
+    def deliver(self, frame: bytes, *, later: bool = False) -> bool:
+        """Queue complete frame bytes without waiting; False if they were dropped.
+        `later`: written at the next `flush` (a big fan-out's frames), not now."""
         if self.ws.closed is not None:
             self.registry.metrics.not_delivered("closed")
             return False
         if self._before_welcome is not None:
             self._before_welcome.append(frame)
             return True
-        if self.outbox.write_nowait(frame):
+        outbox = self.outbox
+        if outbox.write_later(frame) if later else outbox.write_nowait(frame):
             return True
         self.registry.metrics.not_delivered("slow_consumer" if self.outbox.overflowed else "closed")
         return False
+
+    def flush(self) -> None:
+        """Write the frames delivered `later`."""
+        self.outbox.flush()
 
     def deliver_welcome(self, welcome: bytes, missed: list[bytes]) -> None:
         """The personal room greets us: the welcome, the personal frames we missed, then

@@ -7,6 +7,10 @@ connection has no backlog; only when the kernel buffer is full does the frame wa
 here, and only then is the connection's writer task woken, to write the whole backlog
 in one call.
 
+A big fan-out goes further: it defers its frames (`write_later`), and the room flushes
+them once no other publish follows at once. Frames published back to back then reach
+each member in one system call, not one each: that call is most of a fan-out's cost.
+
 trio-websocket does the handshake, reading, pings and closing frames. It is handed
 this object as its stream (through its public `wrap_server_stream`), so every byte it
 writes goes through the same ordered backlog as the prebuilt frames: the two can never
@@ -21,13 +25,19 @@ from collections.abc import Callable
 import trio
 from trio.lowlevel import ParkingLot
 
+# Deferred bytes that are written at once, without waiting for the room's flush: a
+# system call's worth, and a bound on what a connection holds unwritten.
+FLUSH_AT = 16 * 1024
+
 
 class Outbox(trio.abc.HalfCloseableStream):
     def __init__(self, stream: trio.SocketStream, limit: int) -> None:
         self._stream = stream
         self._fd = stream.socket.fileno()
         self._limit = limit
-        self._backlog: list[bytes] = []
+        self._pending: list[bytes] = []  # deferred frames, not yet handed to the kernel
+        self._pending_bytes = 0
+        self._backlog: list[bytes] = []  # what the kernel did not take, for the writer
         self._backlog_bytes = 0
         self._queued = 0  # bytes ever accepted, so waiters know when theirs are out
         self._sent = 0  # bytes ever handed to the kernel (or dropped at overflow)
@@ -47,22 +57,51 @@ class Outbox(trio.abc.HalfCloseableStream):
 
     @property
     def backlog_bytes(self) -> int:
-        return self._backlog_bytes
+        return self._backlog_bytes + self._pending_bytes
 
     def write_nowait(self, frame: bytes) -> bool:
-        """Queue one complete frame without waiting. False when it was dropped: the
-        stream is broken or closed, or the backlog would pass the limit (the
-        connection is then a slow consumer, and `on_overflow` is called once)."""
+        """Queue one complete frame and hand it to the kernel now, after any deferred
+        frames, without waiting. False when it was dropped: the stream is broken or
+        closed, or the backlog would pass the limit (the connection is then a slow
+        consumer, and `on_overflow` is called once)."""
+        if not self._accept(frame):
+            return False
+        self.flush()
+        return self.broken is None
+
+    def write_later(self, frame: bytes) -> bool:
+        """Queue one complete frame for the next `flush` (at once past FLUSH_AT bytes).
+        False when it was dropped, as with `write_nowait`."""
+        if not self._accept(frame):
+            return False
+        if self._pending_bytes >= FLUSH_AT:
+            self.flush()
+        return self.broken is None
+
+    def flush(self) -> None:
+        """Hand the deferred frames to the kernel in one call, or to the backlog if
+        there is one (it goes first)."""
+        if not self._pending:
+            return
+        pending = self._pending
+        data = b"".join(pending) if len(pending) > 1 else pending[0]
+        self._pending = []
+        self._pending_bytes = 0
+        if self._backlog or self._flushing:
+            self._append(data)
+        else:
+            self._write_through(data)
+
+    def _accept(self, frame: bytes) -> bool:
         if self._closed or self.broken is not None or self.overflowed:
             return False
-        if self._backlog or self._flushing:
-            if self._backlog_bytes + len(frame) > self._limit:
-                self._overflow()
-                return False
-            self._append(frame)
-            return True
-        self._write_through(frame)
-        return self.broken is None
+        behind = self._backlog or self._flushing  # the kernel is not keeping up
+        if behind and self._backlog_bytes + self._pending_bytes + len(frame) > self._limit:
+            self._overflow()
+            return False
+        self._pending.append(frame)
+        self._pending_bytes += len(frame)
+        return True
 
     def _write_through(self, data: bytes) -> None:
         """Hand `data` to the kernel now; what it does not take waits in the backlog
@@ -94,6 +133,8 @@ class Outbox(trio.abc.HalfCloseableStream):
         """A slow consumer: drop the frames it has not started to receive, so that the
         closing frame that follows reaches it as soon as it reads again."""
         self.overflowed = True
+        self._pending = []
+        self._pending_bytes = 0
         keep = self._backlog[:1] if self._partial_head else []
         kept = sum(map(len, keep))
         self._sent += self._backlog_bytes - kept  # dropped bytes count as done for waiters
@@ -139,6 +180,7 @@ class Outbox(trio.abc.HalfCloseableStream):
         if self.broken is not None:
             raise trio.BrokenResourceError("connection broken")
         data = bytes(data)
+        self.flush()  # deferred frames go first
         if self._backlog or self._flushing:
             self._append(data)
         else:
@@ -178,6 +220,8 @@ class Outbox(trio.abc.HalfCloseableStream):
         if not self._closed:
             self._closed = True
             self._hang_up()
+            self._pending = []
+            self._pending_bytes = 0
             self._backlog.clear()
             self._backlog_bytes = 0
             self._work.unpark_all()

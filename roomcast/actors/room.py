@@ -2,7 +2,8 @@
 
 Fan-out never awaits a socket: each member's `deliver` either hands the frame to the
 kernel or queues it in that member's own outbox. One task wake-up per publish, none
-per member.
+per member. A big room defers its members' writes until no other publish follows at
+once, then flushes: frames published back to back cost each member one system call.
 
 A fan-out survives crashes. A member whose `deliver` raises is that member's fault: it
 is closed with 1011 and the fan-out goes on. If the room itself crashes mid-fan-out,
@@ -46,8 +47,12 @@ log = logging.getLogger(__name__)
 # client room name, so no client can join, leave or address it.
 LOBBY = "*"
 
-# Members a fan-out reaches between two checkpoints (about 2 ms of writes).
-FAN_OUT_SLICE = 128
+# A fan-out (or a flush) yields after this long, so that other rooms' frames (a
+# notification to one user, say) do not wait for all of a big room's members.
+SLICE_SECONDS = 0.0005
+# Fan-outs to more members than this defer their writes to the room's flush; smaller
+# ones write at once (a user's own tabs, a small room: no wait for the flush).
+WRITE_NOW_UP_TO = 16
 
 
 @attrs.frozen
@@ -109,6 +114,7 @@ class _FanOut:
     publish: Publish
     frame: bytes  # numbered and framed once, before the first member gets it
     pending: Iterator[Connection]
+    later: bool  # deferred to the room's flush
     users: set[UserId] = attrs.Factory(set)
     connections: int = 0
 
@@ -146,6 +152,7 @@ class Room(MailboxActor):
         # Redis after the recovery, and must not reach them twice.
         self._floors: dict[int, int] = {}
         self._epoch_from_redis = False
+        self._unflushed: dict[int, Connection] = {}  # members with deferred frames
 
     def member_users(self) -> set[UserId]:
         return set(self.user_counts)
@@ -171,7 +178,9 @@ class Room(MailboxActor):
             if self._floors:
                 members = self._beyond_floors(message.numbered, members)
             # A snapshot: members joining or leaving meanwhile cannot disturb it.
-            self._fan_out = _FanOut(message, frame, iter(list(members)))
+            snapshot = list(members)
+            later = len(snapshot) > WRITE_NOW_UP_TO
+            self._fan_out = _FanOut(message, frame, iter(snapshot), later)
             await self._continue_fan_out()
             return
         connection = message.connection
@@ -195,11 +204,12 @@ class Room(MailboxActor):
         fan_out = self._fan_out
         assert fan_out is not None
         started = perf_counter()
-        frame = fan_out.frame
+        deadline = started + SLICE_SECONDS
+        frame, later, unflushed = fan_out.frame, fan_out.later, self._unflushed
         users, delivered_to = fan_out.users, 0
         for count, member in enumerate(fan_out.pending, 1):
             try:
-                delivered = member.deliver(frame)
+                delivered = member.deliver(frame, later=later)
             except Exception:
                 log.exception("conn %d user=%r: failed taking a frame; closing with 1011",
                               member.id, member.user_id)
@@ -208,17 +218,18 @@ class Room(MailboxActor):
             if delivered:
                 users.add(member.user_id)
                 delivered_to += 1
+                if later:
+                    unflushed[member.id] = member
             if self.fault_after is not None:
                 fan_out.connections += delivered_to
                 delivered_to = 0
                 self._count_down_fault()
-            if count % FAN_OUT_SLICE == 0:
-                # A big room yields now and then, so that other rooms' frames (a
-                # notification to one user, say) do not wait for all of its members.
+            if count % 16 == 0 and perf_counter() >= deadline:
                 # This room's own next frame still waits: its order holds.
                 fan_out.connections += delivered_to
                 delivered_to = 0
                 await trio.lowlevel.checkpoint()
+                deadline = perf_counter() + SLICE_SECONDS
         fan_out.connections += delivered_to
         self._fan_out = None
         self.metrics.fanned_out(frame, fan_out.connections, perf_counter() - started)
@@ -228,6 +239,28 @@ class Room(MailboxActor):
             fan_out.publish.reply.set(
                 Delivery(len(fan_out.users), fan_out.connections, fan_out.users)
             )
+
+    async def idle(self) -> None:
+        """Write the deferred frames, unless a publish is already on its way: a
+        publisher that awaits each frame sends the next within a scheduler round or
+        two of its answer, and consecutive frames then share one write per member."""
+        for _ in range(2):
+            if not self._unflushed:
+                return
+            await trio.lowlevel.checkpoint()
+            if not self.mailbox_empty():
+                return
+        await self.flush()
+
+    async def flush(self) -> None:
+        unflushed = self._unflushed
+        deadline = perf_counter() + SLICE_SECONDS
+        while unflushed:
+            _, member = unflushed.popitem()  # popped first: a crash leaves the rest
+            member.flush()
+            if perf_counter() >= deadline:
+                await trio.lowlevel.checkpoint()
+                deadline = perf_counter() + SLICE_SECONDS
 
     # numbering, history, recovery ----------------------------------------------------
 

@@ -1,9 +1,11 @@
 """Keeper actor: the clock of every connection, in one task rather than one each.
 
-- Heartbeats: every `ping_interval` it looks at when each connection last sent us a
-  byte (any frame counts, a pong included). Quiet for an interval: it is sent a
-  prebuilt ping frame. Quiet for an interval plus `ping_timeout`: it is dead or
-  half-open, and is closed with 4000.
+- Heartbeats: it looks at each connection when that connection's own interval is up:
+  `ping_interval` after the last byte it sent us (any frame counts, a pong included).
+  Quiet for an interval: it is sent a prebuilt ping frame. Quiet for an interval plus
+  `ping_timeout`: it is dead or half-open, and is closed with 4000. Each connection is
+  due on a clock of its own (a heap), so that thousands of connections opened together
+  are not pinged in one sweep, which would wake thousands of readers at once.
 - Token expiry: a connection whose token expires is closed with 4001 at that moment
   (plus the leeway), unless a `refresh_token` frame moved its expiry first.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +30,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PING_FRAME = b"\x89\x00"  # a final ping frame with no payload, unmasked
+# Heartbeat checks due within this much are done in one pass (late by at most this).
+GRANULARITY = 0.005
+# A pass over many due connections yields after this long.
+SLICE_SECONDS = 0.0005
 
 
 @attrs.define
@@ -52,23 +59,20 @@ class Keeper(MailboxActor):
         self.connections: dict[int, Connection] = {}
         # (deadline on Trio's clock, conn id, the `exp` it was set for)
         self._expiries: list[tuple[float, int, float]] = []
+        # (when to look at the connection's heartbeat again, conn id)
+        self._checks: list[tuple[float, int]] = []
         self._pinged: dict[int, float] = {}  # conn id -> when its last ping was sent
-        # Sweep often enough that neither a ping nor a timeout is late by much.
-        self._sweep_every = min(ping_interval, ping_timeout) / 4
-        self._next_sweep = trio.current_time() + self._sweep_every
 
     async def run(self) -> None:
         while True:
-            wake_at = min(self._next_sweep, self._expiries[0][0] if self._expiries else 1e300)
+            wake_at = min(self._checks[0][0] + GRANULARITY if self._checks else math.inf,
+                          self._expiries[0][0] if self._expiries else math.inf)
             with trio.move_on_at(wake_at):
                 message = await self._inbox.receive()
                 await self.handle(message)
                 continue
-            now = trio.current_time()
-            self._expire(now)
-            if now >= self._next_sweep:
-                self._sweep(now)
-                self._next_sweep = now + self._sweep_every
+            self._expire(trio.current_time())
+            await self._check_heartbeats()
 
     async def handle(self, message: Any) -> None:
         connection = message.connection
@@ -77,6 +81,9 @@ class Keeper(MailboxActor):
             self._pinged.pop(connection.id, None)
             self._maybe_compact()
             return
+        if connection.id not in self.connections:
+            heapq.heappush(self._checks, (trio.current_time() + self.ping_interval,
+                                          connection.id))
         self.connections[connection.id] = connection
         expires_at = connection.principal.expires_at
         if expires_at is not None:
@@ -92,7 +99,7 @@ class Keeper(MailboxActor):
     def _maybe_compact(self) -> None:
         # Amortized: a compaction leaves about one entry per connection, so the next
         # one comes only after as many more watches, refreshes or departures.
-        if len(self._expiries) > 2 * len(self.connections):
+        if len(self._expiries) + len(self._checks) > 4 * len(self.connections):
             self._compact()
 
     def _compact(self) -> None:
@@ -105,6 +112,8 @@ class Keeper(MailboxActor):
             and conn.principal.expires_at == expires_at
         ]
         heapq.heapify(self._expiries)
+        self._checks = [entry for entry in self._checks if entry[1] in self.connections]
+        heapq.heapify(self._checks)
 
     def _expire(self, now: float) -> None:
         while self._expiries and self._expiries[0][0] <= now:
@@ -119,15 +128,34 @@ class Keeper(MailboxActor):
                      connection.id, connection.user_id)
             connection.request_close(CloseCode.TOKEN_EXPIRED, "token expired")
 
-    def _sweep(self, now: float) -> None:
-        for connection in list(self.connections.values()):
-            last_received = connection.outbox.last_received
-            pinged_at = self._pinged.get(connection.id)
-            if pinged_at is not None and last_received < pinged_at:
-                if now - pinged_at >= self.ping_timeout:
-                    log.info("conn %d user=%r: no answer to ping, closing with 4000",
-                             connection.id, connection.user_id)
-                    connection.request_close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
-            elif now - last_received >= self.ping_interval:
-                self._pinged[connection.id] = now
-                connection.deliver(PING_FRAME)
+    async def _check_heartbeats(self) -> None:
+        checks, deadline = self._checks, time.perf_counter() + SLICE_SECONDS
+        while checks and checks[0][0] <= trio.current_time():
+            _, conn_id = heapq.heappop(checks)
+            connection = self.connections.get(conn_id)
+            if connection is not None:
+                self._check(connection, trio.current_time())
+            if time.perf_counter() >= deadline:
+                await trio.lowlevel.checkpoint()
+                deadline = time.perf_counter() + SLICE_SECONDS
+
+    def _check(self, connection: Connection, now: float) -> None:
+        """Ping a quiet connection, close one that did not answer, and say when to look
+        at it again."""
+        last_received = connection.outbox.last_received
+        pinged_at = self._pinged.get(connection.id)
+        if pinged_at is not None and last_received < pinged_at:
+            if now - pinged_at >= self.ping_timeout:
+                log.info("conn %d user=%r: no answer to ping, closing with 4000",
+                         connection.id, connection.user_id)
+                connection.request_close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
+                return
+            again = pinged_at + self.ping_timeout
+        elif now - last_received >= self.ping_interval:
+            self._pinged[connection.id] = now
+            connection.deliver(PING_FRAME)
+            again = now + self.ping_timeout
+        else:
+            self._pinged.pop(connection.id, None)
+            again = last_received + self.ping_interval
+        heapq.heappush(self._checks, (again, connection.id))

@@ -97,6 +97,7 @@ class Registry(MailboxActor):
         self.tick_interval = max(1.0, min(30.0, self._history.ttl / 4))
         self.users: dict[UserId, dict[int, Connection]] = {}
         self._rooms: dict[str, _RoomEntry] = {}
+        self._vacant: set[str] = set()  # rooms without members, kept for their history
         self.backplane: Backplane | None = None  # set when the node is part of a cluster
 
     # synchronous reads ------------------------------------------------------------
@@ -169,7 +170,10 @@ class Registry(MailboxActor):
         self, message: Connect | Disconnect | JoinRoom | LeaveRoom | EnsureRoom
     ) -> None:
         if isinstance(message, EnsureRoom):
-            entry = self._rooms.get(message.room) or self._start(message.room, refs=0)
+            entry = self._rooms.get(message.room)
+            if entry is None:
+                entry = self._start(message.room, refs=0)
+                self._vacant.add(message.room)
             message.reply.set(entry.actor)
             return
         connection = message.connection
@@ -209,6 +213,7 @@ class Registry(MailboxActor):
     async def _join(self, join: Join, room: str) -> None:
         entry = self._rooms.get(room) or self._start(room, refs=0)
         entry.refs += 1
+        self._vacant.discard(room)
         if entry.refs > 1 or self.backplane is None:
             # The room answers the caller itself; the registry does not wait for it.
             await entry.actor.send(join)
@@ -230,16 +235,20 @@ class Registry(MailboxActor):
                 await self.backplane.send(Unsubscribe(room))
             if entry.actor.retained_until() <= trio.current_time():
                 self._stop(room, entry)
+            else:
+                self._vacant.add(room)
 
     def _stop(self, room: str, entry: _RoomEntry) -> None:
         # Publishers that still hold the address find the mailbox closed, which means
         # what it says: nobody is in the room, and it keeps no history any more.
         del self._rooms[room]
+        self._vacant.discard(room)
         entry.actor.close_mailbox()
 
     async def tick(self) -> None:
         """Stop the rooms that have no members and whose history has expired."""
         now = trio.current_time()
-        for room, entry in list(self._rooms.items()):
-            if entry.refs <= 0 and entry.actor.retained_until() <= now:
+        for room in list(self._vacant):
+            entry = self._rooms[room]
+            if entry.actor.retained_until() <= now:
                 self._stop(room, entry)

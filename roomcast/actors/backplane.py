@@ -152,7 +152,10 @@ class ClusterView:
         owner = personal_room_owner(room)
         if owner is not None:
             return {owner} if self.has_user(owner) else set()
-        return {_user(u) for p in self.nodes.values() for u in p.rooms.get(room, ())}
+        # Only connected users: a node's snapshot taken mid-disconnect may still list
+        # the user in a room after it left `users`.
+        return {_user(u) for p in self.nodes.values() for u in p.rooms.get(room, ())
+                if u in p.users}
 
     def apply(self, change: dict[str, Any]) -> None:
         node = change["node"]
@@ -160,8 +163,9 @@ class ClusterView:
             self.nodes.pop(node, None)
         elif "full" in change:
             self.nodes[node] = Presence.from_json(change["full"])
-        else:
-            presence = self.nodes.setdefault(node, Presence())
+        elif (presence := self.nodes.get(node)) is not None:
+            # A change to a node we do not hold (dropped when its lease ended, or not
+            # read yet) is ignored: the next resync reads what Redis holds, whole.
             _apply_diff(presence, change.get("add", {}), change.get("del", {}))
 
 

@@ -38,7 +38,7 @@ async def test_frames_arrive_whole_and_in_order_through_backlog_and_send_all():
         received = await _read_exactly(peer, sum(map(len, frames)))
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(outbox.run_writer)
+        outbox.writers = nursery
         nursery.start_soon(read_all)
         backlogged = False
         for i, frame in enumerate(frames):
@@ -70,7 +70,7 @@ async def test_overflow_keeps_the_started_frame_drops_the_rest_and_reports_once(
     assert outbox.backlog_bytes < len(frame)  # only the tail of a started frame stays
     assert not outbox.write_nowait(b"late")  # nothing more once a slow consumer
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(outbox.run_writer)
+        outbox.writers = nursery
         # A closing frame still goes out after whatever had been started.
         with trio.fail_after(5):
             nursery.start_soon(outbox.send_all, b"CLOSE")

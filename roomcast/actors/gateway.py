@@ -1,9 +1,9 @@
 """The accept loop and the handshake: a TCP socket in, a connection actor out.
 
-Each accepted socket gets its own small nursery (trio-websocket's reader task, the
-outbox writer, the connection actor). Whatever goes wrong inside one connection ends
-there: it is logged, that socket is closed (1011 when it had been upgraded), and no
-sibling is touched.
+Each accepted socket gets its own small nursery (trio-websocket's reader task, and the
+outbox's writer while it has a backlog); the connection actor runs in the socket's own
+task. Whatever goes wrong inside one connection ends there: it is logged, that socket
+is closed (1011 when it had been upgraded), and no sibling is touched.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ class Gateway:
         conn_id = next_connection_id()
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(outbox.run_writer)
+                outbox.writers = nursery
                 await self._serve_websocket(nursery, outbox, conn_id)
                 nursery.cancel_scope.cancel()
         except Exception:

@@ -5,7 +5,8 @@ a task per recipient costs more than everything else in a fan-out. So a publishe
 frame is written straight into the socket with one non-blocking system call while the
 connection has no backlog; only when the kernel buffer is full does the frame wait
 here, and only then is the connection's writer task woken, to write the whole backlog
-in one call.
+in one call. The writer task exists only while there is a backlog: an idle
+connection holds no task for it.
 
 A big fan-out goes further: it defers its frames (`write_later`), and the room flushes
 them once no other publish follows at once. Frames published back to back then reach
@@ -31,7 +32,9 @@ FLUSH_AT = 16 * 1024
 
 
 class Outbox(trio.abc.HalfCloseableStream):
-    def __init__(self, stream: trio.SocketStream, limit: int) -> None:
+    def __init__(
+        self, stream: trio.SocketStream, limit: int, writers: trio.Nursery | None = None
+    ) -> None:
         self._stream = stream
         self._fd = stream.socket.fileno()
         self._limit = limit
@@ -41,10 +44,12 @@ class Outbox(trio.abc.HalfCloseableStream):
         self._backlog_bytes = 0
         self._queued = 0  # bytes ever accepted, so waiters know when theirs are out
         self._sent = 0  # bytes ever handed to the kernel (or dropped at overflow)
-        self._flushing = False
+        self._flushing = False  # the writer task runs (a backlog is being written)
+        # Where the writer task is started when a backlog appears: the connection's own
+        # nursery, so that it ends with the connection.
+        self.writers = writers
         self._partial_head = False  # backlog[0] is the unwritten tail of a started frame
         self._closed = False
-        self._work = ParkingLot()  # the writer waits here for a backlog
         self._progress = ParkingLot()  # send_all callers wait here for their bytes
         self.broken: BaseException | None = None
         self.overflowed = False
@@ -120,14 +125,13 @@ class Outbox(trio.abc.HalfCloseableStream):
             self._partial_head = written > 0
             self._backlog.append(data[written:])
             self._backlog_bytes += len(data) - written
-            self._work.unpark_all()
+            self._start_writer()
 
     def _append(self, data: bytes) -> None:
         self._queued += len(data)
         self._backlog.append(data)
         self._backlog_bytes += len(data)
-        if not self._flushing:
-            self._work.unpark_all()
+        self._start_writer()
 
     def _overflow(self) -> None:
         """A slow consumer: drop the frames it has not started to receive, so that the
@@ -144,31 +148,35 @@ class Outbox(trio.abc.HalfCloseableStream):
         if self.on_overflow is not None:
             self.on_overflow()
 
-    async def run_writer(self) -> None:
-        """The connection's writer task: sleeps until there is a backlog, then writes
-        all of it in one call. Ends when the stream is closed or breaks."""
-        while not self._closed and self.broken is None:
-            if not self._backlog:
-                await self._work.park()
-                continue
-            data = b"".join(self._backlog) if len(self._backlog) > 1 else self._backlog[0]
-            self._backlog.clear()
-            self._backlog_bytes = 0
-            self._partial_head = False
+    def _start_writer(self) -> None:
+        if not self._flushing and self.writers is not None:
             self._flushing = True
-            try:
-                await self._stream.send_all(data)
-                self._sent += len(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self.broken = exc
-                return
-            except BaseException as exc:
-                # Cancelled mid-write: the stream now ends inside a frame.
-                self.broken = exc
-                raise
-            finally:
-                self._flushing = False
-                self._progress.unpark_all()
+            self.writers.start_soon(self._write_backlog)
+
+    async def _write_backlog(self) -> None:
+        """The connection's writer task: writes the whole backlog in one call, again
+        while more has come meanwhile, then ends. Ends too if the stream closes or
+        breaks."""
+        try:
+            while self._backlog and not self._closed and self.broken is None:
+                data = b"".join(self._backlog) if len(self._backlog) > 1 else self._backlog[0]
+                self._backlog.clear()
+                self._backlog_bytes = 0
+                self._partial_head = False
+                try:
+                    await self._stream.send_all(data)
+                    self._sent += len(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    self.broken = exc
+                    return
+                except BaseException as exc:
+                    # Cancelled mid-write: the stream now ends inside a frame.
+                    self.broken = exc
+                    raise
+                finally:
+                    self._progress.unpark_all()
+        finally:
+            self._flushing = False
 
     # trio.abc.Stream, as trio-websocket sees it -----------------------------------
 
@@ -224,7 +232,6 @@ class Outbox(trio.abc.HalfCloseableStream):
             self._pending_bytes = 0
             self._backlog.clear()
             self._backlog_bytes = 0
-            self._work.unpark_all()
             self._progress.unpark_all()
             self._stream.socket.close()
 

@@ -86,8 +86,7 @@ class MailboxActor:
         while True:
             message: Any = None
             try:
-                if self.mailbox_empty():
-                    await self.idle()
+                await self.idle()
                 if self.tick_interval is None:
                     message = await self._inbox.receive()
                 else:
@@ -112,7 +111,7 @@ class MailboxActor:
         raise NotImplementedError
 
     async def idle(self) -> None:
-        """Runs when the mailbox is empty, before the loop waits for a message."""
+        """Runs before the loop takes its next message (a room flushes here)."""
 
     def mailbox_empty(self) -> bool:
         return not self._inbox.statistics().current_buffer_used

@@ -32,9 +32,7 @@ FLUSH_AT = 16 * 1024
 
 
 class Outbox(trio.abc.HalfCloseableStream):
-    def __init__(
-        self, stream: trio.SocketStream, limit: int, writers: trio.Nursery | None = None
-    ) -> None:
+    def __init__(self, stream: trio.SocketStream, limit: int) -> None:
         self._stream = stream
         self._fd = stream.socket.fileno()
         self._limit = limit
@@ -46,8 +44,8 @@ class Outbox(trio.abc.HalfCloseableStream):
         self._sent = 0  # bytes ever handed to the kernel (or dropped at overflow)
         self._flushing = False  # the writer task runs (a backlog is being written)
         # Where the writer task is started when a backlog appears: the connection's own
-        # nursery, so that it ends with the connection.
-        self.writers = writers
+        # nursery (set by the gateway), so that it ends with the connection.
+        self.writers: trio.Nursery | None = None
         self._partial_head = False  # backlog[0] is the unwritten tail of a started frame
         self._closed = False
         self._progress = ParkingLot()  # send_all callers wait here for their bytes
@@ -90,7 +88,7 @@ class Outbox(trio.abc.HalfCloseableStream):
             return
         pending = self._pending
         data = b"".join(pending) if len(pending) > 1 else pending[0]
-        self._pending = []
+        pending.clear()
         self._pending_bytes = 0
         if self._backlog or self._flushing:
             self._append(data)
@@ -137,7 +135,7 @@ class Outbox(trio.abc.HalfCloseableStream):
         """A slow consumer: drop the frames it has not started to receive, so that the
         closing frame that follows reaches it as soon as it reads again."""
         self.overflowed = True
-        self._pending = []
+        self._pending.clear()
         self._pending_bytes = 0
         keep = self._backlog[:1] if self._partial_head else []
         kept = sum(map(len, keep))
@@ -228,7 +226,7 @@ class Outbox(trio.abc.HalfCloseableStream):
         if not self._closed:
             self._closed = True
             self._hang_up()
-            self._pending = []
+            self._pending.clear()
             self._pending_bytes = 0
             self._backlog.clear()
             self._backlog_bytes = 0

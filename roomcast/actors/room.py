@@ -206,7 +206,6 @@ class Room(MailboxActor):
         started = perf_counter()
         deadline = started + SLICE_SECONDS
         frame, later, unflushed = fan_out.frame, fan_out.later, self._unflushed
-        users, delivered_to = fan_out.users, 0
         for count, member in enumerate(fan_out.pending, 1):
             try:
                 delivered = member.deliver(frame, later=later)
@@ -216,21 +215,16 @@ class Room(MailboxActor):
                 member.request_close(CloseCode.INTERNAL_ERROR, "internal error")
                 continue
             if delivered:
-                users.add(member.user_id)
-                delivered_to += 1
+                fan_out.users.add(member.user_id)
+                fan_out.connections += 1
                 if later:
                     unflushed[member.id] = member
             if self.fault_after is not None:
-                fan_out.connections += delivered_to
-                delivered_to = 0
                 self._count_down_fault()
             if count % 16 == 0 and perf_counter() >= deadline:
                 # This room's own next frame still waits: its order holds.
-                fan_out.connections += delivered_to
-                delivered_to = 0
                 await trio.lowlevel.checkpoint()
                 deadline = perf_counter() + SLICE_SECONDS
-        fan_out.connections += delivered_to
         self._fan_out = None
         self.metrics.fanned_out(frame, fan_out.connections, perf_counter() - started)
         if fan_out.connections and self.history and self.history[-1].frame is frame:
@@ -245,14 +239,13 @@ class Room(MailboxActor):
         publisher that awaits each frame sends the next within a scheduler round or
         two of its answer, and consecutive frames then share one write per member."""
         for _ in range(2):
-            if not self._unflushed:
+            if not self._unflushed or not self.mailbox_empty():
                 return
             await trio.lowlevel.checkpoint()
-            if not self.mailbox_empty():
-                return
-        await self.flush()
+        if self.mailbox_empty():
+            await self._flush()
 
-    async def flush(self) -> None:
+    async def _flush(self) -> None:
         unflushed = self._unflushed
         deadline = perf_counter() + SLICE_SECONDS
         while unflushed:

@@ -66,9 +66,7 @@ def _notify(config: Config, args: argparse.Namespace) -> int:
     if not config.redis_url:
         print("roomcast notify: set --redis-url or ROOMCAST_REDIS_URL", file=sys.stderr)
         return 2
-    remote = RemoteNotificationService(config.redis_url, config.redis_prefix,
-                                       config.redis_sharded, config.history_size,
-                                       config.history_ttl)
+    remote = RemoteNotificationService.from_config(config)
     common = {"message": args.message, "level": args.level, "data": args.data}
     try:
         if args.user is not None:

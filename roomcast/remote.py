@@ -57,12 +57,15 @@ class RemoteNotificationService(NotificationService):
         self._origin = new_node_id().encode()  # never any node's: every node delivers
 
     @classmethod
-    def from_environment(cls) -> RemoteNotificationService | None:
-        config = Config.from_sources()
-        if not config.redis_url:
-            return None
+    def from_config(cls, config: Config) -> RemoteNotificationService:
+        """The service's own Redis settings: same keys, same history limits."""
         return cls(config.redis_url, config.redis_prefix, config.redis_sharded,
                    config.history_size, config.history_ttl)
+
+    @classmethod
+    def from_environment(cls) -> RemoteNotificationService | None:
+        config = Config.from_sources()
+        return cls.from_config(config) if config.redis_url else None
 
     async def _with_redis(self, action: Callable[[Any], Awaitable[T]]) -> T:
         try:

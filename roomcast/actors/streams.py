@@ -63,6 +63,14 @@ end
 return {epoch, redis.call('GET', KEYS[1]) or '0'}
 """
 
+# KEYS: epoch, seq, hist; ARGV: first stream id. The epoch, last offset and entries
+# from one moment: a frame numbered meanwhile cannot be both recovered and live.
+SINCE = """
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then return false end
+return {epoch, redis.call('GET', KEYS[2]) or '0', redis.call('XRANGE', KEYS[3], ARGV[1], '+')}
+"""
+
 TAKE_PENDING = """
 local frames = redis.call('LRANGE', KEYS[1], 0, -1)
 redis.call('DEL', KEYS[1])
@@ -118,18 +126,17 @@ class Streams:
         return _text(epoch), int(_text(last))
 
     async def since(self, client: Any, room: str, offset: int) -> Stretch:
-        epoch = await client.get(self._key("epoch", room))
-        if epoch is None:
+        keys = [self._key("epoch", room), self._key("seq", room), self._key("hist", room)]
+        found = await client.eval(SINCE, keys, [f"0-{offset + 1}"])
+        if not found:
             return Stretch(None, 0, [])
-        last = int(await client.get(self._key("seq", room)) or 0)
-        raw = await client.xrange(self._key("hist", room), f"0-{offset + 1}", "+")
+        epoch, last, raw = found
         entries = []
-        for entry in raw:
-            identifier, fields = entry[0], entry[1]
-            fields = {_text(k): v for k, v in dict(fields).items()}
+        for identifier, flat in raw:
+            fields = {_text(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
             entries.append((int(_text(identifier).split("-")[1]),
                             int(_text(fields["t"])) / 1000, bytes(fields["f"])))
-        return Stretch(_text(epoch), last, entries)
+        return Stretch(_text(epoch), int(_text(last)), entries)
 
     async def take_pending(self, client: Any, user: UserId) -> list[bytes]:
         frames = await client.eval(TAKE_PENDING, [self._key("pending", user)], [])

@@ -13,16 +13,10 @@ import trio
 
 from roomcast import BackplaneUnavailable, NotificationLevel
 
-from .cluster import needs_redis, nodes, redis_server
+from .cluster import eventually, needs_redis, nodes, redis_server
 from .conftest import SECRET, connect, running
 
 pytestmark = needs_redis
-
-
-async def eventually(predicate, timeout: float = 10.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.02)
 
 
 @pytest.fixture
@@ -248,3 +242,21 @@ async def test_sharded_pub_sub_on_a_redis_cluster():
                 assert (await y.recv())["message"] == "all"
                 await x.nothing_within(0.2)
                 await y.nothing_within(0.1)
+
+
+async def test_foreign_messages_on_a_room_channel_are_ignored(redis):
+    import coredis
+
+    async with running(redis_url=redis.url) as a, running(redis_url=redis.url) as b:
+        async with connect(b, 7) as client:
+            await client.request({"type": "join_room", "room": "r"})
+            await eventually(lambda: a.notifications.get_room_members("r") == {7})
+            async with coredis.Redis.from_url(redis.url) as raw:
+                origin = b"0123456789abcdef"  # no node's
+                for junk in (b"", b"no newline", b"x y\n{}", b"1\n{}", b"\nnot json",
+                             b"5 \xff\xfe\n{}", b"\xff" * 40):
+                    await raw.publish("roomcast:room:r", origin + junk)
+            await client.nothing_within(0.3)
+            assert await a.notifications.notify_room("r", "still here") == 1
+            assert (await client.recv())["message"] == "still here"
+            assert b.ready

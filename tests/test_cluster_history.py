@@ -7,9 +7,8 @@ import random
 from contextlib import asynccontextmanager
 
 import pytest
-import trio
 
-from .cluster import needs_redis, redis_server
+from .cluster import eventually, needs_redis, redis_server
 from .conftest import connect, running
 
 pytestmark = needs_redis
@@ -27,12 +26,6 @@ async def cluster(redis, **extra):
     async with running(redis_url=redis.url, presence_lease=2.0, **extra) as node:
         await eventually(lambda: node.ready)
         yield node
-
-
-async def eventually(predicate, timeout: float = 10.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.02)
 
 
 async def test_reconnecting_to_another_node_recovers_exactly_the_missed_frames(redis):

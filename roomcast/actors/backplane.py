@@ -375,19 +375,20 @@ class Backplane(MailboxActor):
                 if channel == presence:
                     self._on_presence(data)
                 elif channel.startswith(room_prefix) and data[:16] != self._origin:
-                    await self._deliver(channel[len(room_prefix):].decode(), data[16:])
+                    room = channel[len(room_prefix):].decode(errors="replace")
+                    await self._deliver(room, data[16:])
             await trio.sleep(0.05)
 
     async def _deliver(self, room_name: str, message: bytes) -> None:
         room = self._registry.room(room_name)
         if room is None:
             return  # our last member left since; the unsubscribe is on its way
-        # `OFFSET EPOCH\n` then the numbered JSON, or `\n` then an unnumbered one.
-        header, _, body = message.partition(b"\n")
-        numbered = None
-        if header:
-            offset, epoch = header.split(b" ", 1)
-            numbered = Numbered(int(offset), epoch.decode(), body)
+        try:
+            body, numbered = parse_room_message(message)
+        except ValueError:
+            # Anything with access to Redis can publish here: not our format, not sent.
+            log.warning("backplane: ignored a malformed message on room %r", room_name)
+            return
         # One at a time: frames from one publisher keep their order here too.
         with contextlib.suppress(ActorCrashed, trio.ClosedResourceError, trio.EndOfChannel):
             await room.call(Publish(body, Reply(), numbered))
@@ -550,6 +551,20 @@ async def live_nodes(client: Any, keys: Keys) -> list[str]:
         return []
     leases = await client.mget([keys.node(n) for n in nodes])
     return [n for n, lease in zip(nodes, leases, strict=True) if lease is not None]
+
+
+def parse_room_message(message: bytes) -> tuple[bytes, Numbered | None]:
+    """`OFFSET EPOCH\n` then the numbered JSON, or `\n` then an unnumbered one (after
+    the publisher's 16-byte origin). ValueError if it is neither."""
+    header, newline, body = message.partition(b"\n")
+    if not newline or not body.startswith(b"{"):
+        raise ValueError("not a room message")
+    if not header:
+        return body, None
+    offset, _, epoch = header.partition(b" ")
+    if not offset.isdigit() or not epoch:
+        raise ValueError("bad position")
+    return body, Numbered(int(offset), epoch.decode("ascii"), body)
 
 
 def _leaves(group: BaseException) -> list[BaseException]:

@@ -86,6 +86,22 @@ def groups_for(settings: Settings, size: int) -> list[list[str]]:
     return [["roomcast", peer] for peer in peers if peer != "roomcast"]
 
 
+def owned(group: list[str]) -> list[str]:
+    """The peers whose runs this group alone holds: not roomcast when it is paired with
+    each peer in turn, since its runs then come from every pair."""
+    return [peer for peer in group if peer != "roomcast" or len(group) > 2]
+
+
+def numbered_groups(settings: Settings, size: int,
+                    group_of: dict[str, int]) -> Iterator[tuple[int, list[str]]]:
+    """The groups for `size`, numbered, each peer's group recorded in `group_of` (for
+    `with_ratios`; roomcast's is its first)."""
+    for g, group in enumerate(groups_for(settings, size)):
+        group_of.update(dict.fromkeys(owned(group), g))
+        group_of.setdefault("roomcast", g)
+        yield g, group
+
+
 def rotate(items: list[Any], by: int) -> list[Any]:
     by %= max(1, len(items))
     return items[by:] + items[:by]
@@ -98,7 +114,7 @@ class Target:
         self.peer = peer
         self.server = Server(peer, SECRET, settings.server_cpu)
         try:
-            self.lg = Loadgen(self.server.dialect, self.server.port, SECRET, sel)
+            self.lg = Loadgen(self.server.dialect, self.server.port, sel)
             self.conns = self.lg.open(mint_tokens(SECRET, range(1, size + 1)))
             self.server.wait_connections(size)
         except BaseException:
@@ -135,9 +151,8 @@ def isolated(settings: Settings, failures: list[str], group: list[str],
         failures.append(f"{' + '.join(group)}: {exc}")
         settings.log(f"  FAILED {' + '.join(group)}: {exc}")
         for table in results:
-            for peer in group:
-                if peer != "roomcast" or len(group) > 2:
-                    table[peer] = []
+            for peer in owned(group):
+                table[peer] = []
 
 
 def with_ratios(results: dict[str, list[dict[str, Any]]], key: str, group_of: dict[str, int],
@@ -207,9 +222,7 @@ def fanout(settings: Settings, size: int) -> dict[str, Any]:
     results: dict[str, list[dict[str, Any]]] = {peer: [] for peer in settings.peers}
     group_of: dict[str, int] = {}
     failures: list[str] = []
-    for g, group in enumerate(groups_for(settings, size)):
-        group_of.update({peer: g for peer in group if peer != "roomcast" or len(group) > 2})
-        group_of.setdefault("roomcast", g)
+    for g, group in numbered_groups(settings, size, group_of):
         with contextlib.ExitStack() as stack, isolated(settings, failures, group, results):
             targets = open_targets(stack, settings, group, size)
             counts = {}
@@ -288,9 +301,7 @@ def latency(settings: Settings, size: int) -> dict[str, Any]:
     loaded: dict[str, list[dict[str, Any]]] = {peer: [] for peer in settings.peers}
     group_of: dict[str, int] = {}
     failures: list[str] = []
-    for g, group in enumerate(groups_for(settings, size)):
-        group_of.update({peer: g for peer in group if peer != "roomcast" or len(group) > 2})
-        group_of.setdefault("roomcast", g)
+    for g, group in numbered_groups(settings, size, group_of):
         with contextlib.ExitStack() as stack, \
                 isolated(settings, failures, group, idle, loaded):
             targets = open_targets(stack, settings, group, size)
@@ -340,7 +351,7 @@ def _latency_line(peer: str, size: int, name: str, figures: dict[str, Any]) -> s
 def memory_run(settings: Settings, peer: str) -> dict[str, Any]:
     n = settings.memory_connections
     with Server(peer, SECRET, settings.server_cpu) as server:
-        lg = Loadgen(server.dialect, server.port, SECRET)
+        lg = Loadgen(server.dialect, server.port)
         # Warm-up: the code paths of a connection, and their one-time allocations.
         warm = lg.open(mint_tokens(SECRET, range(1_000_001, 1_000_101)))
         server.wait_connections(len(warm))
@@ -380,7 +391,7 @@ def handshakes(settings: Settings) -> dict[str, Any]:
         sel = Epoll()
         for peer in settings.peers:
             server = stack.enter_context(Server(peer, SECRET, settings.server_cpu))
-            lg = Loadgen(server.dialect, server.port, SECRET, sel)
+            lg = Loadgen(server.dialect, server.port, sel)
             lg.churn(mint_tokens(SECRET, range(1_000_001, 1_000_001 + min(200, total))),
                      concurrency)
             server.wait_connections(0)
@@ -416,7 +427,7 @@ def capacity(settings: Settings) -> dict[str, Any]:
     steps = []
     began = time.perf_counter()
     with Server("roomcast", SECRET, settings.server_cpu, max_connections=cap + 100) as server:
-        lg = Loadgen(server.dialect, server.port, SECRET)
+        lg = Loadgen(server.dialect, server.port)
         base = server.stats()
         conns: list[Conn] = []
         held, held_rss, stopped_by = 0, base["rss_kib"], "cap"

@@ -121,7 +121,7 @@ class Epoll:
         self._epoll.register(fd, events)
         self._conns[fd] = conn
 
-    def modify(self, sock: socket.socket, events: int, conn: Conn) -> None:
+    def modify(self, sock: socket.socket, events: int) -> None:
         self._epoll.modify(sock.fileno(), events)
 
     def unregister(self, sock: socket.socket) -> None:
@@ -140,7 +140,7 @@ class Conn:
 
     __slots__ = (
         "accept_key", "bg_errors", "bg_next", "buf", "close_code", "dialect", "end", "error",
-        "errors", "got", "hbuf", "joined_at", "lat_seq", "lat_time", "lg", "next", "on_done",
+        "errors", "got", "hbuf", "lat_seq", "lat_time", "lg", "next", "on_done",
         "out", "sock", "state", "token", "user",
     )
 
@@ -167,7 +167,6 @@ class Conn:
         self.bg_errors = 0
         self.lat_seq = -1
         self.lat_time = 0.0
-        self.joined_at = 0.0
 
     # socket plumbing -------------------------------------------------------------------
 
@@ -203,7 +202,7 @@ class Conn:
             return
         if sent < len(data):
             self.out = data[sent:]
-            self.lg.sel.modify(self.sock, READ | WRITE, self)
+            self.lg.sel.modify(self.sock, READ | WRITE)
 
     def on_writable(self) -> None:
         if self.state == CONNECTING:
@@ -211,7 +210,7 @@ class Conn:
             if code:
                 self.fail(f"connect: {os.strerror(code)}")
                 return
-            self.lg.sel.modify(self.sock, READ, self)
+            self.lg.sel.modify(self.sock, READ)
             self.state = UPGRADING
             self.send(self._upgrade_request())
             return
@@ -224,7 +223,7 @@ class Conn:
             return
         self.out = self.out[sent:]
         if not self.out:
-            self.lg.sel.modify(self.sock, READ, self)
+            self.lg.sel.modify(self.sock, READ)
 
     def _upgrade_request(self) -> bytes:
         key = base64.b64encode(os.urandom(16))
@@ -332,7 +331,7 @@ class Conn:
             if opcode == 0x1 and self.state == OPEN:
                 match = _TAG.search(buf, start, end)
                 if match is None:
-                    self._text(buf[start:end], now)
+                    self._text(buf[start:end])
                     if self.state == CLOSED:
                         return
                     continue
@@ -343,7 +342,7 @@ class Conn:
                     self.next = value + 1
                     self.got += 1
                     if value == self.end - 1:
-                        self.lg.on_round_done(self, now)
+                        self.lg.on_round_done(now)
                 elif kind == b"bg":
                     if value != self.bg_next:
                         self.bg_errors += 1
@@ -352,7 +351,7 @@ class Conn:
                     self.lat_seq = value
                     self.lat_time = now
             elif opcode == 0x1:
-                self._text(buf[start:end], now)
+                self._text(buf[start:end])
                 if self.state == CLOSED:
                     return
             elif opcode == 0x9:
@@ -369,7 +368,7 @@ class Conn:
                 self.errors += 1
         self.buf = buf[i:] if i < n else b""
 
-    def _text(self, payload: bytes, now: float) -> None:
+    def _text(self, payload: bytes) -> None:
         """Frames outside the fast path: handshake replies, join replies, Engine.IO."""
         if self.dialect == "sio":
             if payload == b"2":  # Engine.IO ping
@@ -383,7 +382,7 @@ class Conn:
                 self._opened()
                 return
             if self.state == JOINING and payload.startswith(b"43"):
-                self._joined(now)
+                self._opened()
                 return
             if payload.startswith(b"44"):
                 self.fail(f"connect refused: {payload[:200]!r}")
@@ -393,20 +392,14 @@ class Conn:
                 self._opened()
                 return
             if self.state == JOINING and b"Joined room" in payload:
-                self._joined(now)
+                self._opened()
                 return
         if self.state != CLOSING:
             self.errors += 1
-            self.lg.note(f"user {self.user}: unexpected frame {payload[:200]!r}")
 
     def _opened(self) -> None:
+        """Authenticated, or a join answered: ready for traffic."""
         self.state = OPEN
-        if self.on_done is not None:
-            self.on_done(self)
-
-    def _joined(self, now: float) -> None:
-        self.state = OPEN
-        self.joined_at = now
         if self.on_done is not None:
             self.on_done(self)
 
@@ -450,29 +443,23 @@ class Control:
 class Loadgen:
     """Every client connection of one benchmark against one server, on one loop."""
 
-    def __init__(self, dialect: str, port: int, secret: str, sel: Epoll | None = None) -> None:
+    def __init__(self, dialect: str, port: int, sel: Epoll | None = None) -> None:
         self.dialect = dialect
         self.port = port
-        self.secret = secret
         # Load generators of servers measured side by side share one epoll, so that
         # the clients of a server not being measured still answer its pings.
         self.sel = sel or Epoll()
         self.round_done = 0
         self.round_last = 0.0
         self.closed = 0
-        self.notes: list[str] = []
         self._on_closed: Callable[[Conn], None] | None = None
-
-    def note(self, text: str) -> None:
-        if len(self.notes) < 20:
-            self.notes.append(text)
 
     def on_closed(self, conn: Conn) -> None:
         self.closed += 1
         if self._on_closed is not None:
             self._on_closed(conn)
 
-    def on_round_done(self, conn: Conn, now: float) -> None:
+    def on_round_done(self, now: float) -> None:
         self.round_done += 1
         self.round_last = now
 
@@ -690,7 +677,6 @@ class Server:
 
     def __init__(self, peer: str, secret: str, cpu: int | None, max_connections: int = 100_000):
         script, self.dialect = PEERS[peer]
-        self.peer = peer
         # The server's stderr, read back if it fails; removed when it stops.
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115
             prefix=f"bench-{peer}-", suffix=".log", delete=False

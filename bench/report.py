@@ -8,16 +8,10 @@ from typing import Any
 
 from loadgen import PEER_TITLES
 
-# roomcast's targets (issue 4, part 2): (name, benchmark path, comparison, threshold)
-HIGHER = "higher is better"
-LOWER = "lower is better"
-
 
 def fmt(value: float | None, digits: int = 0) -> str:
     if value is None:
         return "n/a"
-    if digits == 0:
-        return f"{value:,.0f}"
     return f"{value:,.{digits}f}"
 
 
@@ -41,24 +35,19 @@ def peers_of(results: dict[str, Any]) -> list[str]:
     return list(results["meta"]["peers"])
 
 
-def others(results: dict[str, Any]) -> list[str]:
-    return [p for p in peers_of(results) if p != "roomcast"]
-
-
 def per_size_table(results: dict[str, Any], section: dict[str, Any], sizes: list[str],
                    size_label: str, digits: int, pick: Any = None) -> list[str]:
     """Rows: peers; columns: one figure per size, then roomcast's ratio per size."""
     pick = pick or (lambda entry: entry)
+    entries = [pick(section[s]) if section.get(s) else None for s in sizes]
     head = ["server", *[f"{size_label} {int(s):,}" for s in sizes],
             *[f"roomcast ÷ this, {int(s):,}" for s in sizes]]
     lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
     for peer in peers_of(results):
         row = [PEER_TITLES[peer]]
-        for s in sizes:
-            entry = pick(section.get(s)) if section.get(s) else None
+        for entry in entries:
             row.append(cell(entry.get(peer) if entry else None, digits))
-        for s in sizes:
-            entry = pick(section.get(s)) if section.get(s) else None
+        for entry in entries:
             value = entry.get("ratios", {}).get(peer) if entry else None
             row.append("" if peer == "roomcast" else ratio(value))
         lines.append("| " + " | ".join(row) + " |")
@@ -334,7 +323,7 @@ def markdown(results: dict[str, Any], chart_name: str) -> str:
             f"- The cap: this machine's descriptor limit (RLIMIT_NOFILE {cap['fd_limit']:,}, "
             f"hard {cap['fd_hard_limit']:,}, which a process cannot raise here) bounds both "
             "the server and the single client process; the suite raises the soft limit to "
-            f"the hard one and stops {200} short of it. Clients bind source ports below the "
+            "the hard one and stops 200 short of it. Clients bind source ports below the "
             "kernel's ephemeral range, so that other programs keep theirs.",
             f"- At that slope, {limit_mib} MiB would hold about "
             f"**{cap['projected_within_limit']:,}** connections (an extrapolation, not a "

@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import resource
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -125,55 +126,61 @@ class AsyncioBackend:
         raise NotImplementedError
 
 
+async def publish_series(
+    publish: Callable[[str, str, int, str], Awaitable[None]], command: dict[str, Any]
+) -> dict[str, Any]:
+    """The `publish_room` command, for every peer (asyncio or Trio): the notifications
+    `start .. start+n-1`, one after the other, timed."""
+    pad = pad_text(command.get("pad", 0))
+    room, start, n = command["room"], command["start"], command["n"]
+    began = time.perf_counter()
+    for seq in range(start, start + n):
+        await publish(room, "seq", seq, pad)
+    return {"seconds": time.perf_counter() - began}
+
+
 async def serve_control(
-    backend: AsyncioBackend, stop: Callable[[], Awaitable[None] | None]
+    backend: AsyncioBackend, stop: Callable[[], None]
 ) -> asyncio.AbstractServer:
     """The control channel of an asyncio peer, on a free loopback port."""
-    background: dict[str, Any] = {}
+    background: asyncio.Future[None] | None = None
+    published = 0
 
-    async def background_loop(room: str, rate: float, pad: str, counter: list[int]) -> None:
+    async def background_loop(room: str, rate: float, pad: str) -> None:
+        nonlocal published
         interval = 1.0 / rate
         due = time.perf_counter()
         while True:
-            await backend.publish_room(room, "bg", counter[0], pad)
-            counter[0] += 1
+            await backend.publish_room(room, "bg", published, pad)
+            published += 1
             due = max(due + interval, time.perf_counter())
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
 
     async def handle(command: dict[str, Any]) -> dict[str, Any]:
+        nonlocal background, published
         cmd = command["cmd"]
         if cmd == "stats":
             return {**process_figures(), "connections": backend.connections()}
         if cmd == "publish_room":
-            pad = pad_text(command.get("pad", 0))
-            room, start, n = command["room"], command["start"], command["n"]
-            began = time.perf_counter()
-            for seq in range(start, start + n):
-                await backend.publish_room(room, "seq", seq, pad)
-            return {"seconds": time.perf_counter() - began}
+            return await publish_series(backend.publish_room, command)
         if cmd == "notify_user":
             await backend.notify_user(command["user"], command["seq"])
             return {"ok": True}
         if cmd == "bg_start":
-            counter = [0]
-            background["counter"] = counter
-            background["task"] = asyncio.ensure_future(
-                background_loop(
-                    command["room"], command["rate"], pad_text(command.get("pad", 0)), counter
-                )
+            published = 0
+            background = asyncio.ensure_future(
+                background_loop(command["room"], command["rate"], pad_text(command.get("pad", 0)))
             )
             return {"ok": True}
         if cmd == "bg_stop":
-            task = background.pop("task", None)
-            if task is not None:
-                task.cancel()
+            if background is not None:
+                background.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            return {"published": background.pop("counter", [0])[0]}
+                    await background
+                background = None
+            return {"published": published}
         if cmd == "quit":
-            result = stop()
-            if result is not None:
-                await result
+            stop()
             return {}
         return {"error": f"unknown command {cmd!r}"}
 
@@ -190,3 +197,25 @@ async def serve_control(
             writer.close()
 
     return await asyncio.start_server(client, "127.0.0.1", 0)
+
+
+async def serve_uvicorn(app: Any, backend: AsyncioBackend) -> None:
+    """Run an ASGI app on uvicorn at its defaults, on a free loopback port, with the
+    control channel beside it; return once `quit` has stopped it."""
+    import uvicorn  # here: the peers without uvicorn keep it out of their RSS
+
+    sock = socket.create_server(("127.0.0.1", 0), backlog=4096)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="off", backlog=4096))
+
+    def stop() -> None:
+        server.should_exit = True
+
+    control = await serve_control(backend, stop)
+    serving = asyncio.ensure_future(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+        if serving.done():
+            serving.result()  # it failed to start: raise why
+    announce(sock.getsockname()[1], control.sockets[0].getsockname()[1])
+    await serving
+    control.close()

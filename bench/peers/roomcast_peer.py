@@ -14,11 +14,17 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import time
 from typing import Any
 
 import trio
-from peer_common import announce, pad_text, parse_args, process_figures, setup_process
+from peer_common import (
+    announce,
+    pad_text,
+    parse_args,
+    process_figures,
+    publish_series,
+    setup_process,
+)
 
 from roomcast import Config, Service, open_service
 
@@ -55,12 +61,7 @@ class Control:
         if cmd == "stats":
             return {**process_figures(), "connections": self.connections()}
         if cmd == "publish_room":
-            pad = pad_text(command.get("pad", 0))
-            room, start, n = command["room"], command["start"], command["n"]
-            began = time.perf_counter()
-            for seq in range(start, start + n):
-                await self.publish_room(room, "seq", seq, pad)
-            return {"seconds": time.perf_counter() - began}
+            return await publish_series(self.publish_room, command)
         if cmd == "notify_user":
             await self.notifications.notify_user(command["user"], "bench",
                                                  data={"lat": command["seq"]})

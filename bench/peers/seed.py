@@ -7,7 +7,8 @@ sent by a sequential `await ws.send_text(text)` per member, the JSON encoded onc
     python bench/peers/seed.py --secret S [--cpu 0]
 
 Uvicorn runs with its defaults (h11, websockets-sansio, the asyncio loop) on a socket
-bound here, so that the port can be 0. The control channel is in peer_common.py.
+bound by peer_common.serve_uvicorn, so that the port can be 0; the control channel is
+there too.
 """
 
 from __future__ import annotations
@@ -15,19 +16,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 
 import jwt
-import uvicorn
 from fastapi import FastAPI, Query, WebSocket, WebSocketDisconnect, status
 from peer_common import (
     PATH,
     AsyncioBackend,
-    announce,
     compact,
     parse_args,
     room_payload,
-    serve_control,
+    serve_uvicorn,
     setup_process,
     user_id_of,
     user_payload,
@@ -144,23 +142,7 @@ async def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     setup_process(args.cpu)
     manager = ConnectionManager()
-    app = build_app(args.secret, manager)
-    sock = socket.create_server(("127.0.0.1", 0), backlog=4096)
-    config = uvicorn.Config(app, log_level="error", lifespan="off", backlog=4096)
-    server = uvicorn.Server(config)
-
-    def stop() -> None:
-        server.should_exit = True
-
-    control = await serve_control(SeedBackend(manager), stop)
-    serving = asyncio.ensure_future(server.serve(sockets=[sock]))
-    while not server.started:
-        await asyncio.sleep(0.01)
-        if serving.done():
-            serving.result()
-    announce(sock.getsockname()[1], control.sockets[0].getsockname()[1])
-    await serving
-    control.close()
+    await serve_uvicorn(build_app(args.secret, manager), SeedBackend(manager))
 
 
 if __name__ == "__main__":

@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from typing import Any
 
 import jwt
 import socketio
-import uvicorn
 from peer_common import (
     AsyncioBackend,
-    announce,
     parse_args,
     room_payload,
-    serve_control,
+    serve_uvicorn,
     setup_process,
     user_id_of,
     user_payload,
@@ -76,23 +73,7 @@ async def main() -> None:
     setup_process(args.cpu)
     users: dict[str, int] = {}
     sio = build_server(args.secret, users)
-    sock = socket.create_server(("127.0.0.1", 0), backlog=4096)
-    config = uvicorn.Config(socketio.ASGIApp(sio), log_level="error", lifespan="off",
-                            backlog=4096)
-    server = uvicorn.Server(config)
-
-    def stop() -> None:
-        server.should_exit = True
-
-    control = await serve_control(SocketioBackend(sio, users), stop)
-    serving = asyncio.ensure_future(server.serve(sockets=[sock]))
-    while not server.started:
-        await asyncio.sleep(0.01)
-        if serving.done():
-            serving.result()
-    announce(sock.getsockname()[1], control.sockets[0].getsockname()[1])
-    await serving
-    control.close()
+    await serve_uvicorn(socketio.ASGIApp(sio), SocketioBackend(sio, users))
 
 
 if __name__ == "__main__":

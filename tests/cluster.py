@@ -13,18 +13,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-import trio
 
 from .conftest import SECRET, make_config
 
 REDIS = shutil.which("redis-server")
-
-
-async def eventually(predicate, timeout: float = 10.0) -> None:
-    """Wait until `predicate()` holds: the cluster's presence travels through Redis."""
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.02)
 
 
 needs_redis = pytest.mark.skipif(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -33,6 +34,29 @@ async def running(**overrides: Any) -> AsyncIterator[Service]:
     """A service on a free loopback port, closed (1001 to every client) on exit."""
     async with open_service(make_config(**overrides)) as service:
         yield service
+
+
+async def eventually(condition: Callable[[], Any], timeout: float = 10.0) -> None:
+    """Wait until `condition()` holds: its result (awaited, if it is awaitable) is truthy
+    and it raised no AssertionError. Much of what tests check settles asynchronously:
+    disconnect cleanup, presence through Redis, a page in the browser's thread.
+    Past `timeout`, the last AssertionError is raised again, with its own message."""
+    failure: AssertionError | None = None
+    with trio.move_on_after(timeout):
+        while True:
+            try:
+                result = condition()
+                if inspect.isawaitable(result):
+                    result = await result
+                if result:
+                    return
+                failure = None
+            except AssertionError as error:
+                failure = error
+            await trio.sleep(0.01)
+    if failure is not None:
+        raise failure
+    raise AssertionError(f"still false after {timeout} s: {condition!r}")
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import pytest
 import trio
 
 from roomcast import Service, open_service
-from tests.conftest import connect, make_config
+from tests.conftest import connect, eventually, make_config
 
 T = TypeVar("T")
 
@@ -229,12 +229,6 @@ def same_picture(a: bytes, b: bytes) -> bool:
     return len(x) == len(y) and sum(p != q for p, q in zip(x, y, strict=True)) < len(x) // 2000
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.05)
-
-
 # -- the tests ------------------------------------------------------------------------
 
 
@@ -256,7 +250,8 @@ async def test_two_users_see_each_others_messages(browser: Browser) -> None:
 
         # Leaving a room stops its messages (and the page forgets to rejoin it).
         await browser(lambda: alice.click('#rooms button[aria-label="Leave project_42"]'))
-        await wait_until(lambda: service.notifications.get_room_members("project_42") == {"bob"})
+        members = service.notifications.get_room_members
+        await eventually(lambda: members("project_42") == {"bob"}, timeout=15)
         await browser(say, bob, "project_42", "Anyone still here?")
         await browser(sees, bob, "Anyone still here?")
         assert "Anyone still here?" not in await browser(lambda: alice.inner_text("#log"))
@@ -331,7 +326,9 @@ async def test_page_reconnects_after_a_restart_and_is_back_in_its_rooms(
         assert (service.port, service.http_port) == (ws_port, http_port)
         await browser(state, alice, "open")
         members = service.notifications.get_room_members
-        await wait_until(lambda: {"alice"} <= members("project_42") & members("team.ops"))
+        await eventually(
+            lambda: {"alice"} <= members("project_42") & members("team.ops"), timeout=15
+        )
         assert await browser(lambda: alice.evaluate("() => window.notReloaded === true"))
         assert await browser(demo_value, alice, "demo.client.stats.opens") == 2
         # A new process has new histories: the page is told to reload, not left with a gap.
@@ -393,7 +390,7 @@ async def test_frames_missed_while_offline_are_recovered_on_reconnect(browser: B
             await browser(lambda: browser.context.set_offline(True))
             await browser(lambda: alice.evaluate("() => window.roomcastDemo.client.reconnect()"))
             members = service.notifications.get_room_members
-            await wait_until(lambda: "alice" not in members("project_42"))
+            await eventually(lambda: "alice" not in members("project_42"), timeout=15)
             await browser(state, alice, "reconnecting")
             for text in ("missed one", "missed two", "missed three"):
                 await bob.request({"type": "room_message", "room": "project_42", "data": text})

@@ -13,8 +13,8 @@ import trio
 
 from roomcast import BackplaneUnavailable, NotificationLevel
 
-from .cluster import eventually, needs_redis, nodes, redis_server
-from .conftest import SECRET, connect, running
+from .cluster import needs_redis, nodes, redis_server
+from .conftest import SECRET, connect, eventually, running
 
 pytestmark = needs_redis
 

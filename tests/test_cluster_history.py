@@ -8,8 +8,8 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from .cluster import eventually, needs_redis, redis_server
-from .conftest import connect, running
+from .cluster import needs_redis, redis_server
+from .conftest import connect, eventually, running
 
 pytestmark = needs_redis
 

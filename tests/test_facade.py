@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -13,7 +12,7 @@ import trio
 
 from roomcast import NotificationLevel, NotificationService, ServiceNotRunning
 
-from .conftest import Client, connect, running
+from .conftest import Client, connect, eventually, running
 
 LEVELS = [
     NotificationLevel.INFO,
@@ -32,13 +31,6 @@ def notification(
         "data": {**extra, "level": level, "notification": True},
         "room": room,
     }
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 2.0) -> None:
-    """Disconnect cleanup is asynchronous: poll until `condition()` holds."""
-    with trio.fail_after(timeout):
-        while not condition():
-            await trio.sleep(0.01)
 
 
 async def join(client: Client, room: str) -> None:
@@ -198,7 +190,7 @@ async def test_broadcast_counts_distinct_users(service):
         assert await NotificationService.broadcast("hi") == 2
         async with connect(service, "alice"):
             assert await NotificationService.broadcast("hi") == 3
-        await eventually(lambda: NotificationService.get_connected_users() == {1, 2})
+        await eventually(lambda: NotificationService.get_connected_users() == {1, 2}, timeout=2)
         assert await NotificationService.broadcast("hi") == 2
 
 
@@ -228,9 +220,9 @@ async def test_is_user_connected_and_get_connected_users(service):
             assert isinstance(users, set)
             users.add(99)  # a copy: the caller cannot corrupt the service's state
             assert NotificationService.get_connected_users() == {1, "bob"}
-        await eventually(lambda: not NotificationService.is_user_connected("bob"))
+        await eventually(lambda: not NotificationService.is_user_connected("bob"), timeout=2)
         assert NotificationService.get_connected_users() == {1}
-    await eventually(lambda: NotificationService.get_connected_users() == set())
+    await eventually(lambda: NotificationService.get_connected_users() == set(), timeout=2)
     assert NotificationService.is_user_connected(1) is False
 
 
@@ -254,13 +246,13 @@ async def test_get_room_members_after_joins_leaves_and_disconnects(service):
         assert members("r") == {2}
         await join(a1, "other")
         await a1.ws.aclose()
-        await eventually(lambda: members("other") == set())
+        await eventually(lambda: members("other") == set(), timeout=2)
         assert members("user_1") == {1}  # a2 is still connected
         assert members("r") == {2}
         await b.ws.aclose()
-        await eventually(lambda: members("r") == set())
+        await eventually(lambda: members("r") == set(), timeout=2)
         assert members("user_2") == set()
-    await eventually(lambda: members("user_1") == set())
+    await eventually(lambda: members("user_1") == set(), timeout=2)
     assert NotificationService.get_connected_users() == set()
 
 
@@ -270,8 +262,8 @@ async def test_rooms_forget_members_when_connections_drop_abruptly(service):
         assert NotificationService.get_room_members("r") == {1}
         # No closing handshake: the TCP stream just goes away.
         await client.ws._stream.aclose()
-        await eventually(lambda: NotificationService.get_room_members("r") == set())
-        await eventually(lambda: not NotificationService.is_user_connected(1))
+        await eventually(lambda: NotificationService.get_room_members("r") == set(), timeout=2)
+        await eventually(lambda: not NotificationService.is_user_connected(1), timeout=2)
         assert await NotificationService.notify_room("r", "x") == 0
         assert await NotificationService.notify_user(1, "x") is False
 
@@ -425,7 +417,7 @@ async def test_two_connections_of_one_user(service):
         assert await NotificationService.notify_user(1, "still here") is True
         assert (await staying.recv())["message"] == "still here"
         await staying.nothing_within(0.1)
-    await eventually(lambda: not NotificationService.is_user_connected(1))
+    await eventually(lambda: not NotificationService.is_user_connected(1), timeout=2)
     assert await NotificationService.notify_user(1, "gone") is False
 
 
@@ -620,7 +612,7 @@ async def test_reachable_as_soon_as_the_welcome_arrives(service):
                 assert NotificationService.get_room_members("user_2") == {2}
                 assert (await client.recv())["message"] == "b"
                 assert (await client.recv())["message"] == "u"
-            await eventually(lambda: not NotificationService.is_user_connected(2))
+            await eventually(lambda: not NotificationService.is_user_connected(2), timeout=2)
 
 
 async def test_welcome_stays_first_while_notifications_race_the_connection(service):

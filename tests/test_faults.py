@@ -12,17 +12,11 @@ from roomcast import CloseCode, NotificationService
 from roomcast.actors.base import ActorCrashed, Crash, Reply
 from roomcast.actors.registry import JoinRoom
 
-from .conftest import connect, running
+from .conftest import connect, eventually, running
 
 
 class InjectedFault(Exception):
     pass
-
-
-async def wait_until(predicate, timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.01)
 
 
 async def closed_code(client, timeout: float = 10.0) -> int:
@@ -43,7 +37,7 @@ async def test_connection_crash_closes_only_that_connection_with_1011(service):
         conn.fault = InjectedFault("injected")
         await victim.send({"type": "text", "data": "boom"})
         assert await closed_code(victim) == CloseCode.INTERNAL_ERROR
-        await wait_until(lambda: not NotificationService.is_user_connected(1))
+        await eventually(lambda: not NotificationService.is_user_connected(1), timeout=5)
         assert NotificationService.get_room_members("r") == {2}
         assert await service.notifications.notify_room("r", "still here") == 1
         assert (await other.recv())["message"] == "still here"
@@ -191,7 +185,7 @@ async def test_client_vanishing_without_close_frame_mid_stream_costs_nobody_a_fr
             for client in (a, c):
                 await client.request({"type": "join_room", "room": "r"})
             vanishing = await _raw_upgrade(service.port, token_for(2))
-            await wait_until(lambda: service.notifications.is_user_connected(2))
+            await eventually(lambda: service.notifications.is_user_connected(2), timeout=5)
             (conn,) = service.registry.connections_of(2).values()
             await service.registry.call(JoinRoom(conn, "r", Reply()))
             conn.rooms["r"] = None
@@ -204,4 +198,5 @@ async def test_client_vanishing_without_close_frame_mid_stream_costs_nobody_a_fr
                     vanishing.socket.close()
             for client in (a, c):
                 assert [(await client.recv())["data"]["seq"] for _ in range(50)] == list(range(50))
-            await wait_until(lambda: service.notifications.get_room_members("r") == {1, 3})
+            members = service.notifications.get_room_members
+            await eventually(lambda: members("r") == {1, 3}, timeout=5)

@@ -8,7 +8,7 @@ import random
 import trio
 from trio_websocket import open_websocket_url
 
-from .conftest import connect, running, token_for, ws_url
+from .conftest import connect, eventually, running, token_for, ws_url
 
 
 async def _frames(client, count: int) -> list[dict]:
@@ -181,10 +181,8 @@ async def test_a_stale_personal_position_still_gets_what_waited_for_the_user(ser
     async with open_websocket_url(ws_url(service, query)) as ws:
         welcome = json.loads(await ws.get_message())
     position = welcome["data"]
-    for _ in range(200):  # the empty personal room stops
-        if service.registry.room("user_6") is None:
-            break
-        await trio.sleep(0.01)
+    # The empty personal room stops.
+    await eventually(lambda: service.registry.room("user_6") is None, timeout=2)
     assert await service.notifications.notify_user(6, "while you were away") is False
     query = f"?token={token_for(6)}&offset={position['offset']}&epoch={position['epoch']}"
     async with open_websocket_url(ws_url(service, query)) as ws:

@@ -44,7 +44,7 @@ from roomcast.protocol import (
     position_from,
 )
 
-from .conftest import connect, running, token_for
+from .conftest import connect, eventually, running, token_for
 
 # Small timeouts so that every attack is over quickly.
 # A short history: a room nobody is in lives on only while it keeps frames for clients
@@ -774,25 +774,11 @@ async def test_flood_past_the_rate_limit_while_a_bystander_gets_its_notification
 # --- 9: join and leave, over and over --------------------------------------------------------
 
 
-async def eventually(assertion: Callable[[], Any], timeout: float = 2.0) -> None:
-    """Retry `assertion` until it holds (actors finish their queued messages)."""
-    with trio.move_on_after(timeout):
-        while True:
-            try:
-                if assertion() is not False:
-                    return
-            except AssertionError:
-                pass
-            await trio.sleep(0.01)
-    result = assertion()  # once more, to fail with its own message
-    assert result is not False
-
-
 def assert_registry_holds_only(
     service: Service, connections: dict[Any, int], rooms: tuple[str, ...] = ()
-) -> None:
+) -> bool:
     """Rooms and members are exactly those of the live connections (user -> count):
-    their personal rooms, the lobby, and `rooms`."""
+    their personal rooms, the lobby, and `rooms`. True (for `eventually`) if they are."""
     registry = service.registry
     expected_rooms = {personal_room(user) for user in connections} | set(rooms)
     if connections:
@@ -807,6 +793,7 @@ def assert_registry_holds_only(
         assert sum(room.user_counts.values()) == len(room.members)
     lobby = registry.room(LOBBY)
     assert lobby is None or set(lobby.members) == live
+    return True
 
 
 async def test_ten_thousand_join_leave_pairs_leave_nothing_behind():
@@ -843,13 +830,15 @@ async def test_ten_thousand_join_leave_pairs_leave_nothing_behind():
             (conn,) = service.registry.connections_of(1).values()
             assert conn.rooms == {}
             # Only the live connections' rooms are left, with only live members.
-            await eventually(lambda: assert_registry_holds_only(service, {1: 1, 2: 1}, ("shared",)))
+            await eventually(
+                lambda: assert_registry_holds_only(service, {1: 1, 2: 1}, ("shared",)), timeout=2
+            )
             assert service.notifications.get_room_members("shared") == {2}
             await other.request({"type": "leave_room", "room": "shared"})
-            await eventually(lambda: assert_registry_holds_only(service, {1: 1, 2: 1}))
+            await eventually(lambda: assert_registry_holds_only(service, {1: 1, 2: 1}), timeout=2)
             assert (await client.request({"type": "text", "data": "x"}))["message"] == "Echo: x"
             await client.aclose()
-        await eventually(lambda: assert_registry_holds_only(service, {}))
+        await eventually(lambda: assert_registry_holds_only(service, {}), timeout=2)
         await a.check()
 
 
@@ -915,9 +904,11 @@ async def test_abrupt_drops_during_a_fan_out_lose_nothing_for_the_others():
             with trio.fail_after(5):
                 while service.gateway.open_sockets != 3:
                     await trio.sleep(0.01)
-            await eventually(lambda: service.notifications.get_room_members("fan") == {1, 2, 3})
+            members = service.notifications.get_room_members
+            await eventually(lambda: members("fan") == {1, 2, 3}, timeout=2)
             await eventually(
-                lambda: assert_registry_holds_only(service, {1: 1, 2: 1, 3: 1}, ("fan",))
+                lambda: assert_registry_holds_only(service, {1: 1, 2: 1, 3: 1}, ("fan",)),
+                timeout=2,
             )
         await a.check()
 
@@ -961,7 +952,7 @@ async def test_slow_readers_flooding_joins_while_their_room_fans_out_leave_no_ro
             stop.set()
         assert set(codes) <= {CloseCode.SLOW_CONSUMER, None}, codes
         assert not service.registry.users
-        await eventually(lambda: assert_registry_holds_only(service, {}))
+        await eventually(lambda: assert_registry_holds_only(service, {}), timeout=2)
         await a.check()
 
 
@@ -978,5 +969,5 @@ async def test_refresh_floods_and_reconnects_leave_nothing_in_the_keeper():
         for i in range(30):
             (await RawClient.upgraded(a.port, 300 + i)).stream.socket.close()
         await a.check()
-        await eventually(lambda: not keeper.connections)
+        await eventually(lambda: not keeper.connections, timeout=2)
         assert len(keeper._expiries) <= before, (len(keeper._expiries), before)

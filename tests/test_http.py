@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -20,7 +20,7 @@ from roomcast import CloseCode, Service
 from roomcast.actors.base import Crash
 
 from .cluster import needs_redis, redis_server
-from .conftest import connect, running, token_for
+from .conftest import connect, eventually, running, token_for
 
 KEY = "test-api-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -33,12 +33,6 @@ async def http_service(**overrides: Any) -> AsyncIterator[tuple[Service, httpx.A
         base = f"http://127.0.0.1:{service.http_port}"
         async with httpx.AsyncClient(base_url=base, timeout=5) as client:
             yield service, client
-
-
-async def eventually(condition: Callable[[], Any], timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
-        while not await condition():
-            await trio.sleep(0.02)
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -88,7 +82,7 @@ async def test_readyz_turns_503_while_redis_is_down_and_back_after():
             async def status_is(code: int) -> bool:
                 return (await client.get("/readyz")).status_code == code
 
-            await eventually(lambda: status_is(200))
+            await eventually(lambda: status_is(200), timeout=5)
             redis.stop()
             await eventually(lambda: status_is(503), timeout=10)
             assert (await client.get("/readyz")).json() == {
@@ -183,7 +177,7 @@ async def test_metrics_count_handshake_failures_closes_drops_and_restarts():
                 ("roomcast_actor_restarts_total", (("actor", "room"),)),
             ))
 
-        await eventually(counted)
+        await eventually(counted, timeout=5)
         text = (await client.get("/metrics")).text
         # No label names a user, a room or a token.
         assert "user_3" not in text and token_for(1, service.config) not in text

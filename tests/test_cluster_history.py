@@ -77,6 +77,7 @@ async def test_redis_restart_gives_an_honest_answer_not_a_wrong_recovery(redis):
                 await a.notifications.notify_room("r", "before")
                 seen = await first.recv(positions=True)
             redis.stop()
+            await eventually(lambda: not a.ready and not b.ready)  # both saw the outage
             redis.start()  # empty: the room's history is gone
             await eventually(lambda: a.ready and b.ready, timeout=20)
             await a.notifications.notify_room("r", "after")

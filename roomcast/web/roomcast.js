@@ -422,7 +422,7 @@ export class RoomcastClient extends Emitter {
     const receivedAt = this._now();
     let ws;
     try {
-      const personal = this.userId === null ? null : this.positions.get(`user_${this.userId}`);
+      const personal = this.positions.get(this._personalRoom());
       ws = new this.WebSocket(connectUrl(this.url, token, { recover: this.options.recover, position: personal }));
     } catch (error) {
       this.emit("error", { kind: "socket", code: "bad_url", message: String(error?.message ?? error), error });
@@ -467,14 +467,8 @@ export class RoomcastClient extends Emitter {
       return;
     }
     this.emit("frame", frame);
-    const position = positionOf(frame);
-    if (position) {
-      // A frame through a room: remember where we are, to recover from there.
-      const room = frame.room ?? (this.userId === null ? null : `user_${this.userId}`);
-      if (room !== null && (this.rooms.has(room) || room === `user_${this.userId}`)) {
-        this.positions.set(room, position);
-      }
-    }
+    // A frame through a room: remember where we are, to recover from there.
+    this._setPosition(frame.room ?? this._personalRoom(), positionOf(frame));
     for (const [type, detail] of routeFrame(frame)) {
       if (type === "welcome") {
         this.userId = detail.userId;
@@ -486,20 +480,33 @@ export class RoomcastClient extends Emitter {
       } else if (type === "recovery") {
         const before = this.positions.get(detail.room);
         detail.missed = detail.recovered && before && detail.position ? detail.position.offset - before.offset : 0;
-        // Recovered: the missed frames follow and move the position on. Otherwise
-        // we start from the room's position now (the application reloads).
-        if (!detail.recovered && detail.position) this.positions.set(detail.room, detail.position);
       }
-      if (type === "welcome" || type === "rooms") this._startPosition(detail);
+      // A join answer or welcome: start from its position, unless it recovered (then
+      // the missed frames follow and move the position on). Answers come in order
+      // with the room's frames, so their position is never older than one we hold.
+      if ((type === "welcome" || type === "rooms") && frame.data?.recovered !== true) {
+        this._setPosition(detail.room ?? this._personalRoom(), detail.position);
+      }
       this.emit(type, detail);
     }
   }
 
-  /** A join answer or welcome that asked only for positions: start from there. */
-  _startPosition({ room, position, frame }) {
-    const name = room ?? (this.userId === null ? null : `user_${this.userId}`);
-    if (!position || name === null || "recovered" in (frame.data ?? {})) return;
-    if (!this.positions.has(name)) this.positions.set(name, position);
+  /**
+   * The one place positions are set: only for rooms still tracked, so that an answer
+   * arriving after a leave() does not bring the room's position back.
+   */
+  _setPosition(room, position) {
+    if (position && this._tracks(room)) this.positions.set(room, position);
+  }
+
+  /** Whether the client keeps `room`'s position: a room it wants, or its personal room. */
+  _tracks(room) {
+    return room !== null && (this.rooms.has(room) || room === this._personalRoom());
+  }
+
+  /** `user_{id}` once the welcome told us who we are, else null. */
+  _personalRoom() {
+    return this.userId === null ? null : `user_${this.userId}`;
   }
 
   _joinFrame(room) {

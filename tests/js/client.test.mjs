@@ -631,6 +631,30 @@ describe("recovery of missed frames", () => {
     assert.equal(socket.url, `${URL_}?token=t1`);
     assert.deepEqual(socket.frames, [{ type: "join_room", room: "q" }]);
   });
+
+  test("an answer that arrives after the leave does not bring the position back", async () => {
+    const ctx = setup();
+    const ws = await connected(ctx);
+    ctx.client.join("p");
+    ctx.client.leave("p"); // before the service answered the join
+    ws.receive(joined("p", { offset: 3, epoch: "e" }));
+    assert.equal(ctx.client.positions.has("p"), false, "an answer that only gave positions");
+    ctx.client.join("p");
+    assert.deepEqual(ws.frames.at(-1), { type: "join_room", room: "p", data: { recover: true } }, "joined again from scratch");
+  });
+
+  test("a failed recovery answered after the leave does not bring the position back", async () => {
+    const ctx = setup();
+    const ws = await connected(ctx);
+    ctx.client.join("p");
+    ws.receive(joined("p", { offset: 3, epoch: "old" }));
+    ws.serverClose(1001);
+    await ctx.clock.advance(500);
+    ctx.WS.last.open(); // rejoins p from offset 3
+    ctx.client.leave("p"); // before the service answered the rejoin
+    ctx.WS.last.receive(joined("p", { offset: 0, epoch: "new", recovered: false, reason: "epoch_changed" }));
+    assert.equal(ctx.client.positions.has("p"), false);
+  });
 });
 
 describe("the README", () => {

@@ -354,7 +354,13 @@ async def test_an_expiring_token_is_renewed_through_get_token(browser: Browser) 
         await browser(lambda: alice.evaluate("() => { window.notReloaded = true; }"))
         assert await browser(lambda: alice.inner_text("#lifetime")) == "4 s"
 
-        await trio.sleep(10)  # more than two lifetimes of the first token
+        # Two renewals on the open connection (#renewals counts the service's answers to
+        # refresh_token). A 4 s token is renewed at two thirds of its life, so the second
+        # comes after the first token's exp: with no leeway, had the renewal not taken,
+        # the service would have closed the connection by then.
+        await browser(lambda: alice.wait_for_function(
+            "() => Number(document.getElementById('renewals').textContent) >= 2"
+        ))
 
         await browser(state, alice, "open")
         calls = await browser(demo_value, alice, "demo.tokenCalls.map((c) => c.reason)")

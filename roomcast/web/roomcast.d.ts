@@ -149,10 +149,11 @@ export interface RecoveryEvent {
   missed: number;
 }
 
+/** A socket ended: closed by the service or the network, or dropped by close() or reconnect(). */
 export interface CloseEvent {
   code: number;
   reason: string;
-  /** Whether the socket had opened. */
+  /** Whether the socket had opened (false for one dropped while it was still connecting). */
   opened: boolean;
   willReconnect: boolean;
 }

@@ -322,28 +322,16 @@ export class RoomcastClient extends Emitter {
   close(code = CloseCode.NORMAL, reason = "client closed") {
     if (this._stopped) return;
     this._stopped = true;
-    this._generation += 1;
     this._events.removeEventListener?.("online", this._onOnline);
-    this._cancelReconnect();
-    this._cancelRefresh();
     this.queue.clear();
-    const ws = this._ws;
-    this._ws = null;
-    if (ws) this._detach(ws, code, reason);
+    this._drop(code, reason, false);
     this._setState("closed", { code, reason });
   }
 
   /** Drop the current connection, if any, and connect again now (no backoff). */
   reconnect() {
     if (this._stopped) throw new Error("RoomcastClient: closed for good; make a new client");
-    this._cancelReconnect();
-    this._cancelRefresh();
-    const ws = this._ws;
-    this._ws = null;
-    if (ws) {
-      this._detach(ws, CloseCode.NORMAL, "reconnecting");
-      this.emit("close", { code: CloseCode.NORMAL, reason: "reconnecting", opened: true, willReconnect: true });
-    }
+    this._drop(CloseCode.NORMAL, "reconnecting", true);
     this._open("reconnect");
   }
 
@@ -605,13 +593,25 @@ export class RoomcastClient extends Emitter {
     this.emit("state", { state, ...detail });
   }
 
-  _detach(ws, code, reason) {
+  /**
+   * Stop the timers and close the socket, if any, without waiting for its onclose: a
+   * "close" event reports it at once, and whether it had opened.
+   */
+  _drop(code, reason, willReconnect) {
+    this._generation += 1; // a getToken still running is for a connection no longer wanted
+    this._cancelReconnect();
+    this._cancelRefresh();
+    const ws = this._ws;
+    this._ws = null;
+    if (!ws) return;
+    const opened = this.state === "open"; // only the current socket's onopen sets "open"
     ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
     try {
       ws.close(code, reason);
     } catch {
       // already closing, or an invalid code for this socket: nothing left to do
     }
+    this.emit("close", { code, reason, opened, willReconnect });
   }
 }
 

@@ -333,6 +333,22 @@ describe("reconnecting", () => {
     assert.equal(ctx.client.state, "connecting");
   });
 
+  test("the close event of a socket dropped by reconnect() or close() says whether it had opened", async () => {
+    const ctx = setup();
+    await connected(ctx);
+    ctx.client.reconnect();
+    await settle(); // the new socket exists but has not opened yet
+    ctx.client.reconnect();
+    await settle();
+    ctx.WS.last.open();
+    ctx.client.close();
+    assert.deepEqual(ctx.named("close"), [
+      { code: 1000, reason: "reconnecting", opened: true, willReconnect: true },
+      { code: 1000, reason: "reconnecting", opened: false, willReconnect: true },
+      { code: 1000, reason: "client closed", opened: true, willReconnect: false },
+    ]);
+  });
+
   test("going back online cuts the backoff short", async () => {
     const events = new EventTarget();
     const ctx = setup({ events, baseDelay: 60_000, maxDelay: 60_000 });

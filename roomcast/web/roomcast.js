@@ -298,10 +298,7 @@ export class RoomcastClient extends Emitter {
     this._why = "reconnect"; // the reason of the reconnect that is waiting
     // Back online (browsers): stop waiting out the backoff and try at once.
     this._onOnline = () => {
-      if (this.state === "reconnecting" && !this._stopped) {
-        this._cancelReconnect();
-        this._open(this._why);
-      }
+      if (this.state === "reconnecting") this.connect();
     };
     this._events = options.events ?? globalThis;
     this._events.addEventListener?.("online", this._onOnline);
@@ -314,7 +311,8 @@ export class RoomcastClient extends Emitter {
     if (this._stopped) throw new Error("RoomcastClient: closed for good; make a new client");
     if (this.state === "connecting" || this.state === "open") return;
     this._cancelReconnect();
-    const reason = this.state === "idle" ? "connect" : "reconnect";
+    // Cutting a reconnect wait short keeps its reason: "expired" after a 4001.
+    const reason = { idle: "connect", reconnecting: this._why }[this.state] ?? "reconnect";
     this._open(reason);
   }
 

@@ -364,6 +364,20 @@ describe("reconnecting", () => {
     assert.equal(ctx.WS.instances.length, 2, "closed: the listener is gone");
   });
 
+  test("going back online after a 4001 still asks getToken for an expired token's successor", async () => {
+    const events = new EventTarget();
+    const ctx = setup({ events, baseDelay: 60_000, maxDelay: 60_000 });
+    (await connected(ctx)).serverClose(4001);
+    await ctx.clock.advance(0);
+    ctx.WS.last.open(); // refused again before any welcome: now a backoff
+    ctx.WS.last.serverClose(4001);
+    assert.deepEqual(ctx.clock.pending(), [30_000]);
+    events.dispatchEvent(new Event("online"));
+    await settle();
+    assert.deepEqual(ctx.tokenCalls.at(-1), { reason: "expired", fresh: true, attempt: 2, lastCode: 4001 });
+    ctx.client.close();
+  });
+
   test("events of a replaced socket are ignored", async () => {
     const ctx = setup();
     const first = await connected(ctx);

@@ -687,13 +687,28 @@ describe("recovery of missed frames", () => {
   });
 });
 
+/**
+ * The body of the first ```js (or ```javascript) block in the section of `markdown`
+ * under the level-2 heading `heading`, up to the next level-2 heading.
+ */
+function jsBlockUnder(markdown, heading) {
+  const lines = markdown.split(/\r?\n/);
+  const start = lines.indexOf(`## ${heading}`);
+  assert.ok(start >= 0, `the README has a "## ${heading}" section`);
+  const end = lines.findIndex((line, i) => i > start && line.startsWith("## "));
+  const section = lines.slice(start + 1, end < 0 ? undefined : end);
+  const open = section.findIndex((line) => /^```(js|javascript)\s*$/.test(line));
+  assert.ok(open >= 0, `a \`\`\`js block under "${heading}"`);
+  const close = section.findIndex((line, i) => i > open && /^```\s*$/.test(line));
+  assert.ok(close > open, "the block is closed");
+  return section.slice(open + 1, close);
+}
+
 describe("the README", () => {
   test("its ten lines replacing the seed's WebSocketManager work as written", async () => {
     const readme = readFileSync(new URL("../../README.md", import.meta.url), "utf8");
-    const marker = readme.indexOf("<!-- js-client-example");
-    assert.ok(marker > 0, "the README marks its example");
-    const block = readme.slice(readme.indexOf("```javascript", marker) + 13, readme.indexOf("```\n", marker + 30));
-    const all = block.trim().split("\n").filter((line) => line.trim());
+    const block = jsBlockUnder(readme, "The JavaScript client and the demo page");
+    const all = block.filter((line) => line.trim());
     assert.equal(all.length, 10, "ten lines");
     assert.match(all[0], /^import \{ RoomcastClient \} from /);
     const lines = all.slice(1); // the import is the module's job here

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -113,3 +114,44 @@ async def connect(
         with trio.fail_after(5):
             welcome = json.loads(await ws.get_message())
         yield Client(ws, welcome)
+
+
+async def reconnect_at_random(
+    nodes: list[Service], total: int, *, rng: random.Random, max_burst: int,
+    user: Any = 1, room: str = "r",
+) -> tuple[list[int], int]:
+    """A seeded schedule of drops: `user` joins `room` on a random node with the last
+    position it saw (every join must recover), a random node publishes the next burst of
+    frames numbered 0 to `total` - 1 (`data.seq`), and the client reads a random part
+    of what is there and drops the connection with the rest in flight; again, until
+    all `total` arrived. Returns the `seq`s in the order received and how many
+    connections it took. (With one node, no node is drawn from `rng`.)"""
+
+    def pick() -> Service:
+        return nodes[0] if len(nodes) == 1 else rng.choice(nodes)
+
+    received: list[int] = []
+    position: dict[str, Any] = {"recover": True}
+    last_offset, sent, reconnects = 0, 0, 0
+    while len(received) < total:
+        async with connect(pick(), user) as client:
+            reconnects += 1
+            answer = await client.request({"type": "join_room", "room": room, "data": position})
+            assert answer["data"].get("recovered", True) is True, answer
+            if "offset" not in position:  # nothing seen yet: from the room's start
+                position = {"offset": 0, "epoch": answer["data"]["epoch"]}
+            available = answer["data"]["offset"] - last_offset
+            burst = min(rng.randint(1, max_burst), total - sent)
+            publisher = pick()
+            for _ in range(burst):
+                await publisher.notifications.notify_room(room, "x", data={"seq": sent})
+                sent += 1
+            available += burst
+            finish = sent == total and rng.random() < 0.5
+            keep = available if finish else rng.randint(0, available)
+            for _ in range(keep):  # then drop the connection, frames still in flight
+                frame = await client.recv(positions=True)
+                received.append(frame["data"]["seq"])
+                last_offset = frame["offset"]
+                position = {"offset": frame["offset"], "epoch": frame["epoch"]}
+    return received, reconnects

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from .cluster import needs_redis, redis_server
-from .conftest import connect, eventually, running
+from .conftest import connect, eventually, reconnect_at_random, running
 
 pytestmark = needs_redis
 
@@ -97,35 +97,9 @@ async def test_random_reconnects_across_nodes_never_leave_a_gap_or_a_duplicate(r
     total = 600
     settings = {"rate_limit": 1e6, "rate_burst": 10**6, "history_size": total}
     async with cluster(redis, **settings) as a, cluster(redis, **settings) as b:
-        nodes = [a, b]
-        async with connect(b, 2) as keeper:
+        async with connect(b, 2) as keeper:  # keeps the room alive on node B
             await keeper.request({"type": "join_room", "room": "r"})
-            received: list[int] = []
-            position: dict = {"recover": True}
-            last_offset, sent = 0, 0
-            while len(received) < total:
-                node = rng.choice(nodes)
-                async with connect(node, 1) as client:
-                    answer = await client.request(
-                        {"type": "join_room", "room": "r", "data": position}
-                    )
-                    assert answer["data"].get("recovered", True) is True, answer
-                    if "offset" not in position:
-                        position = {"offset": 0, "epoch": answer["data"]["epoch"]}
-                    available = answer["data"]["offset"] - last_offset
-                    burst = min(rng.randint(1, 60), total - sent)
-                    publisher = rng.choice(nodes)
-                    for _ in range(burst):
-                        await publisher.notifications.notify_room("r", "x", data={"seq": sent})
-                        sent += 1
-                    available += burst
-                    finish = sent == total and rng.random() < 0.5
-                    keep = available if finish else rng.randint(0, available)
-                    for _ in range(keep):
-                        frame = await client.recv(positions=True)
-                        received.append(frame["data"]["seq"])
-                        last_offset = frame["offset"]
-                        position = {"offset": frame["offset"], "epoch": frame["epoch"]}
+            received, _ = await reconnect_at_random([a, b], total, rng=rng, max_burst=60)
             assert received == list(range(total))
 
 

@@ -8,7 +8,7 @@ import random
 import trio
 from trio_websocket import open_websocket_url
 
-from .conftest import connect, eventually, running, token_for, ws_url
+from .conftest import connect, eventually, reconnect_at_random, running, token_for, ws_url
 
 
 async def _frames(client, count: int) -> list[dict]:
@@ -118,29 +118,8 @@ async def test_random_disconnects_never_give_a_recovered_client_a_gap_or_a_dupli
     rng = random.Random(20261126)
     total = 2000
     async with running(history_size=total, rate_limit=1e6, rate_burst=10**6) as service:
-        received: list[int] = []
-        position: dict = {"recover": True}
-        last_offset, sent, reconnects = 0, 0, 0
-        while len(received) < total:
-            async with connect(service, 1) as client:
-                reconnects += 1
-                answer = await client.request({"type": "join_room", "room": "r", "data": position})
-                assert answer["data"].get("recovered", True) is True, answer
-                if "offset" not in position:  # nothing seen yet: from the room's start
-                    position = {"offset": 0, "epoch": answer["data"]["epoch"]}
-                available = answer["data"]["offset"] - last_offset
-                burst = min(rng.randint(1, 150), total - sent)
-                for _ in range(burst):
-                    await service.notifications.notify_room("r", "x", data={"seq": sent})
-                    sent += 1
-                available += burst
-                finish = sent == total and rng.random() < 0.5
-                keep = available if finish else rng.randint(0, available)
-                for _ in range(keep):  # then drop the connection, frames still in flight
-                    frame = await client.recv(positions=True)
-                    received.append(frame["data"]["seq"])
-                    last_offset = frame["offset"]
-                    position = {"offset": frame["offset"], "epoch": frame["epoch"]}
+        received, reconnects = await reconnect_at_random([service], total, rng=rng,
+                                                         max_burst=150)
         assert received == list(range(total))
         assert reconnects > 10
 

@@ -1,19 +1,24 @@
-"""Shared helpers: a real service on a free port, and real WebSocket clients."""
+"""Shared helpers: a real service on a free port, real WebSocket clients, `eventually`
+for what settles asynchronously, a random drop-and-recover schedule, and (the `redis`
+fixture) a throwaway Redis server."""
 
 from __future__ import annotations
 
 import inspect
 import json
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
 from roomcast import Config, Service, mint_token, open_service
+
+if TYPE_CHECKING:
+    from .cluster import RedisServer
 
 SECRET = "roomcast-test-secret-0123456789abcdef"
 
@@ -58,6 +63,16 @@ async def eventually(condition: Callable[[], Any], timeout: float = 10.0) -> Non
     if failure is not None:
         raise failure
     raise AssertionError(f"still false after {timeout} s: {condition!r}")
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    """A throwaway redis-server on a free port (tests/cluster.py), stopped afterwards.
+    Tests that use it are marked `needs_redis`."""
+    from .cluster import redis_server
+
+    with redis_server() as server:
+        yield server
 
 
 @pytest.fixture

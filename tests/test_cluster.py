@@ -13,16 +13,10 @@ import trio
 
 from roomcast import BackplaneUnavailable, NotificationLevel
 
-from .cluster import needs_redis, nodes, redis_server
+from .cluster import needs_redis, nodes
 from .conftest import SECRET, connect, eventually, running
 
 pytestmark = needs_redis
-
-
-@pytest.fixture
-def redis():
-    with redis_server() as server:
-        yield server
 
 
 async def test_room_messages_cross_nodes_and_arrive_once(redis):

@@ -6,18 +6,10 @@ import json
 import random
 from contextlib import asynccontextmanager
 
-import pytest
-
-from .cluster import needs_redis, redis_server
+from .cluster import needs_redis
 from .conftest import connect, eventually, reconnect_at_random, running
 
 pytestmark = needs_redis
-
-
-@pytest.fixture
-def redis():
-    with redis_server() as server:
-        yield server
 
 
 @asynccontextmanager

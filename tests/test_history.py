@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
 import trio
 from trio_websocket import open_websocket_url
 
 from .conftest import connect, eventually, reconnect_at_random, running, token_for, ws_url
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 async def _frames(client, count: int) -> list[dict]:
@@ -124,32 +130,21 @@ async def test_random_disconnects_never_give_a_recovered_client_a_gap_or_a_dupli
         assert reconnects > 10
 
 
-def test_recovery_benchmark_runs_tiny():
-    """bench/recovery.py kept working; it asserts nothing about speed."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parent.parent / "bench" / "recovery.py"
-    result = subprocess.run([sys.executable, str(script), "--missed", "50", "--repeat", "1"],
+@pytest.mark.parametrize(
+    ("script", "args", "expected"),
+    [
+        ("recovery.py", ["--missed", "50"], "recovery of 50 missed frames"),
+        ("history_cost.py", ["--members", "20", "--publishes", "20"], "history costs"),
+    ],
+    ids=["recovery", "history_cost"],
+)
+def test_history_benchmark_runs_tiny(script: str, args: list[str], expected: str):
+    """bench/recovery.py and bench/history_cost.py kept working; they assert nothing
+    about speed."""
+    result = subprocess.run([sys.executable, str(BENCH / script), *args, "--repeat", "1"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "recovery of 50 missed frames" in result.stdout
-
-
-def test_history_cost_benchmark_runs_tiny():
-    """bench/history_cost.py kept working; it asserts nothing about speed."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parent.parent / "bench" / "history_cost.py"
-    result = subprocess.run(
-        [sys.executable, str(script), "--members", "20", "--publishes", "20", "--repeat", "1"],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "history costs" in result.stdout
+    assert expected in result.stdout
 
 
 async def test_a_stale_personal_position_still_gets_what_waited_for_the_user(service):

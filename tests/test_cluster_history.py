@@ -6,8 +6,20 @@ import json
 import random
 from contextlib import asynccontextmanager
 
+from trio_websocket import open_websocket_url
+
+from roomcast.remote import RemoteNotificationService
+
 from .cluster import needs_redis
-from .conftest import connect, eventually, reconnect_at_random, running
+from .conftest import (
+    connect,
+    eventually,
+    make_config,
+    reconnect_at_random,
+    running,
+    token_for,
+    ws_url,
+)
 
 pytestmark = needs_redis
 
@@ -46,9 +58,8 @@ async def test_reconnecting_to_another_node_recovers_exactly_the_missed_frames(r
 
 
 async def test_offline_user_gets_what_a_worker_sent_once_on_any_node(redis):
-    from roomcast.remote import RemoteNotificationService
-
-    worker = RemoteNotificationService(redis.url)
+    # A worker process with the same settings as the nodes.
+    worker = RemoteNotificationService.from_config(make_config(redis_url=redis.url))
     async with cluster(redis) as a, cluster(redis) as b:
         assert await worker.notify_user(9, "your export is ready") is False
         assert await a.notifications.notify_user(9, "and a second thing") is False
@@ -96,13 +107,9 @@ async def test_random_reconnects_across_nodes_never_leave_a_gap_or_a_duplicate(r
 
 
 async def test_a_stale_personal_position_still_gets_the_pending_frames_once(redis):
-    from .conftest import token_for, ws_url
-
     async with cluster(redis) as a, cluster(redis) as b:
         query = f"?token={token_for(6)}&offset=3&epoch=long-gone"
         assert await a.notifications.notify_user(6, "while you were away") is False
-        from trio_websocket import open_websocket_url
-
         async with open_websocket_url(ws_url(b, query)) as ws:
             welcome = json.loads(await ws.get_message())
             assert welcome["data"]["recovered"] is False

@@ -104,9 +104,7 @@ class Browser:
 
     def close(self) -> None:
         def stop() -> None:
-            for page in self.context.pages:
-                page.close()
-            self.context.close()
+            self.context.close()  # and its pages
             self._playwright.stop()
 
         try:
@@ -206,7 +204,8 @@ def demo_value(page: Any, expression: str) -> Any:
     return page.evaluate(f"() => {{ const demo = window.roomcastDemo; return {expression}; }}")
 
 
-def close_pages(browser: Browser, *pages: Any) -> None:
+def close_pages(*pages: Any) -> None:
+    """Close each page, after checking that it raised no JavaScript error."""
     for page in pages:
         assert not page.errors, page.errors
         page.close()
@@ -258,7 +257,7 @@ async def test_two_users_see_each_others_messages(browser: Browser) -> None:
         await browser(say, bob, "project_42", "Anyone still here?")
         await browser(sees, bob, "Anyone still here?")
         assert "Anyone still here?" not in await browser(lambda: alice.inner_text("#log"))
-        await browser(close_pages, browser, alice, bob)
+        await browser(close_pages, alice, bob)
 
 
 async def test_backend_notifications_appear_as_toasts_by_level(browser: Browser) -> None:
@@ -312,7 +311,7 @@ async def test_backend_notifications_appear_as_toasts_by_level(browser: Browser)
             ".toast", "toasts => toasts.map((t) => t.getAttribute('role'))"
         ))
         assert "alert" in roles and "status" in roles
-        await browser(close_pages, browser, alice, bob)
+        await browser(close_pages, alice, bob)
 
 
 async def test_page_reconnects_after_a_restart_and_is_back_in_its_rooms(
@@ -351,7 +350,7 @@ async def test_page_reconnects_after_a_restart_and_is_back_in_its_rooms(
             )
             assert reply["message"] == "Back after the restart"
             await browser(sees, alice, "Back after the restart")
-        await browser(close_pages, browser, alice)
+        await browser(close_pages, alice)
 
 
 async def test_an_expiring_token_is_renewed_through_get_token(browser: Browser) -> None:
@@ -386,7 +385,7 @@ async def test_an_expiring_token_is_renewed_through_get_token(browser: Browser) 
                 {"type": "room_message", "room": "project_42", "data": "still there?"}
             )
             await browser(sees, alice, "still there?")
-        await browser(close_pages, browser, alice)
+        await browser(close_pages, alice)
 
 
 async def test_frames_missed_while_offline_are_recovered_on_reconnect(browser: Browser) -> None:
@@ -427,4 +426,4 @@ async def test_frames_missed_while_offline_are_recovered_on_reconnect(browser: B
             assert warnings == 0, "everything was recovered"
             await bob.request({"type": "room_message", "room": "project_42", "data": "live again"})
             await browser(sees, alice, "live again")
-        await browser(close_pages, browser, alice)
+        await browser(close_pages, alice)

@@ -43,7 +43,7 @@ async def test_frames_arrive_whole_and_in_order_through_backlog_and_send_all():
         backlogged = False
         for i, frame in enumerate(frames):
             if i % 50 == 49:
-                # trio-websocket's own writes join the same ordered backlog
+                # the WebSocket layer's own writes join the same ordered backlog
                 await outbox.send_all(frame)
             else:
                 assert outbox.write_nowait(frame)
@@ -138,7 +138,7 @@ async def test_deferred_frames_wait_for_the_flush_and_go_out_in_one_write():
     outbox.write_later(b"b1")
     assert outbox.write_nowait(b"now")
     assert _readable(peer) == b"b1now"
-    # trio-websocket's own writes (a pong, a close) too.
+    # the WebSocket layer's own writes (a pong, a close) too.
     outbox.write_later(b"c1")
     await outbox.send_all(b"pong")
     assert _readable(peer) == b"c1pong"

@@ -9,7 +9,6 @@ import logging
 from typing import Any
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from roomcast.actors.backplane import BackplaneUnavailable
 from roomcast.actors.base import ActorCrashed, Reply
@@ -17,6 +16,7 @@ from roomcast.actors.keeper import Keeper, Watch
 from roomcast.actors.outbox import Outbox
 from roomcast.actors.registry import Connect, Disconnect, JoinRoom, LeaveRoom, Registry
 from roomcast.actors.room import LOBBY, Recovery
+from roomcast.actors.websocket import ConnectionClosed, WebSocket
 from roomcast.auth import Authenticator, AuthError, Principal
 from roomcast.config import Config
 from roomcast.protocol import (
@@ -81,7 +81,7 @@ class Connection:
         self,
         conn_id: int,
         principal: Principal,
-        ws: WebSocketConnection,
+        ws: WebSocket,
         outbox: Outbox,
         registry: Registry,
         keeper: Keeper,

@@ -1,9 +1,10 @@
 """The accept loop and the handshake: a TCP socket in, a connection actor out.
 
-Each accepted socket gets its own small nursery (trio-websocket's reader task, and the
-outbox's writer while it has a backlog); the connection actor runs in the socket's own
-task. Whatever goes wrong inside one connection ends there: it is logged, that socket
-is closed (1011 when it had been upgraded), and no sibling is touched.
+Each accepted socket gets its own small nursery (for the outbox's writer, while it has
+a backlog); the handshake and then the connection actor run in the socket's own task,
+which is also the only one that reads the socket. Whatever goes wrong inside one
+connection ends there: it is logged, that socket is closed (1011 when it had been
+upgraded), and no sibling is touched.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import logging
 from urllib.parse import parse_qs, urlsplit
 
 import trio
-from trio_websocket import WebSocketRequest, wrap_server_stream
 
 from roomcast.actors.connection import Connection, next_connection_id
 from roomcast.actors.keeper import Keeper, Unwatch, Watch
 from roomcast.actors.outbox import Outbox
 from roomcast.actors.registry import Registry
+from roomcast.actors.websocket import Handshake, Request
 from roomcast.auth import Authenticator, AuthError, Principal
 from roomcast.config import Config
 from roomcast.protocol import CloseCode, Position, ProtocolError, position_from
@@ -34,23 +35,23 @@ class Rejection(Exception):
         self.cause = cause
 
 
-def token_from(request: WebSocketRequest) -> str | None:
+def token_from(request: Request) -> str | None:
     """`?token=` (browsers cannot set headers) or `Authorization: Bearer`."""
-    tokens = parse_qs(urlsplit(request.path).query).get("token")
+    tokens = parse_qs(urlsplit(request.target).query).get("token")
     if tokens and tokens[0]:
         return tokens[0]
-    for name, value in request.headers:
-        if name.lower() == b"authorization":
+    for name, value in request.extra_headers:
+        if name == b"authorization":  # wsproto gives names in lower case
             scheme, _, credentials = value.decode("latin-1").partition(" ")
             if scheme.lower() == "bearer" and credentials.strip():
                 return credentials.strip()
     return None
 
 
-def position_in(request: WebSocketRequest) -> Position | None:
+def position_in(request: Request) -> Position | None:
     """`?offset=N&epoch=E` (or `?recover=1`): where the client got to in its personal
     room. A malformed position is ignored: the client just recovers nothing."""
-    query = parse_qs(urlsplit(request.path).query)
+    query = parse_qs(urlsplit(request.target).query)
     offset, epoch = query.get("offset", [None])[0], query.get("epoch", [None])[0]
     data: dict[str, object] = {"recover": query.get("recover", ["0"])[0] in ("1", "true")}
     if offset is not None and offset.isdigit() and epoch:
@@ -61,11 +62,11 @@ def position_in(request: WebSocketRequest) -> Position | None:
         return None
 
 
-def origin_of(request: WebSocketRequest) -> str | None:
+def origin_of(request: Request) -> str | None:
     """The Origin header; browsers always send it, so cross-site pages can be refused.
     Clients without one (not browsers) pass, as in Centrifugo."""
-    for name, value in request.headers:
-        if name.lower() == b"origin":
+    for name, value in request.extra_headers:
+        if name == b"origin":
             return value.decode("latin-1")
     return None
 
@@ -112,7 +113,7 @@ class Gateway:
         try:
             async with trio.open_nursery() as nursery:
                 outbox.writers = nursery
-                await self._serve_websocket(nursery, outbox, conn_id)
+                await self._serve_websocket(outbox, conn_id)
                 nursery.cancel_scope.cancel()
         except Exception:
             log.exception("conn %d: connection handler failed", conn_id)
@@ -122,29 +123,27 @@ class Gateway:
             if self.open_sockets == 0:
                 self._all_closed.set()
 
-    async def _serve_websocket(self, nursery: trio.Nursery, outbox: Outbox, conn_id: int) -> None:
+    async def _serve_websocket(self, outbox: Outbox, conn_id: int) -> None:
         config = self._config
-        request: WebSocketRequest | None = None
-        with trio.move_on_after(config.handshake_timeout) as handshake:
-            self._handshakes.add(handshake)  # a drain cuts handshakes short
-            # A peer that hangs up, or a request trio-websocket refuses (it answers 400
-            # and closes the stream), ends the wait now: not at the timeout, holding a
-            # task and a place under max_connections meanwhile.
-            outbox.on_hangup = handshake.cancel
-            request = await wrap_server_stream(
-                nursery, outbox, message_queue_size=4, max_message_size=config.max_message_size
-            )
-        hung_up = outbox.on_hangup is None  # the outbox clears it as it calls it
-        outbox.on_hangup = None
-        self._handshakes.discard(handshake)
+        handshake = Handshake(outbox)
+        request: Request | None = None
+        with trio.move_on_after(config.handshake_timeout) as deadline:
+            self._handshakes.add(deadline)  # a drain cuts handshakes short
+            request = await handshake.request()
+        self._handshakes.discard(deadline)
         if request is None:
-            cause = "hung_up" if hung_up else "draining" if self.draining else "timeout"
-            self._registry.metrics.handshake_failed(cause)
-            if hung_up:
-                log.info("conn %d: hung up or refused during the handshake", conn_id)
+            if handshake.refused:
+                cause = "bad_request"
+            elif not deadline.cancelled_caught:
+                cause = "hung_up"
             else:
+                cause = "draining" if self.draining else "timeout"
+            self._registry.metrics.handshake_failed(cause)
+            if cause in ("timeout", "draining"):
                 log.info("conn %d: handshake not completed within %.1f s", conn_id,
                          config.handshake_timeout)
+            else:
+                log.info("conn %d: handshake ended: %s", conn_id, cause.replace("_", " "))
             return
         try:
             principal = await self._admit(request)
@@ -154,18 +153,15 @@ class Gateway:
             self._registry.metrics.handshake_failed(rejection.cause)
             body = json.dumps({"error": rejection.error}).encode()
             with trio.move_on_after(config.close_timeout):
-                await request.reject(
-                    rejection.status,
-                    extra_headers=[(b"Content-Type", b"application/json")],
-                    body=body,
-                )
+                await handshake.reject(rejection.status, b"application/json", body)
             return
-        ws = await request.accept()
+        ws = handshake.accept(config.max_message_size)
         connection = Connection(
             conn_id, principal, ws, outbox, self._registry, self._keeper, self._authenticate,
             config,
         )
-        log.info("conn %d user=%r connected from %s", conn_id, connection.user_id, ws.remote)
+        log.info("conn %d user=%r connected from %s", conn_id, connection.user_id,
+                 outbox.remote)
         connection.resume_from = position_in(request)
         self._connections.add(connection)
         if self.draining:  # the drain began while this one was being accepted
@@ -192,9 +188,9 @@ class Gateway:
             closed.code if closed else code, (closed.reason if closed else reason) or "",
         )
 
-    async def _admit(self, request: WebSocketRequest) -> Principal:
+    async def _admit(self, request: Request) -> Principal:
         config = self._config
-        if urlsplit(request.path).path != config.path:
+        if urlsplit(request.target).path != config.path:
             raise Rejection(404, "Not found", "wrong_path")
         if self.draining:
             raise Rejection(503, "Service is shutting down", "draining")

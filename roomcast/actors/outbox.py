@@ -1,4 +1,4 @@
-"""A connection's outgoing mailbox, counted in bytes, and the stream trio-websocket uses.
+"""A connection's outgoing mailbox, counted in bytes, and its socket's one reader.
 
 Why this exists (see ARCHITECTURE.md and the design's performance notes): waking
 a task per recipient costs more than everything else in a fan-out. So a published
@@ -12,10 +12,9 @@ A big fan-out goes further: it defers its frames (`write_later`), and the room f
 them once no other publish follows at once. Frames published back to back then reach
 each member in one system call, not one each: that call is most of a fan-out's cost.
 
-trio-websocket does the handshake, reading, pings and closing frames. It is handed
-this object as its stream (through its public `wrap_server_stream`), so every byte it
-writes goes through the same ordered backlog as the prebuilt frames: the two can never
-interleave inside a frame. No private attribute of trio-websocket is touched.
+The WebSocket layer (websocket.py: handshake, pongs, closing frames) reads and writes
+through this object too, so every byte it writes goes through the same ordered backlog
+as the prebuilt frames: the two can never interleave inside a frame.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from trio.lowlevel import ParkingLot
 FLUSH_AT = 16 * 1024
 
 
-class Outbox(trio.abc.HalfCloseableStream):
+class Outbox:
     def __init__(self, stream: trio.SocketStream, limit: int) -> None:
         self._stream = stream
         self._fd = stream.socket.fileno()
@@ -53,10 +52,6 @@ class Outbox(trio.abc.HalfCloseableStream):
         self.overflowed = False
         self.last_received = trio.current_time()  # for the keeper's heartbeats
         self.on_overflow: Callable[[], None] | None = None
-        # Called once when the stream can carry nothing more: the peer hung up (EOF or
-        # reset) or trio-websocket closed it (a request it refused). The gateway uses it
-        # so that a handshake that can no longer finish is not awaited until its timeout.
-        self.on_hangup: Callable[[], None] | None = None
 
     @property
     def backlog_bytes(self) -> int:
@@ -176,11 +171,11 @@ class Outbox(trio.abc.HalfCloseableStream):
         finally:
             self._flushing = False
 
-    # trio.abc.Stream, as trio-websocket sees it -----------------------------------
+    # the WebSocket layer's reads and awaited writes ------------------------------------
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """trio-websocket's writes (handshake, pong, close) join the same backlog,
-        past any limit, and this waits until the kernel has taken them."""
+        """A write that must not be dropped (a closing frame, a refusal) joins the same
+        backlog, past any limit, and this waits until the kernel has taken it."""
         if self._closed:
             raise trio.ClosedResourceError("outbox closed")
         if self.broken is not None:
@@ -198,34 +193,25 @@ class Outbox(trio.abc.HalfCloseableStream):
             await self._progress.park()
         await trio.lowlevel.checkpoint()
 
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        try:
-            data = await self._stream.receive_some(max_bytes)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._hang_up()
-            raise
-        if not data:
-            self._hang_up()
+        data = await self._stream.receive_some(max_bytes)
         self.last_received = trio.current_time()
         return data
 
-    def _hang_up(self) -> None:
-        callback, self.on_hangup = self.on_hangup, None
-        if callback is not None:
-            callback()
-
-    async def send_eof(self) -> None:
-        await self._stream.send_eof()
+    @property
+    def remote(self) -> str:
+        """The peer's address, for the logs."""
+        try:
+            host, port = self._stream.socket.getpeername()[:2]
+        except OSError:
+            return "?"
+        return f"{host}:{port}"
 
     def close_now(self) -> None:
         """Close without waiting; set before the descriptor is released, so a reused
         descriptor number can never receive another connection's frame."""
         if not self._closed:
             self._closed = True
-            self._hang_up()
             self._pending.clear()
             self._pending_bytes = 0
             self._backlog.clear()

@@ -1,0 +1,204 @@
+"""The WebSocket protocol over a connection's Outbox, read in the connection's own task.
+
+wsproto does the parsing: its h11-based handshake for the upgrade request, its frame
+protocol for the frames. This module only moves bytes, and reads only when the
+connection asks for its next message: a connection has no reader task and no message
+queue of its own, and once upgraded it keeps no HTTP state (the handshake object is
+dropped, only the frame protocol stays). Every byte written goes through the Outbox,
+after the frames queued before it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import attrs
+import trio
+from wsproto.connection import Connection as FrameConnection
+from wsproto.connection import ConnectionState, ConnectionType
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
+from wsproto.handshake import H11Handshake
+from wsproto.utilities import RemoteProtocolError
+
+from roomcast.actors.outbox import Outbox
+from roomcast.protocol import CloseCode
+
+RECEIVE_SIZE = 16 * 1024  # bytes asked of the kernel per read
+ABNORMAL_CLOSURE = 1006  # RFC 6455: the stream ended without a closing frame
+
+
+@attrs.frozen
+class CloseReason:
+    code: int
+    reason: str | None = None
+
+
+class ConnectionClosed(Exception):
+    """The WebSocket is closed (either side, or the stream ended); no more messages."""
+
+    def __init__(self, reason: CloseReason) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Handshake:
+    """The server side of the opening handshake on one stream."""
+
+    __slots__ = ("_h11", "_outbox", "refused")
+
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+        self._h11: H11Handshake | None = H11Handshake(ConnectionType.SERVER)
+        self.refused = False  # the request was not a WebSocket upgrade (answered 4xx)
+
+    async def request(self) -> Request | None:
+        """Read until a whole upgrade request came. None if the peer hung up first, or
+        sent something that is not a WebSocket upgrade (it is answered 400 or 426, as
+        wsproto advises, and `refused` is set)."""
+        assert self._h11 is not None
+        while True:
+            try:
+                data = await self._outbox.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return None
+            if not data:
+                return None
+            try:
+                self._h11.receive_data(data)
+            except RemoteProtocolError as error:
+                self.refused = True
+                if error.event_hint is not None:
+                    await self._send(self._h11.send(error.event_hint))
+                return None
+            for event in self._h11.events():
+                if isinstance(event, Request):
+                    return event
+
+    async def reject(self, status: int, content_type: bytes, body: bytes) -> None:
+        assert self._h11 is not None
+        headers = [(b"Content-Type", content_type), (b"Content-Length", b"%d" % len(body))]
+        data = self._h11.send(RejectConnection(status_code=status, headers=headers, has_body=True))
+        data += self._h11.send(RejectData(data=body))
+        self._h11 = None
+        await self._send(data)
+
+    def accept(self, max_message_size: int) -> WebSocket:
+        """Answer 101 (queued now, before any frame) and drop the HTTP state."""
+        assert self._h11 is not None
+        response = self._h11.send(AcceptConnection())
+        frames = self._h11.connection
+        assert frames is not None
+        self._h11 = None
+        self._outbox.write_nowait(response)
+        return WebSocket(self._outbox, frames, max_message_size)
+
+    async def _send(self, data: bytes) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self._outbox.send_all(data)  # a peer that is gone needs no answer
+
+
+class WebSocket:
+    """An open server WebSocket: messages in, closing frames out. The connection's
+    own frames are written straight to the Outbox, prebuilt."""
+
+    __slots__ = ("_frames", "_limit", "_outbox", "_parts", "_size", "closed")
+
+    def __init__(self, outbox: Outbox, frames: FrameConnection, max_message_size: int) -> None:
+        self._outbox = outbox
+        self._frames = frames
+        self._limit = max_message_size
+        self._parts: list[str | bytes] = []  # the fragments of the message being read
+        self._size = 0  # its size so far, in bytes
+        # Set as soon as either side starts the closing handshake (or the stream ends):
+        # nothing is written to the connection after that but the closing frames.
+        self.closed: CloseReason | None = None
+
+    async def get_message(self) -> str | bytes:
+        """The next whole message: str for text, bytes for binary. Pings are answered
+        on the way. Raises ConnectionClosed once the connection is closing or closed."""
+        while True:
+            if self.closed is not None:
+                raise ConnectionClosed(self.closed)
+            for event in self._frames.events():
+                if isinstance(event, (TextMessage, BytesMessage)):
+                    message = self._add_part(event)
+                    if message is not None:
+                        return message
+                elif isinstance(event, Ping):
+                    self._outbox.write_nowait(self._frames.send(event.response()))
+                elif isinstance(event, CloseConnection):
+                    self._peer_closed(event)
+                if self.closed is not None:
+                    raise ConnectionClosed(self.closed)
+            await self._receive()
+
+    def _add_part(self, event: TextMessage | BytesMessage) -> str | bytes | None:
+        data = event.data
+        self._size += len(data.encode()) if isinstance(data, str) else len(data)
+        if self._size > self._limit:
+            self._fail(CloseCode.MESSAGE_TOO_BIG, f"message over {self._limit} bytes")
+            return None
+        self._parts.append(data)
+        if not event.message_finished:
+            return None
+        parts, self._parts, self._size = self._parts, [], 0
+        if isinstance(data, str):
+            return parts[0] if len(parts) == 1 else "".join(parts)  # type: ignore[arg-type]
+        return b"".join(parts)  # type: ignore[arg-type]  # bytes, never wsproto's bytearray
+
+    def _peer_closed(self, event: CloseConnection) -> None:
+        if self._frames.state is ConnectionState.REMOTE_CLOSING:
+            # The peer began the closing handshake: answer with its code.
+            self._outbox.write_nowait(self._frames.send(event.response()))
+        elif self._frames.state is not ConnectionState.CLOSED:
+            # Not a closing frame: wsproto found a protocol error (1002, 1007...).
+            self._fail(event.code, event.reason or "protocol error")
+            return
+        self.closed = CloseReason(event.code, event.reason or None)
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Close from our side at once, without waiting for the peer's answer."""
+        self._outbox.write_nowait(self._frames.send(CloseConnection(code=code, reason=reason)))
+        self.closed = CloseReason(code, reason)
+
+    async def _receive(self) -> None:
+        try:
+            data = await self._outbox.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = b""
+        if not data:
+            self.closed = CloseReason(ABNORMAL_CLOSURE)
+            return
+        self._frames.receive_data(data)
+
+    async def aclose(self, code: int, reason: str | None) -> None:
+        """Start the closing handshake (unless it has begun) and wait for the peer's
+        answer; the caller bounds the wait and closes the stream."""
+        if self.closed is not None:
+            return
+        self.closed = CloseReason(code, reason)
+        try:
+            await self._outbox.send_all(self._frames.send(CloseConnection(code, reason)))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        while self._frames.state is ConnectionState.LOCAL_CLOSING:
+            for event in self._frames.events():
+                if isinstance(event, CloseConnection):
+                    self.closed = CloseReason(event.code, event.reason or None)
+                    return
+            try:
+                data = await self._outbox.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if not data:
+                return
+            self._frames.receive_data(data)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import attrs
@@ -10,7 +12,11 @@ import trio
 
 from roomcast.metrics import UNCOUNTED, Metrics
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
+
+_RECOVER = object()  # an inline actor's note to itself: recover before the next message
 
 
 class ActorCrashed(Exception):
@@ -53,30 +59,90 @@ class Crash:
 
 
 class MailboxActor:
-    """An actor reached only through its bounded mailbox; `handle` runs one message."""
+    """An actor reached only through its bounded mailbox; `handle` runs one message.
+
+    An inline actor (`inline=True`) has no task and no mailbox: a message is handled in
+    the sender's task, one at a time, in the order sent (a message sent while another
+    is being handled waits in a queue, and the task handling that one handles it next).
+    For actors whose `handle` does not wait (a user's personal room): it saves the
+    task, the mailbox and two task switches per message. A crash is reported to the
+    supervisor, which counts it like a restart; the state stays, as after a restart.
+    """
 
     name: str
     metrics: Metrics = UNCOUNTED  # the service's, given by the supervisor that starts it
+    # Told of an inline actor's crashes (the supervisor's policy counts them).
+    on_inline_crash: Callable[[MailboxActor], None] | None = None
 
-    def __init__(self, name: str, mailbox_size: int) -> None:
+    def __init__(self, name: str, mailbox_size: int, *, inline: bool = False) -> None:
         self.name = name
-        self._mailbox, self._inbox = trio.open_memory_channel[Any](mailbox_size)
+        # Inline: the messages waiting to be handled (a list: it is nearly always empty,
+        # and an empty deque costs ten times the memory).
+        self._queue: list[Any] | None = [] if inline else None
+        self._busy = False  # inline: a task is handling the queue
+        self._closed = False  # inline: no new messages
+        self._stopped = False  # inline: no message handled any more
+        if not inline:
+            self._mailbox, self._inbox = trio.open_memory_channel[Any](mailbox_size)
+
+    @property
+    def inline(self) -> bool:
+        return self._queue is not None
 
     async def send(self, message: Any) -> None:
-        await self._mailbox.send(message)
+        if self._queue is None:
+            await self._mailbox.send(message)
+        else:
+            await self._handle_inline(message)
 
     async def call(self, message_with_reply: Any) -> Any:
         """Send a message carrying a `reply` slot and wait for the answer."""
-        await self._mailbox.send(message_with_reply)
+        await self.send(message_with_reply)
         return await message_with_reply.reply.wait()
 
     def stop(self) -> None:
         """The actor will not run again: senders get BrokenResourceError, not a hang."""
-        self._inbox.close()
+        if self._queue is None:
+            self._inbox.close()
+        self._closed = self._stopped = True
 
     def close_mailbox(self) -> None:
         """No new messages; the loop ends once it has handled those already queued."""
-        self._mailbox.close()
+        if self._queue is None:
+            self._mailbox.close()
+        self._closed = True
+
+    async def _handle_inline(self, message: Any) -> None:
+        queue = self._queue
+        assert queue is not None
+        if self._closed:
+            raise trio.ClosedResourceError(f"{self.name} has stopped")
+        queue.append(message)
+        if self._busy:
+            return  # a message is being handled: its task handles this one after it
+        self._busy = True
+        try:
+            while queue:
+                message = queue.pop(0)
+                if self._stopped and message is not _RECOVER:
+                    MailboxActor.on_crash(self, message)  # escalated: answered, not handled
+                    continue
+                try:
+                    if message is _RECOVER:
+                        await self.recover()
+                        continue
+                    if isinstance(message, Crash):
+                        raise message.error
+                    await self.handle(message)
+                except Exception:
+                    self.on_crash(message)
+                    queue.insert(0, _RECOVER)  # as a restarted loop would, first thing
+                    if self.on_inline_crash is None:
+                        log.exception("actor crashed: %s", self.name)
+                    else:
+                        self.on_inline_crash(self)  # may escalate: raises
+        finally:
+            self._busy = False
 
     tick_interval: float | None = None  # when set, `tick` runs that often
 
@@ -110,10 +176,15 @@ class MailboxActor:
     async def handle(self, message: Any) -> None:
         raise NotImplementedError
 
+    async def recover(self) -> None:
+        """After a crash, before the next message (a room finishes its fan-out)."""
+
     async def idle(self) -> None:
         """Runs before the loop takes its next message (a room flushes here)."""
 
     def mailbox_empty(self) -> bool:
+        if self._queue is not None:
+            return not self._queue
         return not self._inbox.statistics().current_buffer_used
 
     async def tick(self) -> None:

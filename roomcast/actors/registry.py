@@ -203,12 +203,21 @@ class Registry(MailboxActor):
                 message.reply.set(None)
 
     def _start(self, room: str, refs: int) -> _RoomEntry:
-        entry = self._rooms[room] = _RoomEntry(Room(room, self._mailbox_size, self._history), refs)
-        self._start_room(entry.actor)
+        actor = Room(room, self._mailbox_size, self._history, inline=self._inline(room))
+        entry = self._rooms[room] = _RoomEntry(actor, refs)
+        self._start_room(actor)
         if self.backplane is not None:
             entry.actor.on_presence_change = self.backplane.presence_changed
             entry.actor.cluster = self.backplane
         return entry
+
+    def _inline(self, room: str) -> bool:
+        """A personal room runs in its senders' tasks (no task, no mailbox: a few KiB
+        and two task switches less per user and message), since handling its messages
+        never waits: it has few members, so its fan-out never yields. Not when its
+        history lives in Redis: a join then waits for Redis to recover from."""
+        clustered = self.backplane is not None and self.backplane.cluster_history
+        return personal_room_owner(room) is not None and not clustered
 
     async def _join(self, join: Join, room: str) -> None:
         entry = self._rooms.get(room) or self._start(room, refs=0)

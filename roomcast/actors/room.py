@@ -130,9 +130,16 @@ class Room(MailboxActor):
     this room's `epoch`, and the last frames are kept for clients that reconnect."""
 
     def __init__(
-        self, name: str, mailbox_size: int, history: HistoryPolicy | None = None
+        self,
+        name: str,
+        mailbox_size: int,
+        history: HistoryPolicy | None = None,
+        *,
+        inline: bool = False,
     ) -> None:
-        super().__init__(f"room {name}", mailbox_size)
+        # Inline (a personal room, see Registry): no task of its own, and its fan-outs
+        # neither defer nor yield, so that handling a message never waits.
+        super().__init__(f"room {name}", mailbox_size, inline=inline)
         self.room = name
         self.numbered = name != LOBBY  # broadcasts are live only
         self.epoch = secrets.token_hex(4)  # new with every actor: its history is new too
@@ -158,9 +165,12 @@ class Room(MailboxActor):
         return set(self.user_counts)
 
     async def run(self) -> None:
+        await self.recover()
+        await super().run()
+
+    async def recover(self) -> None:
         if self._fan_out is not None:  # restarted after a crash mid-fan-out
             await self._continue_fan_out()
-        await super().run()
 
     def on_crash(self, message: Any) -> None:
         if self._fan_out is not None and self._fan_out.publish is message:
@@ -179,7 +189,7 @@ class Room(MailboxActor):
                 members = self._beyond_floors(message.numbered, members)
             # A snapshot: members joining or leaving meanwhile cannot disturb it.
             snapshot = list(members)
-            later = len(snapshot) > WRITE_NOW_UP_TO
+            later = len(snapshot) > WRITE_NOW_UP_TO and not self.inline
             self._fan_out = _FanOut(message, frame, iter(snapshot), later)
             await self._continue_fan_out()
             return
@@ -206,6 +216,7 @@ class Room(MailboxActor):
         started = perf_counter()
         deadline = started + SLICE_SECONDS
         frame, later, unflushed = fan_out.frame, fan_out.later, self._unflushed
+        may_yield = not self.inline
         for count, member in enumerate(fan_out.pending, 1):
             try:
                 delivered = member.deliver(frame, later=later)
@@ -221,7 +232,7 @@ class Room(MailboxActor):
                     unflushed[member.id] = member
             if self.fault_after is not None:
                 self._count_down_fault()
-            if count % 16 == 0 and perf_counter() >= deadline:
+            if may_yield and count % 16 == 0 and perf_counter() >= deadline:
                 # This room's own next frame still waits: its order holds.
                 await trio.lowlevel.checkpoint()
                 deadline = perf_counter() + SLICE_SECONDS

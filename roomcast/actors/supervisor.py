@@ -44,7 +44,19 @@ class Supervisor:
         """Run `actor` in the supervised nursery; synchronous, so a caller can start
         an actor and send to it without a checkpoint in between."""
         actor.metrics = self.metrics  # every actor of the service counts in one place
+        if actor.inline:  # no task: it runs in its senders' tasks, and reports crashes
+            actor.on_inline_crash = self._inline_crashed
+            return
         self._nursery.start_soon(self._supervise, actor, name=actor.name)
+
+    def _inline_crashed(self, actor: MailboxActor) -> None:
+        """An inline actor crashed (called in its except block): the same policy."""
+        log.exception("actor crashed: %s", actor.name)
+        if self._too_many_restarts(actor):
+            actor.stop()  # not restarted: its senders are told, none left waiting
+            self._on_escalation(Escalation(f"{actor.name} restarted too often"))
+            return
+        self.metrics.restarted(actor.name)
 
     async def _supervise(self, actor: MailboxActor) -> None:
         while True:

@@ -180,8 +180,9 @@ class Gateway:
                 await self._keeper.send(Unwatch(connection))
         code, reason = connection.close_code, connection.close_reason
         self._registry.metrics.closed(code)
-        with trio.move_on_after(config.close_timeout):
-            await ws.aclose(code, reason)
+        if ws.closed is None:  # we close: wait (a while) for the client's answer
+            with trio.move_on_after(config.close_timeout):
+                await ws.aclose(code, reason)
         closed = ws.closed
         log.info(
             "conn %d user=%r disconnected: %s %s", connection.id, connection.user_id,

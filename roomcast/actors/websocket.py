@@ -92,13 +92,14 @@ class Handshake:
         await self._send(data)
 
     def accept(self, max_message_size: int) -> WebSocket:
-        """Answer 101 (queued now, before any frame) and drop the HTTP state."""
+        """Answer 101 and drop the HTTP state. The answer is queued before any frame,
+        deferred: it goes out in one system call with the welcome that follows."""
         assert self._h11 is not None
         response = self._h11.send(AcceptConnection())
         frames = self._h11.connection
         assert frames is not None
         self._h11 = None
-        self._outbox.write_nowait(response)
+        self._outbox.write_later(response)
         return WebSocket(self._outbox, frames, max_message_size)
 
     async def _send(self, data: bytes) -> None:

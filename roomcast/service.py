@@ -112,9 +112,7 @@ async def _run(
             )
             history = HistoryPolicy(size=config.history_size, ttl=config.history_ttl)
             registry = Registry(config.mailbox_size, supervisor.start, history)
-            keeper = Keeper(
-                config.mailbox_size, config.ping_interval, config.ping_timeout, config.jwt_leeway
-            )
+            keeper = Keeper(config.ping_interval, config.ping_timeout, config.jwt_leeway)
             supervisor.start(registry)
             supervisor.start(keeper)
             if config.redis_url:

@@ -58,7 +58,20 @@ class Crash:
     reply: Reply[Any] | None = None
 
 
-class MailboxActor:
+class Actor:
+    """What a supervisor runs: a named loop, restarted with its state after a crash."""
+
+    name: str
+    metrics: Metrics = UNCOUNTED  # the service's, given by the supervisor that starts it
+    inline = False  # see MailboxActor
+    # Told of an inline actor's crashes (the supervisor's policy counts them).
+    on_inline_crash: Callable[[Actor], None] | None = None
+
+    async def run(self) -> None:
+        raise NotImplementedError
+
+
+class MailboxActor(Actor):
     """An actor reached only through its bounded mailbox; `handle` runs one message.
 
     An inline actor (`inline=True`) has no task and no mailbox: a message is handled in
@@ -68,11 +81,6 @@ class MailboxActor:
     task, the mailbox and two task switches per message. A crash is reported to the
     supervisor, which counts it like a restart; the state stays, as after a restart.
     """
-
-    name: str
-    metrics: Metrics = UNCOUNTED  # the service's, given by the supervisor that starts it
-    # Told of an inline actor's crashes (the supervisor's policy counts them).
-    on_inline_crash: Callable[[MailboxActor], None] | None = None
 
     def __init__(self, name: str, mailbox_size: int, *, inline: bool = False) -> None:
         self.name = name
@@ -85,7 +93,7 @@ class MailboxActor:
         if not inline:
             self._mailbox, self._inbox = trio.open_memory_channel[Any](mailbox_size)
 
-    @property
+    @property  # type: ignore[override]
     def inline(self) -> bool:
         return self._queue is not None
 

@@ -12,7 +12,7 @@ import trio
 
 from roomcast.actors.backplane import BackplaneUnavailable
 from roomcast.actors.base import ActorCrashed, Reply
-from roomcast.actors.keeper import Keeper, Watch
+from roomcast.actors.keeper import Keeper
 from roomcast.actors.outbox import Outbox
 from roomcast.actors.registry import Connect, Disconnect, JoinRoom, LeaveRoom, Registry
 from roomcast.actors.room import LOBBY, Recovery
@@ -309,7 +309,7 @@ class Connection:
         if principal.user_id != self.user_id:
             raise ProtocolError.forbidden("a token for another user")
         self.principal = principal
-        await self.keeper.send(Watch(self))
+        self.keeper.watch(self)
         log.info("conn %d user=%r: token refreshed", self.id, self.user_id)
         self._reply(
             ServerFrame(

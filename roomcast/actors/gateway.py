@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import trio
 
 from roomcast.actors.connection import Connection, next_connection_id
-from roomcast.actors.keeper import Keeper, Unwatch, Watch
+from roomcast.actors.keeper import Keeper
 from roomcast.actors.outbox import Outbox
 from roomcast.actors.registry import Registry
 from roomcast.actors.websocket import Handshake, Request
@@ -167,7 +167,7 @@ class Gateway:
         if self.draining:  # the drain began while this one was being accepted
             connection.request_close(CloseCode.GOING_AWAY, "server shutting down")
         try:
-            await self._keeper.send(Watch(connection))
+            self._keeper.watch(connection)
             await connection.run()
         except Exception:
             log.exception("conn %d user=%r crashed; closing with 1011", connection.id,
@@ -176,8 +176,7 @@ class Gateway:
             connection.close_reason = "internal error"
         finally:
             self._connections.discard(connection)
-            with trio.move_on_after(config.close_timeout, shield=True):
-                await self._keeper.send(Unwatch(connection))
+            self._keeper.unwatch(connection)
         code, reason = connection.close_code, connection.close_reason
         self._registry.metrics.closed(code)
         if ws.closed is None:  # we close: wait (a while) for the client's answer

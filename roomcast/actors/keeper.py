@@ -1,5 +1,10 @@
 """Keeper actor: the clock of every connection, in one task rather than one each.
 
+Connections are watched and unwatched by plain calls, not messages: they only put an
+entry on a heap (no await, so no other task runs meanwhile), and would otherwise cost
+every connection two task switches for nothing. The keeper's task sleeps until the
+earliest entry is due; a call that brings that moment closer wakes it.
+
 - Heartbeats: it looks at each connection when that connection's own interval is up:
   `ping_interval` after the last byte it sent us (any frame counts, a pong included).
   Quiet for an interval: it is sent a prebuilt ping frame. Quiet for an interval plus
@@ -16,12 +21,11 @@ import heapq
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import attrs
 import trio
 
-from roomcast.actors.base import MailboxActor
+from roomcast.actors.base import Actor
 from roomcast.protocol import CloseCode
 
 if TYPE_CHECKING:
@@ -36,23 +40,10 @@ GRANULARITY = 0.005
 SLICE_SECONDS = 0.0005
 
 
-@attrs.define
-class Watch:
-    """Start (or refresh) watching a connection; its `expires_at` is read now."""
+class Keeper(Actor):
+    name = "keeper"
 
-    connection: Connection
-
-
-@attrs.define
-class Unwatch:
-    connection: Connection
-
-
-class Keeper(MailboxActor):
-    def __init__(
-        self, mailbox_size: int, ping_interval: float, ping_timeout: float, leeway: float
-    ) -> None:
-        super().__init__("keeper", mailbox_size)
+    def __init__(self, ping_interval: float, ping_timeout: float, leeway: float) -> None:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.leeway = leeway
@@ -62,39 +53,45 @@ class Keeper(MailboxActor):
         # (when to look at the connection's heartbeat again, conn id)
         self._checks: list[tuple[float, int]] = []
         self._pinged: dict[int, float] = {}  # conn id -> when its last ping was sent
+        self._sleep = trio.CancelScope()  # the loop's sleep, until the next entry is due
 
     async def run(self) -> None:
         while True:
             wake_at = min(self._checks[0][0] + GRANULARITY if self._checks else math.inf,
                           self._expiries[0][0] if self._expiries else math.inf)
-            with trio.move_on_at(wake_at):
-                message = await self._inbox.receive()
-                await self.handle(message)
-                continue
+            with trio.CancelScope(deadline=wake_at) as self._sleep:
+                await trio.sleep_forever()
             self._expire(trio.current_time())
             await self._check_heartbeats()
 
-    async def handle(self, message: Any) -> None:
-        connection = message.connection
-        if isinstance(message, Unwatch):
-            self.connections.pop(connection.id, None)
-            self._pinged.pop(connection.id, None)
-            self._maybe_compact()
-            return
+    def watch(self, connection: Connection) -> None:
+        """Start (or refresh) watching a connection; its `expires_at` is read now."""
         if connection.id not in self.connections:
-            heapq.heappush(self._checks, (trio.current_time() + self.ping_interval,
-                                          connection.id))
+            self._push_check(trio.current_time() + self.ping_interval, connection.id)
         self.connections[connection.id] = connection
         expires_at = connection.principal.expires_at
         if expires_at is not None:
-            # Wall-clock `exp` to Trio's clock, once, when it is set.
             self._schedule(connection.id, expires_at)
+
+    def unwatch(self, connection: Connection) -> None:
+        self.connections.pop(connection.id, None)
+        self._pinged.pop(connection.id, None)
+        self._maybe_compact()
+
+    def _push_check(self, at: float, conn_id: int) -> None:
+        heapq.heappush(self._checks, (at, conn_id))
+        self._wake_by(at + GRANULARITY)
+
+    def _wake_by(self, deadline: float) -> None:
+        if deadline < self._sleep.deadline:
+            self._sleep.deadline = deadline
 
     def _schedule(self, conn_id: int, expires_at: float) -> None:
         self._maybe_compact()
         # Wall-clock `exp` to Trio's clock, when it is set.
         deadline = trio.current_time() + (expires_at + self.leeway - time.time())
         heapq.heappush(self._expiries, (deadline, conn_id, expires_at))
+        self._wake_by(deadline)
 
     def _maybe_compact(self) -> None:
         # Amortized: a compaction leaves about one entry per connection, so the next
@@ -158,4 +155,4 @@ class Keeper(MailboxActor):
         else:
             self._pinged.pop(connection.id, None)
             again = last_received + self.ping_interval
-        heapq.heappush(self._checks, (again, connection.id))
+        self._push_check(again, connection.id)

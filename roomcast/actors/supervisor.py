@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import trio
 
-from roomcast.actors.base import MailboxActor
+from roomcast.actors.base import Actor
 from roomcast.metrics import UNCOUNTED, Metrics
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class Supervisor:
         self.restarts = 0
         self._recent: deque[float] = deque()
 
-    def start(self, actor: MailboxActor) -> None:
+    def start(self, actor: Actor) -> None:
         """Run `actor` in the supervised nursery; synchronous, so a caller can start
         an actor and send to it without a checkpoint in between."""
         actor.metrics = self.metrics  # every actor of the service counts in one place
@@ -49,7 +49,7 @@ class Supervisor:
             return
         self._nursery.start_soon(self._supervise, actor, name=actor.name)
 
-    def _inline_crashed(self, actor: MailboxActor) -> None:
+    def _inline_crashed(self, actor: Actor) -> None:
         """An inline actor crashed (called in its except block): the same policy."""
         log.exception("actor crashed: %s", actor.name)
         if self._too_many_restarts(actor):
@@ -58,7 +58,7 @@ class Supervisor:
             return
         self.metrics.restarted(actor.name)
 
-    async def _supervise(self, actor: MailboxActor) -> None:
+    async def _supervise(self, actor: Actor) -> None:
         while True:
             try:
                 await actor.run()
@@ -72,7 +72,7 @@ class Supervisor:
                 log.info("restarting %s with its state", actor.name)
                 self.metrics.restarted(actor.name)
 
-    def _too_many_restarts(self, actor: MailboxActor) -> bool:
+    def _too_many_restarts(self, actor: Actor) -> bool:
         now = trio.current_time()
         self._recent.append(now)
         while self._recent and self._recent[0] < now - self.period:

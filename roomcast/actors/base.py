@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _RECOVER = object()  # an inline actor's note to itself: recover before the next message
+_TICK = object()  # an inline actor's tick, handled in turn with its messages
 
 
 class ActorCrashed(Exception):
@@ -82,6 +83,11 @@ class MailboxActor(Actor):
     supervisor, which counts it like a restart; the state stays, as after a restart.
     """
 
+    # An inline actor whose handling may wait handles its queue shielded: a sender's
+    # cancellation must not cut a message in half (a mailbox actor's own task is never
+    # cancelled by its senders either). Shielding costs a cancel scope per message.
+    inline_may_wait = True
+
     def __init__(self, name: str, mailbox_size: int, *, inline: bool = False) -> None:
         self.name = name
         # Inline: the messages waiting to be handled (a list: it is nearly always empty,
@@ -123,39 +129,57 @@ class MailboxActor(Actor):
     async def _handle_inline(self, message: Any) -> None:
         queue = self._queue
         assert queue is not None
+        if self._stopped:
+            raise trio.BrokenResourceError(f"{self.name} has stopped")
         if self._closed:
-            raise trio.ClosedResourceError(f"{self.name} has stopped")
+            raise trio.ClosedResourceError(f"{self.name} takes no more messages")
         queue.append(message)
         if self._busy:
             return  # a message is being handled: its task handles this one after it
         self._busy = True
         try:
-            while queue:
-                message = queue.pop(0)
-                if self._stopped and message is not _RECOVER:
-                    MailboxActor.on_crash(self, message)  # escalated: answered, not handled
-                    continue
-                try:
-                    if message is _RECOVER:
-                        await self.recover()
-                        continue
-                    if isinstance(message, Crash):
-                        raise message.error
-                    await self.handle(message)
-                except Exception:
-                    self.on_crash(message)
-                    queue.insert(0, _RECOVER)  # as a restarted loop would, first thing
-                    if self.on_inline_crash is None:
-                        log.exception("actor crashed: %s", self.name)
-                    else:
-                        self.on_inline_crash(self)  # may escalate: raises
+            if self.inline_may_wait:
+                with trio.CancelScope(shield=True):
+                    await self._handle_queue(queue)
+            else:
+                await self._handle_queue(queue)
         finally:
             self._busy = False
+
+    async def _handle_queue(self, queue: list[Any]) -> None:
+        while queue:
+            message = queue.pop(0)
+            if self._stopped and message is not _RECOVER:
+                MailboxActor.on_crash(self, message)  # escalated: answered, not handled
+                continue
+            try:
+                if message is _RECOVER:
+                    await self.recover()
+                    continue
+                if message is _TICK:
+                    await self.tick()
+                    continue
+                if isinstance(message, Crash):
+                    raise message.error
+                await self.handle(message)
+            except Exception:
+                self.on_crash(message)
+                queue.insert(0, _RECOVER)  # as a restarted loop would, first thing
+                if self.on_inline_crash is None:
+                    log.exception("actor crashed: %s", self.name)
+                else:
+                    self.on_inline_crash(self)  # may escalate: stops the actor
 
     tick_interval: float | None = None  # when set, `tick` runs that often
 
     async def run(self) -> None:
-        """The actor's loop; a supervisor calls it again after a crash, state intact."""
+        """The actor's loop; a supervisor calls it again after a crash, state intact.
+        An inline actor's loop only ticks (its ticks queue up with its messages)."""
+        if self.inline:
+            assert self.tick_interval is not None
+            while True:
+                await trio.sleep(self.tick_interval)
+                await self.send(_TICK)
         next_tick = trio.current_time() + (self.tick_interval or math.inf)
         while True:
             message: Any = None

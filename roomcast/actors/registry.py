@@ -89,7 +89,9 @@ class Registry(MailboxActor):
         start_room: Callable[[Room], None],
         history: HistoryPolicy | None = None,
     ) -> None:
-        super().__init__("registry", mailbox_size)
+        # Inline: registering, joining and leaving cost a connection no task switch to
+        # a registry task; they are still handled one at a time, in order.
+        super().__init__("registry", mailbox_size, inline=True)
         self._mailbox_size = mailbox_size
         self._start_room = start_room
         self._history = history or HistoryPolicy()

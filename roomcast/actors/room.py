@@ -129,6 +129,8 @@ class Room(MailboxActor):
     """Also the room's sequencer and history: every frame gets the next `offset` in
     this room's `epoch`, and the last frames are kept for clients that reconnect."""
 
+    inline_may_wait = False  # an inline room never defers, yields or reads Redis
+
     def __init__(
         self,
         name: str,

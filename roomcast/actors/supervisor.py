@@ -44,9 +44,10 @@ class Supervisor:
         """Run `actor` in the supervised nursery; synchronous, so a caller can start
         an actor and send to it without a checkpoint in between."""
         actor.metrics = self.metrics  # every actor of the service counts in one place
-        if actor.inline:  # no task: it runs in its senders' tasks, and reports crashes
+        if actor.inline:  # it runs in its senders' tasks, and reports its crashes
             actor.on_inline_crash = self._inline_crashed
-            return
+            if getattr(actor, "tick_interval", None) is None:
+                return  # no task at all
         self._nursery.start_soon(self._supervise, actor, name=actor.name)
 
     def _inline_crashed(self, actor: Actor) -> None:

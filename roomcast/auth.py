@@ -91,6 +91,9 @@ class JwtAuthenticator:
         if not self._algorithms:
             raise ConfigError("set --jwt-secret or --jwt-public-key (or pass an authenticator)")
         self._public_key = config.public_key_pem()
+        kinds = {alg in HMAC_ALGORITHMS for alg in self._algorithms}
+        # Every allowed algorithm takes the same key: no need to read the header first.
+        self._single_key = self._key_for(self._algorithms[0]) if len(kinds) == 1 else None
         if config.jwt_secret and len(config.jwt_secret.encode()) < 32:
             log.warning("the JWT secret is shorter than 32 bytes; use a longer one in production")
 
@@ -99,8 +102,12 @@ class JwtAuthenticator:
         # never be used as an HMAC secret.
         return self._config.jwt_secret if alg in HMAC_ALGORITHMS else self._public_key
 
-    def verify(self, token: str) -> Principal:
-        config = self._config
+    def _key_and_algorithms(self, token: str) -> tuple[Any, list[str]]:
+        """The key to verify with, and the algorithms it may verify. With one kind of
+        key (the usual case) PyJWT checks the token's `alg` against the allow-list
+        itself; with both, the header is read first to pick the key."""
+        if self._single_key is not None:
+            return self._single_key, list(self._algorithms)
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:  # DecodeError, or InvalidTokenError for a bad `kid`
@@ -108,12 +115,17 @@ class JwtAuthenticator:
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self._algorithms:
             raise AuthError("disallowed_algorithm", "Token algorithm not accepted")
+        return self._key_for(alg), [alg]
+
+    def verify(self, token: str) -> Principal:
+        config = self._config
+        key, algorithms = self._key_and_algorithms(token)
         required = ["exp"] if config.jwt_require_exp else []
         try:
             claims = jwt.decode(
                 token,
-                key=self._key_for(alg),
-                algorithms=[alg],
+                key=key,
+                algorithms=algorithms,
                 audience=config.jwt_audience,
                 issuer=config.jwt_issuer,
                 leeway=config.jwt_leeway,

@@ -1,14 +1,15 @@
 """The accept loop and the handshake: a TCP socket in, a connection actor out.
 
-Each accepted socket gets its own small nursery (for the outbox's writer, while it has
-a backlog); the handshake and then the connection actor run in the socket's own task,
-which is also the only one that reads the socket. Whatever goes wrong inside one
+Each accepted socket gets a task; the handshake and then the connection actor run in
+it, and it is the only one that reads the socket (the outbox's writer task, while there
+is a backlog, runs in the same nursery and ends with the socket). Whatever goes wrong inside one
 connection ends there: it is logged, that socket is closed (1011 when it had been
 upgraded), and no sibling is touched.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from urllib.parse import parse_qs, urlsplit
@@ -25,6 +26,11 @@ from roomcast.config import Config
 from roomcast.protocol import CloseCode, Position, ProtocolError, position_from
 
 log = logging.getLogger(__name__)
+
+
+# accept() errors that mean "out of descriptors or memory for now": wait and go on.
+_OUT_OF_CAPACITY = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_ACCEPT_PAUSE = 0.1
 
 
 class Rejection(Exception):
@@ -81,6 +87,7 @@ class Gateway:
         self._authenticate = authenticator
         self.draining = False
         self.open_sockets = 0
+        self._nursery: trio.Nursery | None = None  # where sockets are served, once serving
         self._handshakes: set[trio.CancelScope] = set()
         self._connections: set[Connection] = set()  # accepted, until their socket closes
         self._all_closed = trio.Event()
@@ -92,7 +99,28 @@ class Gateway:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        await trio.serve_listeners(self._serve_socket, listeners, task_status=task_status)
+        """Accept on every listener. Each socket is served in a task of one nursery,
+        where the outboxes' writer tasks run too (a writer ends with its socket)."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for listener in listeners:
+                nursery.start_soon(self._accept, listener)
+            task_status.started()
+
+    async def _accept(self, listener: trio.SocketListener) -> None:
+        # trio.serve_listeners, less its per-socket aclose_forcefully (a cancel scope
+        # and a checkpoint per connection; the outbox closes the socket itself).
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_CAPACITY:
+                    raise
+                log.error("accept failed (%s); trying again in %.1f s", exc, _ACCEPT_PAUSE)
+                await trio.sleep(_ACCEPT_PAUSE)
+                continue
+            assert self._nursery is not None
+            self._nursery.start_soon(self._serve_socket, stream)
 
     async def drain(self, timeout: float) -> None:
         """Stop accepting new clients, close every open one with 1001, and wait (at
@@ -109,12 +137,10 @@ class Gateway:
         self.open_sockets += 1
         self._all_closed = self._all_closed if self.open_sockets > 1 else trio.Event()
         outbox = Outbox(stream, self._config.outbox_limit)
+        outbox.writers = self._nursery
         conn_id = next_connection_id()
         try:
-            async with trio.open_nursery() as nursery:
-                outbox.writers = nursery
-                await self._serve_websocket(outbox, conn_id)
-                nursery.cancel_scope.cancel()
+            await self._serve_websocket(outbox, conn_id)
         except Exception:
             log.exception("conn %d: connection handler failed", conn_id)
         finally:

@@ -144,17 +144,21 @@ async def serve_control(
 ) -> asyncio.AbstractServer:
     """The control channel of an asyncio peer, on a free loopback port."""
     background: asyncio.Future[None] | None = None
+    stop_background = asyncio.Event()
     published = 0
 
     async def background_loop(room: str, rate: float, pad: str) -> None:
+        # Stopped only between publishes: a publish cut short could still reach some
+        # clients without being counted, and be read as out of order in the next series.
         nonlocal published
         interval = 1.0 / rate
         due = time.perf_counter()
-        while True:
+        while not stop_background.is_set():
             await backend.publish_room(room, "bg", published, pad)
             published += 1
             due = max(due + interval, time.perf_counter())
-            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop_background.wait(), max(0.0, due - time.perf_counter()))
 
     async def handle(command: dict[str, Any]) -> dict[str, Any]:
         nonlocal background, published
@@ -168,15 +172,15 @@ async def serve_control(
             return {"ok": True}
         if cmd == "bg_start":
             published = 0
+            stop_background.clear()
             background = asyncio.ensure_future(
                 background_loop(command["room"], command["rate"], pad_text(command.get("pad", 0)))
             )
             return {"ok": True}
         if cmd == "bg_stop":
             if background is not None:
-                background.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await background
+                stop_background.set()
+                await background
                 background = None
             return {"published": published}
         if cmd == "quit":

@@ -170,7 +170,7 @@ class Connection:
             # Shielded, so that cancellation cannot leave the registry pointing at a
             # dead connection; bounded, so that a dead registry cannot hold us forever.
             with trio.move_on_after(self._config.close_timeout, shield=True):
-                await self.registry.send(Disconnect(self, (*self.all_rooms(), LOBBY)))
+                await self.registry.send(Disconnect(self, tuple(self.all_rooms())))
 
     async def _read_loop(self) -> None:
         while True:

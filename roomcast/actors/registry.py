@@ -47,7 +47,7 @@ class Connect:
 @attrs.define
 class Disconnect:
     connection: Connection
-    rooms: tuple[str, ...]  # every room the connection was in, personal and lobby too
+    rooms: tuple[str, ...]  # every room the connection was in, personal too (not the lobby)
     reply: Reply[None] | None = None
 
 
@@ -184,9 +184,9 @@ class Registry(MailboxActor):
             conns[connection.id] = connection
             if len(conns) == 1:
                 self._presence_changed()
+            (await self._lobby()).enter_lobby(connection)
             # The reply waits for the personal room: once the client is told it is
             # connected, `get_room_members("user_U")` already lists it.
-            await self._join(Join(connection), LOBBY)
             welcome = Join(connection, message.reply, message.position, message.welcome, True)
             await self._join(welcome, personal_room(connection.user_id))
         elif isinstance(message, JoinRoom):
@@ -199,6 +199,7 @@ class Registry(MailboxActor):
             if conns is not None and conns.pop(connection.id, None) is not None and not conns:
                 del self.users[connection.user_id]
                 self._presence_changed()
+            await self._leave_lobby(connection)
             for room in message.rooms:
                 await self._leave(connection, room, None)
             if message.reply is not None:
@@ -212,6 +213,33 @@ class Registry(MailboxActor):
             entry.actor.on_presence_change = self.backplane.presence_changed
             entry.actor.cluster = self.backplane
         return entry
+
+    def stop(self) -> None:
+        """The service has stopped: the registry and every room it kept (the lobby,
+        rooms kept for their history) answer a stale handle at once, not never."""
+        super().stop()
+        for entry in self._rooms.values():
+            entry.actor.stop()
+
+    async def _lobby(self) -> Room:
+        """The room every connection is in: it lives (and, in a cluster, listens to
+        its channel) while this node has a connection."""
+        entry = self._rooms.get(LOBBY)
+        if entry is None:
+            entry = self._start(LOBBY, refs=0)
+            if self.backplane is not None:
+                await self.backplane.send(Subscribe(LOBBY))
+        return entry.actor
+
+    async def _leave_lobby(self, connection: Connection) -> None:
+        entry = self._rooms.get(LOBBY)
+        if entry is None:
+            return
+        entry.actor.leave_lobby(connection)
+        if not entry.actor.members:
+            if self.backplane is not None:
+                await self.backplane.send(Unsubscribe(LOBBY))
+            self._stop(LOBBY, entry)
 
     def _inline(self, room: str) -> bool:
         """A personal room runs in its senders' tasks (no task, no mailbox: a few KiB

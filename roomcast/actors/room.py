@@ -163,6 +163,34 @@ class Room(MailboxActor):
         self._epoch_from_redis = False
         self._unflushed: dict[int, Connection] = {}  # members with deferred frames
 
+    def enter_lobby(self, connection: Connection) -> None:
+        """The lobby's members come and go by plain calls from the registry, not by
+        messages (two task switches per connection, for nothing): every connection is
+        in the lobby from its registration to its departure, and a fan-out works on a
+        snapshot of the members, so no order is lost."""
+        self._add_member(connection)
+
+    def leave_lobby(self, connection: Connection) -> None:
+        self._remove_member(connection)
+
+    def _add_member(self, connection: Connection) -> bool:
+        """Add a member; True if its user is new to the room."""
+        if connection.id in self.members:
+            return False
+        self.members[connection.id] = connection
+        self.user_counts[connection.user_id] += 1
+        return self.user_counts[connection.user_id] == 1
+
+    def _remove_member(self, connection: Connection) -> bool:
+        """Remove a member; True if its user has no connection left in the room."""
+        if self.members.pop(connection.id, None) is None:
+            return False
+        self.user_counts[connection.user_id] -= 1
+        if self.user_counts[connection.user_id]:
+            return False
+        del self.user_counts[connection.user_id]
+        return True
+
     def member_users(self) -> set[UserId]:
         return set(self.user_counts)
 
@@ -199,16 +227,10 @@ class Room(MailboxActor):
         if isinstance(message, Join):
             if message.answer is not None:
                 await self._answer(message)
-            if connection.id not in self.members:
-                self.members[connection.id] = connection
-                self.user_counts[connection.user_id] += 1
-                if self.user_counts[connection.user_id] == 1:
-                    self._presence_changed()
-        elif self.members.pop(connection.id, None) is not None:
-            self.user_counts[connection.user_id] -= 1
-            if not self.user_counts[connection.user_id]:
-                del self.user_counts[connection.user_id]
+            if self._add_member(connection):
                 self._presence_changed()
+        elif self._remove_member(connection):
+            self._presence_changed()
         if message.reply is not None:
             message.reply.set(None)
 

@@ -167,10 +167,10 @@ class Connection:
                 await self.registry.call(Connect(self, Reply(), self._welcome, self.resume_from))
                 await self._read_loop()
         finally:
-            # Shielded, so that cancellation cannot leave the registry pointing at a
-            # dead connection; bounded, so that a dead registry cannot hold us forever.
-            with trio.move_on_after(self._config.close_timeout, shield=True):
-                await self.registry.send(Disconnect(self, tuple(self.all_rooms())))
+            # Cancellation cannot leave the registry pointing at a dead connection: the
+            # (inline) registry handles its messages shielded, and nothing before that
+            # is a checkpoint.
+            await self.registry.send(Disconnect(self, tuple(self.all_rooms())))
 
     async def _read_loop(self) -> None:
         while True:

@@ -186,8 +186,9 @@ class Gateway:
             conn_id, principal, ws, outbox, self._registry, self._keeper, self._authenticate,
             config,
         )
-        log.info("conn %d user=%r connected from %s", conn_id, connection.user_id,
-                 outbox.remote)
+        if log.isEnabledFor(logging.INFO):  # the peer's address costs a system call
+            log.info("conn %d user=%r connected from %s", conn_id, connection.user_id,
+                     outbox.remote)
         connection.resume_from = position_in(request)
         self._connections.add(connection)
         if self.draining:  # the drain began while this one was being accepted

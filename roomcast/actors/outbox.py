@@ -19,6 +19,7 @@ as the prebuilt frames: the two can never interleave inside a frame.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable
 
@@ -194,7 +195,14 @@ class Outbox:
         await trio.lowlevel.checkpoint()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        data = await self._stream.receive_some(max_bytes)
+        # The socket's own recv, with SocketStream.receive_some's error translation but
+        # not its generator-based context manager per read (a few % of a handshake).
+        try:
+            data = await self._stream.socket.recv(max_bytes or 65536)
+        except OSError as exc:
+            if exc.errno in (errno.EBADF, errno.ENOTSOCK):
+                raise trio.ClosedResourceError("socket closed") from None
+            raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
         self.last_received = trio.current_time()
         return data
 

@@ -332,6 +332,7 @@ async def test_half_a_handshake_then_silence_is_dropped_after_the_timeout():
         elapsed = trio.current_time() - started
         assert 0.3 <= elapsed < 1.5, elapsed
         assert not a.service.notifications.is_user_connected(1)
+        assert a.service.metrics.handshake_failures == {"timeout": 5}
         for client in clients:
             await client.aclose()
         await a.check()
@@ -347,6 +348,7 @@ async def test_half_a_handshake_then_hang_up_frees_the_socket_at_once():
                 await client.send(request[:40])
                 await hang_up(client)
             await settle(a.baseline, timeout=1.0)
+        assert a.service.metrics.handshake_failures == {"hung_up": 10}
         await a.check()
 
 
@@ -419,6 +421,12 @@ async def test_requests_that_are_not_a_websocket_upgrade(request_bytes):
             assert status.startswith(b"HTTP/1.1 4"), answer[:200]
             await client.aclose()
         await settle(a.baseline, timeout=1.0)
+        # Each refusal counted once: by wsproto's check (bad_request), or by ours when
+        # the request was an upgrade after all (HTTP/1.0 here: a 403 for its token).
+        failures = a.service.metrics.handshake_failures
+        assert sum(failures.values()) == 3 and len(failures) == 1, failures
+        if b"HTTP/1.0" not in request_bytes:
+            assert failures == {"bad_request": 3}
         await a.check()
 
 

@@ -38,6 +38,28 @@ async def test_leaving_open_service_closes_every_client_with_1001():
             assert service.notifications.get_connected_users() == set()
 
 
+async def test_the_port_is_free_once_the_service_has_stopped(monkeypatch):
+    closed: list[int] = []
+    close = trio.SocketListener.aclose
+
+    async def recording_close(listener: trio.SocketListener) -> None:
+        closed.append(listener.socket.getsockname()[1])
+        await close(listener)
+
+    monkeypatch.setattr(trio.SocketListener, "aclose", recording_close)
+    async with running() as service, connect(service, 1):
+        port = service.port
+    # The listener is closed, not left to the garbage collector (which may keep the
+    # port taken for as long as anything refers to it): nothing answers there, and a
+    # new service listens on the same port at once.
+    assert port in closed
+    with pytest.raises(OSError):
+        await trio.open_tcp_stream("127.0.0.1", port)
+    async with running(port=port) as again, connect(again, 1) as client:
+        assert again.port == port
+        assert (await client.request({"type": "text", "data": "x"}))["message"] == "Echo: x"
+
+
 async def test_handshake_while_draining_gets_503():
     from trio_websocket import ConnectionRejected
 

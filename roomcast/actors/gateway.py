@@ -109,18 +109,21 @@ class Gateway:
 
     async def _accept(self, listener: trio.SocketListener) -> None:
         # trio.serve_listeners, less its per-socket aclose_forcefully (a cancel scope
-        # and a checkpoint per connection; the outbox closes the socket itself).
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                if exc.errno not in _OUT_OF_CAPACITY:
-                    raise
-                log.error("accept failed (%s); trying again in %.1f s", exc, _ACCEPT_PAUSE)
-                await trio.sleep(_ACCEPT_PAUSE)
-                continue
-            assert self._nursery is not None
-            self._nursery.start_soon(self._serve_socket, stream)
+        # and a checkpoint per connection; the outbox closes the socket itself). The
+        # listener is closed when the loop ends: the port is free again at once.
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in _OUT_OF_CAPACITY:
+                        raise
+                    log.error("accept failed (%s); trying again in %.1f s", exc,
+                              _ACCEPT_PAUSE)
+                    await trio.sleep(_ACCEPT_PAUSE)
+                    continue
+                assert self._nursery is not None
+                self._nursery.start_soon(self._serve_socket, stream)
 
     async def drain(self, timeout: float) -> None:
         """Stop accepting new clients, close every open one with 1001, and wait (at

@@ -7,10 +7,11 @@ earliest entry is due; a call that brings that moment closer wakes it.
 
 - Heartbeats: it looks at each connection when that connection's own interval is up:
   `ping_interval` after the last byte it sent us (any frame counts, a pong included).
-  Quiet for an interval: it is sent a prebuilt ping frame. Quiet for an interval plus
-  `ping_timeout`: it is dead or half-open, and is closed with 4000. Each connection is
-  due on a clock of its own (a heap), so that thousands of connections opened together
-  are not pinged in one sweep, which would wake thousands of readers at once.
+  Quiet for an interval (plus a random share of up to JITTER of it): it is sent a
+  prebuilt ping frame. No answer within `ping_timeout` of the ping: it is dead or
+  half-open, and is closed with 4000. Each connection is due on a clock of its own (a
+  heap), so that thousands of connections opened together are not pinged in one sweep,
+  which would wake thousands of readers at once.
 - Token expiry: a connection whose token expires is closed with 4001 at that moment
   (plus the leeway), unless a `refresh_token` frame moved its expiry first.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+import random
 import time
 from typing import TYPE_CHECKING
 
@@ -36,6 +38,10 @@ log = logging.getLogger(__name__)
 PING_FRAME = b"\x89\x00"  # a final ping frame with no payload, unmasked
 # Heartbeat checks due within this much are done in one pass (late by at most this).
 GRANULARITY = 0.005
+# A quiet connection is pinged `ping_interval` after its last byte, plus up to this share
+# of the interval at random: connections opened together (a deploy, a benchmark) are not
+# pinged together, and their pongs do not wake thousands of tasks in the same moments.
+JITTER = 0.25
 # A pass over many due connections yields after this long.
 SLICE_SECONDS = 0.0005
 
@@ -67,7 +73,7 @@ class Keeper(Actor):
     def watch(self, connection: Connection) -> None:
         """Start (or refresh) watching a connection; its `expires_at` is read now."""
         if connection.id not in self.connections:
-            self._push_check(trio.current_time() + self.ping_interval, connection.id)
+            self._push_check(trio.current_time() + self._quiet_for(), connection.id)
         self.connections[connection.id] = connection
         expires_at = connection.principal.expires_at
         if expires_at is not None:
@@ -77,6 +83,9 @@ class Keeper(Actor):
         self.connections.pop(connection.id, None)
         self._pinged.pop(connection.id, None)
         self._maybe_compact()
+
+    def _quiet_for(self) -> float:
+        return self.ping_interval * (1.0 + JITTER * random.random())
 
     def _push_check(self, at: float, conn_id: int) -> None:
         heapq.heappush(self._checks, (at, conn_id))
@@ -154,5 +163,5 @@ class Keeper(Actor):
             again = now + self.ping_timeout
         else:
             self._pinged.pop(connection.id, None)
-            again = last_received + self.ping_interval
+            again = last_received + self._quiet_for()
         self._push_check(again, connection.id)

@@ -156,6 +156,40 @@ async def test_room_crash_mid_fan_out_finishes_the_fan_out_after_restart(service
             await client.nothing_within(0.1)  # and nothing twice
 
 
+async def test_inline_registry_crash_fails_that_message_only_and_keeps_its_state(service):
+    # The registry runs inline, in its senders' tasks: a crash fails the message it
+    # crashed on, counts as a restart, and the registry goes on with its state.
+    async with connect(service, 1) as a:
+        await a.request({"type": "join_room", "room": "r"})
+        reply: Reply[None] = Reply()
+        await service.registry.send(Crash(InjectedFault("injected"), reply))
+        with pytest.raises(ActorCrashed):
+            await reply.wait()
+        assert service.supervisor.restarts == 1
+        assert service.metrics.restarts == {"registry": 1}
+        assert NotificationService.get_room_members("r") == {1}
+        async with connect(service, 2) as b:
+            await b.request({"type": "join_room", "room": "r"})
+            assert await NotificationService.notify_room("r", "after") == 2
+            assert (await a.recv())["message"] == "after"
+            assert (await b.recv())["message"] == "after"
+        await eventually(lambda: NotificationService.get_room_members("r") == {1}, timeout=5)
+
+
+async def test_inline_personal_room_crash_mid_fan_out_still_reaches_every_tab_once(service):
+    async with connect(service, 1) as t1, connect(service, 1) as t2, connect(service, 1) as t3:
+        room = service.registry.room("user_1")
+        assert room is not None and room.inline
+        room.fault_after = 0  # crash right after the first tab got the frame
+        assert await NotificationService.notify_user(1, "one", data={"seq": 1}) is True
+        assert service.supervisor.restarts == 1
+        assert service.metrics.restarts == {"room": 1}
+        assert await NotificationService.notify_user(1, "two", data={"seq": 2}) is True
+        for tab in (t1, t2, t3):
+            assert [(await tab.recv())["data"]["seq"] for _ in range(2)] == [1, 2]
+            await tab.nothing_within(0.1)  # and nothing twice
+
+
 async def test_member_failing_mid_fan_out_is_closed_with_1011_others_get_every_frame(service):
     async with connect(service, 1) as a, connect(service, 2) as b, connect(service, 3) as c:
         for client in (a, b, c):

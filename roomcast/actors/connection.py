@@ -257,9 +257,10 @@ class Connection:
 
             # The room sends the answer itself, then any frames we missed.
             join = JoinRoom(self, room, Reply(), answer, position)
-            await self.registry.send(join)  # cancelled here: not sent, nothing to undo
-            # Sent: the registry joins us whatever happens next, so our Disconnect must
-            # name the room even if we are cancelled (4009, 4001...) before the answer.
+            # Handled (or queued) whole, cancelled or not: the registry handles its
+            # messages shielded. It joins us whatever happens next, so our Disconnect
+            # must name the room even if we are cancelled (4009, 4001...) before the answer.
+            await self.registry.send(join)
             self.rooms[room] = None
             await join.reply.wait()
             return
@@ -270,8 +271,8 @@ class Connection:
             raise ProtocolError.forbidden("leaving your personal room")
         if room in self.rooms:
             leave = LeaveRoom(self, room, Reply())
-            await self.registry.send(leave)  # cancelled here: not sent, still a member
-            del self.rooms[room]  # sent: the registry takes us out, our Disconnect must not
+            await self.registry.send(leave)  # handled whole, as a join is
+            del self.rooms[room]  # the registry takes us out: our Disconnect must not
             await leave.reply.wait()
         self._rooms_reply("Left room", room)
 

@@ -67,7 +67,9 @@ class Config:
     handshake_timeout: float = _setting(10.0, "seconds a client has to finish the handshake")
     close_timeout: float = _setting(5.0, "seconds to wait for a client's closing handshake")
     ping_interval: float = _setting(
-        25.0, "seconds of client silence before the service pings it"
+        25.0,
+        "seconds of client silence before the service pings it "
+        "(plus up to a quarter more, at random)",
     )
     ping_timeout: float = _setting(
         20.0, "seconds a pinged client has to answer before it is closed with 4000"

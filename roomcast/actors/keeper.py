@@ -110,15 +110,17 @@ class Keeper(Actor):
 
     def _compact(self) -> None:
         """Drop entries of gone connections and of refreshed tokens, so that churn and
-        refresh floods cannot grow the heap past twice the live connections."""
-        self._expiries = [
+        refresh floods cannot grow the heap past twice the live connections. In place:
+        `unwatch` may run while the keeper's own pass over the heap is at a checkpoint,
+        and that pass must go on with the same list."""
+        self._expiries[:] = [
             (deadline, conn_id, expires_at)
             for deadline, conn_id, expires_at in self._expiries
             if (conn := self.connections.get(conn_id)) is not None
             and conn.principal.expires_at == expires_at
         ]
         heapq.heapify(self._expiries)
-        self._checks = [entry for entry in self._checks if entry[1] in self.connections]
+        self._checks[:] = [entry for entry in self._checks if entry[1] in self.connections]
         heapq.heapify(self._checks)
 
     def _expire(self, now: float) -> None:
@@ -136,6 +138,8 @@ class Keeper(Actor):
 
     async def _check_heartbeats(self) -> None:
         checks, deadline = self._checks, time.perf_counter() + SLICE_SECONDS
+        # `checks` stays this keeper's heap across the checkpoints (compaction is in
+        # place), though watch/unwatch may change it meanwhile.
         while checks and checks[0][0] <= trio.current_time():
             _, conn_id = heapq.heappop(checks)
             connection = self.connections.get(conn_id)

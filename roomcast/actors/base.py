@@ -65,6 +65,7 @@ class Actor:
     name: str
     metrics: Metrics = UNCOUNTED  # the service's, given by the supervisor that starts it
     inline = False  # see MailboxActor
+    tick_interval: float | None = None  # when set, `tick` runs that often
     # Told of an inline actor's crashes (the supervisor's policy counts them).
     on_inline_crash: Callable[[Actor], None] | None = None
 
@@ -169,8 +170,6 @@ class MailboxActor(Actor):
                     log.exception("actor crashed: %s", self.name)
                 else:
                     self.on_inline_crash(self)  # may escalate: stops the actor
-
-    tick_interval: float | None = None  # when set, `tick` runs that often
 
     async def run(self) -> None:
         """The actor's loop; a supervisor calls it again after a crash, state intact.

@@ -2,9 +2,9 @@
 
 Each accepted socket gets a task; the handshake and then the connection actor run in
 it, and it is the only one that reads the socket (the outbox's writer task, while there
-is a backlog, runs in the same nursery and ends with the socket). Whatever goes wrong inside one
-connection ends there: it is logged, that socket is closed (1011 when it had been
-upgraded), and no sibling is touched.
+is a backlog, runs in the same nursery and ends with the socket). Whatever goes wrong
+inside one connection ends there: it is logged, that socket is closed (1011 when it had
+been upgraded), and no sibling is touched.
 """
 
 from __future__ import annotations

@@ -194,11 +194,11 @@ class Outbox:
             await self._progress.park()
         await trio.lowlevel.checkpoint()
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+    async def receive_some(self, max_bytes: int) -> bytes:
         # The socket's own recv, with SocketStream.receive_some's error translation but
         # not its generator-based context manager per read (a few % of a handshake).
         try:
-            data = await self._stream.socket.recv(max_bytes or 65536)
+            data = await self._stream.socket.recv(max_bytes)
         except OSError as exc:
             if exc.errno in (errno.EBADF, errno.ENOTSOCK):
                 raise trio.ClosedResourceError("socket closed") from None

@@ -46,7 +46,7 @@ class Supervisor:
         actor.metrics = self.metrics  # every actor of the service counts in one place
         if actor.inline:  # it runs in its senders' tasks, and reports its crashes
             actor.on_inline_crash = self._inline_crashed
-            if getattr(actor, "tick_interval", None) is None:
+            if actor.tick_interval is None:
                 return  # no task at all
         self._nursery.start_soon(self._supervise, actor, name=actor.name)
 

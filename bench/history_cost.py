@@ -18,8 +18,9 @@ import time
 
 import trio
 
-from roomcast.actors.room import HistoryPolicy, Publish, Room
+from roomcast.actors.room import Publish, Room
 from roomcast.protocol import MessageType, ServerFrame, encode_body
+from roomcast.protocol.roomlog import Retention
 
 
 class Member:
@@ -40,7 +41,7 @@ class Member:
 
 
 async def per_publish(members: int, publishes: int, size: int) -> float:
-    room = Room("bench", 16, HistoryPolicy(size=size, ttl=300.0))
+    room = Room("bench", 16, Retention(size=size, ttl=300.0))
     devnull = os.open(os.devnull, os.O_WRONLY)
     for index in range(members):
         room.members[index] = Member(index, devnull)  # type: ignore[assignment]

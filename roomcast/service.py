@@ -13,13 +13,13 @@ from roomcast.actors.backplane import Backplane
 from roomcast.actors.gateway import Gateway
 from roomcast.actors.keeper import Keeper
 from roomcast.actors.registry import Registry
-from roomcast.actors.room import HistoryPolicy
 from roomcast.actors.supervisor import Escalation, Supervisor
 from roomcast.auth import Authenticator, JwtAuthenticator, checked
 from roomcast.config import Config
 from roomcast.facade import NotificationService
 from roomcast.http import serve_http
 from roomcast.metrics import Metrics
+from roomcast.protocol.roomlog import Retention
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ async def _run(
             supervisor = Supervisor(
                 actors, config.restart_intensity, config.restart_period, escalate, metrics
             )
-            history = HistoryPolicy(size=config.history_size, ttl=config.history_ttl)
+            history = Retention(size=config.history_size, ttl=config.history_ttl)
             registry = Registry(config.mailbox_size, supervisor.start, history)
             keeper = Keeper(config.ping_interval, config.ping_timeout, config.jwt_leeway)
             supervisor.start(registry)

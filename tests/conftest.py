@@ -120,12 +120,13 @@ def ws_url(service: Service, query: str = "") -> str:
 @asynccontextmanager
 async def connect(
     service: Service, user: Any = 1, *, token: str | None = None, scope: str | None = None,
-    **ws_kwargs: Any,
+    query: str = "", **ws_kwargs: Any,
 ) -> AsyncIterator[Client]:
-    """Connect as `user` (a token is minted unless one is given) and read the welcome."""
+    """Connect as `user` (a token is minted unless one is given) and read the welcome.
+    `query`: more of the URL's query string (`&recover=1`, `&offset=3&epoch=E`)."""
     if token is None:
         token = token_for(user, service.config, scope=scope)
-    async with open_websocket_url(ws_url(service, f"?token={token}"), **ws_kwargs) as ws:
+    async with open_websocket_url(ws_url(service, f"?token={token}{query}"), **ws_kwargs) as ws:
         with trio.fail_after(5):
             welcome = json.loads(await ws.get_message())
         yield Client(ws, welcome)

@@ -63,11 +63,13 @@ async def test_offline_user_gets_what_a_worker_sent_once_on_any_node(redis):
     async with cluster(redis) as a, cluster(redis) as b:
         assert await worker.notify_user(9, "your export is ready") is False
         assert await a.notifications.notify_user(9, "and a second thing") is False
-        async with connect(b, 9) as tab:
+        async with connect(b, 9) as plain:  # asks for nothing: the seed's behaviour
+            await plain.nothing_within(0.3)
+        async with connect(b, 9, query="&recover=1") as tab:
             assert (await tab.recv())["message"] == "your export is ready"
             assert (await tab.recv())["message"] == "and a second thing"
             await tab.nothing_within(0.3)
-        async with connect(a, 9) as later:
+        async with connect(a, 9, query="&recover=1") as later:
             await later.nothing_within(0.3)
 
 

@@ -199,10 +199,11 @@ async def test_notify_user_in_room_return_value(service):
     async with connect(service, 8) as client:
         assert await NotificationService.notify_user_in_room(user_id=8, message="y") is True
         assert await NotificationService.notify_user_in_room(user_id=9, message="z") is False
-        # "x" reached nobody, so the personal room kept it for user 8's next connection.
-        assert (await client.recv())["message"] == "x"
+        # "x" reached nobody: kept for a client that asks to recover, not for this one.
         assert (await client.recv())["message"] == "y"
         await client.nothing_within(0.1)
+    async with connect(service, 9, query="&recover=1") as client:
+        assert (await client.recv())["message"] == "z"
 
 
 async def test_is_user_connected_and_get_connected_users(service):

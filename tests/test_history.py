@@ -66,15 +66,52 @@ async def test_reconnect_with_a_position_gets_exactly_the_missed_frames_in_order
 async def test_an_offline_user_gets_the_personal_notifications_sent_while_away_once(service):
     assert await service.notifications.notify_user(9, "your upload is complete") is False
     assert await service.notifications.notify_user_in_room(9, "and one more") is False
-    async with connect(service, 9) as tab:
+    async with connect(service, 9) as plain:  # a seed client asks for nothing: gets nothing
+        assert plain.welcome["data"] == {"user_id": 9, "rooms": ["user_9"]}
+        await plain.nothing_within(0.1)
+    async with connect(service, 9, query="&recover=1") as tab:
         assert tab.welcome["data"]["user_id"] == 9  # the welcome comes first
+        assert tab.welcome["data"]["recovered"] is True
         assert (await tab.recv())["message"] == "your upload is complete"
         assert (await tab.recv())["message"] == "and one more"
         await tab.nothing_within(0.1)
-        async with connect(service, 9) as second_tab:  # once: not again
+        async with connect(service, 9, query="&recover=1") as second_tab:  # once: not again
             await second_tab.nothing_within(0.2)
-    async with connect(service, 9) as later:
+    async with connect(service, 9, query="&recover=1") as later:
         await later.nothing_within(0.2)
+
+
+async def test_more_offline_notifications_than_kept_are_refused_before_any_frame(service):
+    size = service.config.history_size
+    for i in range(size + 2):
+        assert await service.notifications.notify_user(8, f"n{i}") is False
+    async with connect(service, 8, query="&recover=1") as tab:
+        # Told first that some were lost, then given the ones kept, in order.
+        assert tab.welcome["data"]["recovered"] is False
+        assert tab.welcome["data"]["reason"] == "too_many"
+        for i in range(2, size + 2):
+            assert (await tab.recv())["message"] == f"n{i}"
+        await tab.nothing_within(0.1)
+        assert await service.notifications.notify_user(8, "live") is True
+        assert (await tab.recv())["message"] == "live"
+
+
+async def test_a_short_reconnect_to_a_quiet_room_recovers(service):
+    """The room had no frame and lost its last member: its epoch lives on."""
+    async with connect(service, 1) as first:
+        answer = await first.request({"type": "join_room", "room": "quiet",
+                                      "data": {"recover": True}})
+        seen = answer["data"]
+    async with connect(service, 1) as again:
+        answer = await again.request({"type": "join_room", "room": "quiet", "data": {
+            "offset": seen["offset"], "epoch": seen["epoch"]}})
+        assert answer["data"]["recovered"] is True, answer
+    # The personal room too, through the URL, with no frame ever sent to it.
+    async with connect(service, 5, query="&recover=1") as tab:
+        position = tab.welcome["data"]
+    query = f"&offset={position['offset']}&epoch={position['epoch']}"
+    async with connect(service, 5, query=query) as tab:
+        assert tab.welcome["data"]["recovered"] is True, tab.welcome
 
 
 async def test_handshake_position_recovers_the_personal_room(service):
@@ -147,22 +184,30 @@ def test_history_benchmark_runs_tiny(script: str, args: list[str], expected: str
     assert expected in result.stdout
 
 
-async def test_a_stale_personal_position_still_gets_what_waited_for_the_user(service):
-    """The personal room was gone (nobody in it, nothing kept), so the position the
-    client remembers is from an old epoch: recovery fails, honestly, but what reached
-    nobody meanwhile is still delivered, once."""
+async def test_a_personal_position_recovers_what_waited_for_the_user(service):
+    """The personal room lost its last tab and kept nothing, yet its epoch lives on for
+    `history_ttl`: the position the client remembers recovers what reached nobody."""
     query = f"?token={token_for(6)}&recover=1"
     async with open_websocket_url(ws_url(service, query)) as ws:
         welcome = json.loads(await ws.get_message())
     position = welcome["data"]
-    # The empty personal room stops.
-    await eventually(lambda: service.registry.room("user_6") is None, timeout=2)
     assert await service.notifications.notify_user(6, "while you were away") is False
     query = f"?token={token_for(6)}&offset={position['offset']}&epoch={position['epoch']}"
     async with open_websocket_url(ws_url(service, query)) as ws:
         welcome = json.loads(await ws.get_message())
-        assert welcome["data"]["recovered"] is False
-        assert welcome["data"]["reason"] == "epoch_changed"
+        assert welcome["data"]["recovered"] is True
+        assert welcome["data"]["epoch"] == position["epoch"]
         assert json.loads(await ws.get_message())["message"] == "while you were away"
-    async with connect(service, 6) as again:
-        await again.nothing_within(0.2)
+    async with connect(service, 6, query="&recover=1") as again:
+        await again.nothing_within(0.2)  # given once
+
+
+async def test_a_room_idle_past_retention_is_a_new_epoch():
+    async with running(history_ttl=1.0) as service:
+        async with connect(service, 3, query="&recover=1") as tab:
+            position = tab.welcome["data"]
+        await eventually(lambda: service.registry.room("user_3") is None, timeout=10)
+        query = f"&offset={position['offset']}&epoch={position['epoch']}"
+        async with connect(service, 3, query=query) as tab:
+            assert tab.welcome["data"]["recovered"] is False
+            assert tab.welcome["data"]["reason"] == "epoch_changed"

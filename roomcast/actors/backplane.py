@@ -46,8 +46,10 @@ from coredis.retry import (
 
 from roomcast.actors.base import ActorCrashed, MailboxActor, Reply
 from roomcast.actors.room import LOBBY, Join, Publish, Room
-from roomcast.actors.streams import BackplaneUnavailable, Numbered, Streams, Stretch
+from roomcast.actors.streams import BackplaneUnavailable, Numbered, Streams
 from roomcast.protocol import UserId, is_personal_room, normalize_user_id, personal_room_owner
+from roomcast.protocol.holdback import Fetch
+from roomcast.protocol.roomlog import Stretch
 
 if TYPE_CHECKING:
     from roomcast.actors.registry import Registry
@@ -269,8 +271,11 @@ class Backplane(MailboxActor):
     async def position(self, room: str) -> tuple[str, int]:
         return await self._redis(self.streams.position, room)
 
-    async def since(self, room: str, offset: int) -> Stretch:
-        return await self._redis(self.streams.since, room, offset)
+    async def since(self, room: str, offset: int, *, entries: bool = True) -> Stretch:
+        return await self._redis(self.streams.since, room, offset, entries)
+
+    async def fetch(self, room: str, fetch: Fetch) -> list[tuple[int, bytes]]:
+        return await self._redis(self.streams.fetch, room, fetch)
 
     async def take_pending(self, user: UserId) -> list[bytes]:
         return await self._redis(self.streams.take_pending, user)
@@ -341,6 +346,10 @@ class Backplane(MailboxActor):
                 with trio.move_on_after(1.0):
                     with contextlib.suppress(REDIS_ERRORS):
                         await self._unsubscribe([message.room])
+                        if self.cluster_history and message.room != LOBBY:
+                            # The room's epoch lives `history_ttl` from its last member's
+                            # departure: a short reconnect recovers.
+                            await self.streams.touch(self._client, message.room)
 
     async def _subscribe(self, rooms: Iterable[str]) -> None:
         channels = [self.keys.room_channel(r) for r in rooms]
@@ -389,9 +398,16 @@ class Backplane(MailboxActor):
             # Anything with access to Redis can publish here: not our format, not sent.
             log.warning("backplane: ignored a malformed message on room %r", room_name)
             return
-        # One at a time: frames from one publisher keep their order here too.
-        with contextlib.suppress(ActorCrashed, trio.ClosedResourceError, trio.EndOfChannel):
-            await room.call(Publish(body, Reply(), numbered))
+        # In order: frames from one publisher keep their order here too (numbered ones
+        # are put in offset order by the room's hold-back buffer, so nobody waits here
+        # for a frame that is held until the next one on this channel comes).
+        with contextlib.suppress(trio.ClosedResourceError, trio.EndOfChannel,
+                                 trio.BrokenResourceError):
+            if numbered is not None:
+                await room.send(Publish(body, None, numbered))
+            else:
+                with contextlib.suppress(ActorCrashed):
+                    await room.call(Publish(body, Reply(), numbered))
 
     def _on_presence(self, data: bytes) -> None:
         try:

@@ -184,16 +184,20 @@ class MailboxActor(Actor):
             message: Any = None
             try:
                 await self.idle()
-                if self.tick_interval is None:
+                wake = min(next_tick, self.deadline())
+                if wake == math.inf:
                     message = await self._inbox.receive()
                 else:
-                    with trio.move_on_at(next_tick):
+                    with trio.move_on_at(wake):
                         message = await self._inbox.receive()
             except trio.EndOfChannel:
                 return
-            if self.tick_interval is not None and trio.current_time() >= next_tick:
-                next_tick = trio.current_time() + self.tick_interval
+            now = trio.current_time()
+            if self.tick_interval is not None and now >= next_tick:
+                next_tick = now + self.tick_interval
                 await self.tick()
+            if now >= self.deadline():
+                await self.at_deadline()
             if message is None:
                 continue
             try:
@@ -220,6 +224,14 @@ class MailboxActor(Actor):
 
     async def tick(self) -> None:
         """Periodic work of an actor that sets `tick_interval`."""
+
+    def deadline(self) -> float:
+        """When the actor has something to do with no message (inf: never); read
+        before each wait for a message. Not for inline actors."""
+        return math.inf
+
+    async def at_deadline(self) -> None:
+        """What it does once `deadline` has passed."""
 
     def on_crash(self, message: Any) -> None:
         """The message being handled crashed the actor: by default its caller is told."""

@@ -15,7 +15,7 @@ from roomcast.actors.base import ActorCrashed, Reply
 from roomcast.actors.keeper import Keeper
 from roomcast.actors.outbox import Outbox
 from roomcast.actors.registry import Connect, Disconnect, JoinRoom, LeaveRoom, Registry
-from roomcast.actors.room import LOBBY, Recovery
+from roomcast.actors.room import LOBBY
 from roomcast.actors.websocket import ConnectionClosed, WebSocket
 from roomcast.auth import Authenticator, AuthError, Principal
 from roomcast.config import Config
@@ -35,6 +35,7 @@ from roomcast.protocol import (
     personal_room,
     position_from,
 )
+from roomcast.protocol.roomlog import Recovery
 
 log = logging.getLogger(__name__)
 

@@ -15,25 +15,14 @@ import trio
 
 from roomcast.actors.backplane import Subscribe, Unsubscribe
 from roomcast.actors.base import MailboxActor, Reply
-from roomcast.actors.room import (
-    LOBBY,
-    Delivery,
-    HistoryPolicy,
-    Join,
-    Leave,
-    Publish,
-    Recovery,
-    Room,
-)
+from roomcast.actors.room import LOBBY, NOBODY, Delivery, Join, Leave, Publish, Room
 from roomcast.actors.streams import BackplaneUnavailable, Numbered
 from roomcast.protocol import Position, UserId, personal_room, personal_room_owner
+from roomcast.protocol.roomlog import Recovery, Retention
 
 if TYPE_CHECKING:
     from roomcast.actors.backplane import Backplane
     from roomcast.actors.connection import Connection
-
-
-NOBODY = Delivery(users=0, connections=0)
 
 
 @attrs.define
@@ -87,16 +76,17 @@ class Registry(MailboxActor):
         self,
         mailbox_size: int,
         start_room: Callable[[Room], None],
-        history: HistoryPolicy | None = None,
+        retention: Retention | None = None,
     ) -> None:
         # Inline: registering, joining and leaving cost a connection no task switch to
         # a registry task; they are still handled one at a time, in order.
         super().__init__("registry", mailbox_size, inline=True)
         self._mailbox_size = mailbox_size
         self._start_room = start_room
-        self._history = history or HistoryPolicy()
-        # Rooms with no members stay while their history is kept; swept this often.
-        self.tick_interval = max(1.0, min(30.0, self._history.ttl / 4))
+        self._retention = retention or Retention()
+        # Rooms with no members stay `history_ttl` after their last frame or member, so
+        # that a short reconnect finds the same epoch; swept this often.
+        self.tick_interval = max(1.0, min(30.0, self._retention.ttl / 4))
         self.users: dict[UserId, dict[int, Connection]] = {}
         self._rooms: dict[str, _RoomEntry] = {}
         self._vacant: set[str] = set()  # rooms without members, kept for their history
@@ -151,7 +141,7 @@ class Registry(MailboxActor):
         if actor is None:
             # Numbered in Redis: the history lives there. Otherwise a room starts to
             # keep the frame for members to come (a user offline now, for one).
-            if numbered is not None or room == LOBBY or self._history.size == 0:
+            if numbered is not None or room == LOBBY or self._retention.size == 0:
                 return NOBODY
             try:
                 actor = await self.call(EnsureRoom(room, Reply()))
@@ -206,7 +196,7 @@ class Registry(MailboxActor):
                 message.reply.set(None)
 
     def _start(self, room: str, refs: int) -> _RoomEntry:
-        actor = Room(room, self._mailbox_size, self._history, inline=self._inline(room))
+        actor = Room(room, self._mailbox_size, self._retention, inline=self._inline(room))
         entry = self._rooms[room] = _RoomEntry(actor, refs)
         self._start_room(actor)
         if self.backplane is not None:
@@ -270,12 +260,13 @@ class Registry(MailboxActor):
         entry.refs -= 1
         await entry.actor.send(Leave(connection, reply))
         if entry.refs <= 0:
-            if self.backplane is not None:
-                await self.backplane.send(Unsubscribe(room))
-            if entry.actor.retained_until() <= trio.current_time():
-                self._stop(room, entry)
+            backplane = self.backplane
+            if backplane is not None:
+                await backplane.send(Unsubscribe(room))
+            if backplane is not None and backplane.cluster_history:
+                self._stop(room, entry)  # its epoch and history live on in Redis
             else:
-                self._vacant.add(room)
+                self._vacant.add(room)  # remembered for `history_ttl`: see `tick`
 
     def _stop(self, room: str, entry: _RoomEntry) -> None:
         # Publishers that still hold the address find the mailbox closed, which means
@@ -285,9 +276,10 @@ class Registry(MailboxActor):
         entry.actor.close_mailbox()
 
     async def tick(self) -> None:
-        """Stop the rooms that have no members and whose history has expired."""
+        """Forget the rooms that have had no member and no frame for `history_ttl`:
+        their next life is a new epoch."""
         now = trio.current_time()
         for room in list(self._vacant):
             entry = self._rooms[room]
-            if entry.actor.retained_until() <= now:
+            if entry.actor.expires_at() <= now:
                 self._stop(room, entry)

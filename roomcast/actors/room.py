@@ -5,6 +5,11 @@ kernel or queues it in that member's own outbox. One task wake-up per publish, n
 per member. A big room defers its members' writes until no other publish follows at
 once, then flushes: frames published back to back cost each member one system call.
 
+What the frames mean (numbering, epochs, retention, recovery, the order in a cluster)
+is decided by the pure state machines in `roomcast.protocol.roomlog` and
+`roomcast.protocol.holdback`; this actor feeds them the frames, the joins and the
+time, and carries out what they decide.
+
 A fan-out survives crashes. A member whose `deliver` raises is that member's fault: it
 is closed with 1011 and the fan-out goes on. If the room itself crashes mid-fan-out,
 its supervisor restarts it, and the restarted loop first finishes the interrupted
@@ -13,13 +18,11 @@ fan-out for the members not reached yet, then answers the publisher.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import secrets
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -31,11 +34,12 @@ from roomcast.actors.streams import BackplaneUnavailable, Numbered
 from roomcast.protocol import (
     CloseCode,
     Position,
-    RecoveryFailure,
     UserId,
     positioned_frame,
     text_frame,
 )
+from roomcast.protocol.holdback import HoldBack, Released
+from roomcast.protocol.roomlog import Kept, Recovery, Retention, RoomLog, recover_from_stretch
 
 if TYPE_CHECKING:
     from roomcast.actors.backplane import Backplane
@@ -53,6 +57,9 @@ SLICE_SECONDS = 0.0005
 # Fan-outs to more members than this defer their writes to the room's flush; smaller
 # ones write at once (a user's own tabs, a small room: no wait for the flush).
 WRITE_NOW_UP_TO = 16
+# In a cluster, how long a frame that came ahead of its turn waits for the ones before
+# it (they are on their way through the other stream) before they are read from Redis.
+GAP_WAIT_SECONDS = 0.25
 
 
 @attrs.frozen
@@ -62,15 +69,7 @@ class Delivery:
     user_ids: set[UserId] = attrs.field(factory=set, eq=False)  # who they are
 
 
-@attrs.frozen
-class Recovery:
-    """What a join learned about its position in the room."""
-
-    offset: int  # the room's last offset: frames after the join have larger ones
-    epoch: str
-    recovered: bool | None = None  # None: no position was given
-    reason: RecoveryFailure | None = None
-    missed: int = 0  # frames sent right after the answer, before any new frame
+NOBODY = Delivery(users=0, connections=0)
 
 
 @attrs.define
@@ -98,36 +97,22 @@ class Publish:
 
 
 @attrs.define
-class _Entry:
-    """One frame of a room's history."""
-
-    offset: int
-    at: float  # trio.current_time() when published
-    frame: bytes
-    delivered: bool = False  # reached a connection (else it waits for the user to come)
-
-
-@attrs.define
 class _FanOut:
     """A fan-out in progress: what is left survives a crash of the room's loop."""
 
-    publish: Publish
+    reply: Reply[Delivery] | None
     frame: bytes  # numbered and framed once, before the first member gets it
     pending: Iterator[Connection]
     later: bool  # deferred to the room's flush
+    kept: Kept | None  # its record in the room's log, marked once someone has it
     users: set[UserId] = attrs.Factory(set)
     connections: int = 0
 
 
-@attrs.frozen
-class HistoryPolicy:
-    size: int = 100  # frames kept per room; 0 keeps none
-    ttl: float = 300.0  # seconds a frame is kept
-
-
 class Room(MailboxActor):
-    """Also the room's sequencer and history: every frame gets the next `offset` in
-    this room's `epoch`, and the last frames are kept for clients that reconnect."""
+    """Also the room's history: every frame gets the next `offset` in this room's
+    `epoch` (on this node, or in Redis in a cluster), and the last frames are kept for
+    clients that reconnect."""
 
     inline_may_wait = False  # an inline room never defers, yields or reads Redis
 
@@ -135,7 +120,7 @@ class Room(MailboxActor):
         self,
         name: str,
         mailbox_size: int,
-        history: HistoryPolicy | None = None,
+        retention: Retention | None = None,
         *,
         inline: bool = False,
     ) -> None:
@@ -144,23 +129,22 @@ class Room(MailboxActor):
         super().__init__(f"room {name}", mailbox_size, inline=inline)
         self.room = name
         self.numbered = name != LOBBY  # broadcasts are live only
-        self.epoch = secrets.token_hex(4)  # new with every actor: its history is new too
-        self.last_offset = 0
-        self._policy = history or HistoryPolicy()
-        self.history: deque[_Entry] = deque()
-        self._evicted_by: RecoveryFailure | None = None
+        self.retention = retention or Retention()
+        # New with every actor: a room forgotten and started again has a new history.
+        self.log = RoomLog(secrets.token_hex(4), self.retention, trio.current_time())
         self.members: dict[int, Connection] = {}
         self.user_counts: Counter[UserId] = Counter()
         self._fan_out: _FanOut | None = None
+        self._releasing: deque[tuple[Released, Reply[Delivery] | None]] = deque()
         # Called when a user appears in or leaves the room (the backplane's presence).
         self.on_presence_change: Callable[[], None] | None = None
         self.fault_after: int | None = None  # fault injection: crash after N+1 members
-        # In a cluster the history lives in Redis, and this reads it (None: on this node).
+        # In a cluster the history lives in Redis (None: on this node).
         self.cluster: Backplane | None = None
-        # Members that recovered up to an offset: frames up to it may still arrive from
-        # Redis after the recovery, and must not reach them twice.
-        self._floors: dict[int, int] = {}
-        self._epoch_from_redis = False
+        self.holdback = HoldBack(GAP_WAIT_SECONDS)
+        # Our own publishes, numbered in Redis, waiting for their turn: their reply.
+        self._awaiting: dict[tuple[str, int], Reply[Delivery]] = {}
+        self._local_epoch_stale = False  # Redis numbered since we last numbered here
         self._unflushed: dict[int, Connection] = {}  # members with deferred frames
 
     def enter_lobby(self, connection: Connection) -> None:
@@ -194,6 +178,10 @@ class Room(MailboxActor):
     def member_users(self) -> set[UserId]:
         return set(self.user_counts)
 
+    @property
+    def epoch(self) -> str:
+        return self.log.epoch
+
     async def run(self) -> None:
         await self.recover()
         await super().run()
@@ -201,38 +189,98 @@ class Room(MailboxActor):
     async def recover(self) -> None:
         if self._fan_out is not None:  # restarted after a crash mid-fan-out
             await self._continue_fan_out()
+        await self._release()
 
     def on_crash(self, message: Any) -> None:
-        if self._fan_out is not None and self._fan_out.publish is message:
+        if self._fan_out is not None and self._fan_out.reply is getattr(message, "reply", 0):
             return  # the publisher is answered once the restarted loop has finished
         super().on_crash(message)
 
-    def retained_until(self) -> float:
-        """When the newest frame of the history expires (0 with no history)."""
-        return self.history[-1].at + self._policy.ttl if self.history else 0.0
+    def expires_at(self) -> float:
+        """When the room, with no members, may be forgotten: `history_ttl` after its
+        last frame or its last member's departure (its epoch lives that long)."""
+        return self.log.expires_at()
 
     async def handle(self, message: Join | Leave | Publish) -> None:
         if isinstance(message, Publish):
-            frame = self._number(message)
-            members = self.members.values()
-            if self._floors:
-                members = self._beyond_floors(message.numbered, members)
-            # A snapshot: members joining or leaving meanwhile cannot disturb it.
-            snapshot = list(members)
-            later = len(snapshot) > WRITE_NOW_UP_TO and not self.inline
-            self._fan_out = _FanOut(message, frame, iter(snapshot), later)
-            await self._continue_fan_out()
+            await self._publish(message)
             return
         connection = message.connection
+        self.log.touch(trio.current_time())
         if isinstance(message, Join):
             if message.answer is not None:
                 await self._answer(message)
             if self._add_member(connection):
                 self._presence_changed()
+            await self._release()  # frames the answer's sync let go, after the answer
         elif self._remove_member(connection):
             self._presence_changed()
         if message.reply is not None:
             message.reply.set(None)
+
+    # publishing -----------------------------------------------------------------------
+
+    async def _publish(self, publish: Publish) -> None:
+        numbered = publish.numbered
+        if numbered is None:
+            frame, kept = self._number(publish.body)
+            self._fan_out = self._start_fan_out(publish.reply, frame, kept)
+            await self._continue_fan_out()
+            return
+        # Numbered in Redis: released in offset order, whichever stream brought it.
+        key = (numbered.epoch, numbered.offset)
+        if publish.reply is not None:
+            self._awaiting[key] = publish.reply
+        self._local_epoch_stale = True
+        now = trio.current_time()
+        released = self.holdback.arrive(numbered.epoch, numbered.offset, numbered.frame, now)
+        self._queue_release(released)
+        if key in self._awaiting and key not in self.holdback.held:
+            # A duplicate, or a frame of an epoch left behind: nobody gets it here.
+            self._awaiting.pop(key).set(NOBODY)
+        await self._release()
+
+    def _queue_release(self, released: list[Released]) -> None:
+        for item in released:
+            self._releasing.append((item, self._awaiting.pop((item.epoch, item.offset), None)))
+
+    async def _release(self) -> None:
+        """Fan out what the hold-back buffer let go, in order."""
+        releasing = self._releasing
+        while releasing:
+            item, reply = releasing[0]
+            frame = text_frame(item.frame)
+            now = trio.current_time()
+            if item.gap or item.epoch != self.log.epoch or item.offset <= self.log.last:
+                # A new epoch, or frames that will never come: the log starts afresh.
+                self.log = RoomLog(item.epoch, self.retention, now, item.offset - 1)
+            kept = self.log.keep(item.offset, frame, now)
+            releasing.popleft()  # popped first: a crash loses nothing but this one
+            self._fan_out = self._start_fan_out(reply, frame, kept)
+            await self._continue_fan_out()
+
+    def _number(self, body: bytes) -> tuple[bytes, Kept | None]:
+        """Number a frame here: a lone node, or a cluster node while Redis is away."""
+        if not self.numbered:
+            return text_frame(body), None
+        now = trio.current_time()
+        if self._local_epoch_stale:
+            # Redis is out of reach: number here, in an epoch of our own, so that no
+            # offset can mean two frames once Redis numbers again.
+            self.log = RoomLog(secrets.token_hex(4), self.retention, now)
+            self._local_epoch_stale = False
+        log_ = self.log
+        offset = log_.next_offset()
+        frame = positioned_frame(body, offset, log_.epoch)
+        return frame, log_.keep(offset, frame, now)
+
+    def _start_fan_out(
+        self, reply: Reply[Delivery] | None, frame: bytes, kept: Kept | None
+    ) -> _FanOut:
+        # A snapshot: members joining or leaving meanwhile cannot disturb it.
+        snapshot = list(self.members.values())
+        later = len(snapshot) > WRITE_NOW_UP_TO and not self.inline
+        return _FanOut(reply, frame, iter(snapshot), later, kept)
 
     async def _continue_fan_out(self) -> None:
         fan_out = self._fan_out
@@ -262,12 +310,10 @@ class Room(MailboxActor):
                 deadline = perf_counter() + SLICE_SECONDS
         self._fan_out = None
         self.metrics.fanned_out(frame, fan_out.connections, perf_counter() - started)
-        if fan_out.connections and self.history and self.history[-1].frame is frame:
-            self.history[-1].delivered = True
-        if fan_out.publish.reply is not None:
-            fan_out.publish.reply.set(
-                Delivery(len(fan_out.users), fan_out.connections, fan_out.users)
-            )
+        if fan_out.connections and fan_out.kept is not None:
+            fan_out.kept.delivered = True
+        if fan_out.reply is not None:
+            fan_out.reply.set(Delivery(len(fan_out.users), fan_out.connections, fan_out.users))
 
     async def idle(self) -> None:
         """Write the deferred frames, unless a publish is already on its way: a
@@ -290,57 +336,49 @@ class Room(MailboxActor):
                 await trio.lowlevel.checkpoint()
                 deadline = perf_counter() + SLICE_SECONDS
 
-    # numbering, history, recovery ----------------------------------------------------
+    # the hold-back buffer's clock -------------------------------------------------------
 
-    def _number(self, publish: Publish) -> bytes:
-        body, numbered = publish.body, publish.numbered
-        if numbered is not None:
-            self.last_offset, self.epoch = numbered.offset, numbered.epoch
-            self._epoch_from_redis = True
-            return text_frame(numbered.frame)
-        if not self.numbered:
-            return text_frame(body)
-        if self._epoch_from_redis:
-            # Redis is out of reach: number here, in an epoch of our own, so that no
-            # offset can mean two frames once Redis numbers again.
-            self.epoch, self.last_offset, self._epoch_from_redis = secrets.token_hex(4), 0, False
-            self.history.clear()
-        self.last_offset += 1
-        frame = positioned_frame(body, self.last_offset, self.epoch)
-        if self._policy.size > 0:
-            now = trio.current_time()
-            self.history.append(_Entry(self.last_offset, now, frame))
-            self._evict(now)
-        return frame
+    def deadline(self) -> float:
+        return self.holdback.deadline()
 
-    def _evict(self, now: float) -> None:
-        history, policy = self.history, self._policy
-        while len(history) > policy.size:
-            history.popleft()
-            self._evicted_by = RecoveryFailure.TOO_MANY
-        while history and now - history[0].at > policy.ttl:
-            history.popleft()
-            self._evicted_by = RecoveryFailure.TOO_OLD
+    async def at_deadline(self) -> None:
+        """Frames came ahead of their turn and the ones before them did not follow:
+        read those from the room's stream (or, not synced yet, where the room stands)."""
+        cluster, holdback = self.cluster, self.holdback
+        now = trio.current_time()
+        fetch = holdback.due(now)
+        holdback.postpone(now)  # the next attempt, if this one does not fill the gap
+        if cluster is None:
+            return
+        try:
+            if not holdback.synced:
+                epoch, last = await cluster.position(self.room)
+                self._queue_release(holdback.sync(epoch, last, trio.current_time()))
+            elif fetch is not None:
+                try:
+                    frames = await cluster.fetch(self.room, fetch)
+                except BackplaneUnavailable:
+                    frames = []  # never coming: released past, as a gap
+                self._queue_release(holdback.fill(fetch, frames, trio.current_time()))
+        except BackplaneUnavailable:
+            pass  # tried again at the next deadline
+        await self._release()
 
-    def _beyond_floors(
-        self, numbered: Numbered | None, members: Iterable[Connection]
-    ) -> list[Connection]:
-        offset = numbered.offset if numbered is not None else math.inf
-        if offset > max(self._floors.values()):
-            self._floors.clear()  # every recovered member is past its floor now
-            return list(members)
-        return [m for m in members if offset > self._floors.get(m.id, -1)]
+    # recovery -------------------------------------------------------------------------
 
     async def _answer(self, join: Join) -> None:
         """Send the join's answer, then what the client missed, before any new frame."""
         recovery, missed = None, []
-        if self.cluster is not None and self.cluster.cluster_history:
+        cluster = self.cluster
+        if cluster is not None and cluster.cluster_history:
             try:
-                recovery, missed = await self._recover_from_redis(join, self.cluster)
+                recovery, missed = await self._recover_in_cluster(join, cluster)
             except BackplaneUnavailable:
                 recovery = None  # Redis just went away: what this node knows, honestly
         if recovery is None:
-            recovery, missed = self._recover(join)
+            recovery, missed = self.log.recover(
+                join.position, trio.current_time(), offline=join.welcome
+            )
         assert join.answer is not None
         answer = join.answer(recovery)
         connection = join.connection
@@ -351,75 +389,43 @@ class Room(MailboxActor):
             for frame in (answer, *missed):
                 connection.deliver(frame)
 
-    def _recover(self, join: Join) -> tuple[Recovery, list[bytes]]:
-        recovery, missed = self._recover_position(join)
-        if join.welcome and not recovery.recovered:
-            # A user coming online gets the personal notifications that reached nobody,
-            # whether or not its position could be recovered.
-            waiting = [entry for entry in self.history if not entry.delivered]
-            recovery = attrs.evolve(recovery, missed=len(waiting))
-            missed = self._take(waiting)
-        return recovery, missed
-
-    def _recover_position(self, join: Join) -> tuple[Recovery, list[bytes]]:
-        self._evict(trio.current_time())
-        position, last, epoch = join.position, self.last_offset, self.epoch
-        if position is None or position.offset is None:
-            return Recovery(last, epoch), []
-        if position.epoch != epoch or position.offset > last:
-            return Recovery(last, epoch, False, RecoveryFailure.EPOCH_CHANGED), []
-        first = self.history[0].offset if self.history else last + 1
-        if position.offset + 1 < first:
-            reason = self._evicted_by or RecoveryFailure.TOO_MANY
-            return Recovery(last, epoch, False, reason), []
-        missed = [entry for entry in self.history if entry.offset > position.offset]
-        return Recovery(last, epoch, True, missed=len(missed)), self._take(missed)
-
-    async def _recover_from_redis(
+    async def _recover_in_cluster(
         self, join: Join, cluster: Backplane
     ) -> tuple[Recovery, list[bytes]]:
-        recovery, missed = await self._recover_position_from_redis(join, cluster)
-        if not join.welcome:
-            return recovery, [text_frame(f) for f in missed]
-        # What reached nobody while the user was away: taken once, whatever the
-        # recovery gave (the frames it already gave are not given twice).
-        given = {json.loads(frame)["offset"] for frame in missed}
-        waiting = [f for f in await cluster.take_pending(join.connection.user_id)
-                   if json.loads(f)["offset"] not in given]
-        frames = missed + waiting
-        return attrs.evolve(recovery, missed=len(frames)), [text_frame(f) for f in frames]
-
-    async def _recover_position_from_redis(
-        self, join: Join, cluster: Backplane
-    ) -> tuple[Recovery, list[bytes]]:
-        """The recovery, and the missed frames' JSON (unframed)."""
-        position = join.position
-        if position is None or position.offset is None:
-            epoch, last = await cluster.position(self.room)
-            self._floors[join.connection.id] = last
-            return Recovery(last, epoch), []
-        stretch = await cluster.since(self.room, position.offset)
-        if stretch.epoch != position.epoch or position.offset > stretch.last:
-            epoch, last = await cluster.position(self.room)
-            self._floors[join.connection.id] = last
-            return Recovery(last, epoch, False, RecoveryFailure.EPOCH_CHANGED), []
-        self._floors[join.connection.id] = stretch.last
-        recovery = Recovery(stretch.last, stretch.epoch, True, missed=len(stretch.entries))
-        missing = stretch.last - position.offset
-        if len(stretch.entries) < missing:  # trimmed by the stream's length
-            return attrs.evolve(recovery, recovered=False, reason=RecoveryFailure.TOO_MANY,
-                                missed=0), []
-        oldest = time.time() - self._policy.ttl
-        if stretch.entries and stretch.entries[0][1] < oldest:
-            return attrs.evolve(recovery, recovered=False, reason=RecoveryFailure.TOO_OLD,
-                                missed=0), []
-        return recovery, [frame for _, _, frame in stretch.entries]
-
-    @staticmethod
-    def _take(entries: list[_Entry]) -> list[bytes]:
-        for entry in entries:
-            entry.delivered = True
-        return [entry.frame for entry in entries]
+        """The answer from Redis, cut where this node's members stand: frames after
+        that reach the joiner live, in order, through the hold-back buffer."""
+        holdback, position = self.holdback, join.position
+        after = position.offset if position is not None and position.offset is not None else None
+        if not holdback.synced or after is not None:
+            stretch = await cluster.since(self.room, after if after is not None else -1,
+                                          entries=after is not None)
+            if stretch.epoch is None:
+                epoch, last = await cluster.position(self.room)
+                stretch = attrs.evolve(stretch, epoch=epoch, last=last)
+            if not holdback.synced:
+                assert stretch.epoch is not None
+                self._queue_release(holdback.sync(stretch.epoch, stretch.last,
+                                                  trio.current_time()))
+        assert holdback.cursor is not None
+        epoch, upto = holdback.cursor
+        if position is None:
+            return Recovery(upto, epoch), []
+        if after is None:
+            recovery, missed = Recovery(upto, epoch, True), []
+        else:
+            recovery, missed = recover_from_stretch(position, stretch, upto, epoch,
+                                                    self.retention, time.time())
+        frames = [text_frame(f) for f in missed]
+        if join.welcome:
+            # What reached nobody while the user was away, for a client that asks:
+            # taken once (the frames the recovery already gave are not given twice),
+            # after the answer, even when that refused the position.
+            given = set(missed)
+            waiting = [text_frame(f) for f in await cluster.take_pending(join.connection.user_id)
+                       if f not in given]
+            frames += waiting
+            recovery = attrs.evolve(recovery, missed=len(frames))
+        return recovery, frames
 
     def _presence_changed(self) -> None:
         if self.on_presence_change is not None:

@@ -28,6 +28,8 @@ from typing import Any
 import attrs
 
 from roomcast.protocol import UserId
+from roomcast.protocol.holdback import Fetch
+from roomcast.protocol.roomlog import Stretch
 
 # KEYS: seq, epoch, hist, pending (may be unused); ARGV: body without its closing brace,
 # maxlen, ttl ms, channel, origin, candidate epoch, now ms, pending flag.
@@ -52,23 +54,44 @@ redis.call('PUBLISH', ARGV[4], ARGV[5] .. offset .. ' ' .. epoch .. '\\n' .. fra
 return {offset, epoch, frame}
 """
 
-# KEYS: seq, epoch; ARGV: candidate epoch, ttl ms. A room's position, made if missing.
+# KEYS: seq, epoch, hist; ARGV: candidate epoch, ttl ms. A room's position, made if
+# missing. A join is activity: the room's keys live `history_ttl` from now.
 POSITION = """
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
   epoch = ARGV[1]
-  redis.call('SET', KEYS[2], epoch, 'PX', ARGV[2])
-  redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[2], epoch)
+  redis.call('SET', KEYS[1], '0')
+  redis.call('DEL', KEYS[3])
 end
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
 return {epoch, redis.call('GET', KEYS[1]) or '0'}
 """
 
-# KEYS: epoch, seq, hist; ARGV: first stream id. The epoch, last offset and entries
-# from one moment: a frame numbered meanwhile cannot be both recovered and live.
+# KEYS: epoch, seq, hist; ARGV: first stream id, last stream id ('-': none wanted), ttl
+# ms. The epoch, last offset and entries from one moment: a frame numbered meanwhile
+# cannot be both recovered and live. Renews the keys, as POSITION does.
 SINCE = """
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then return false end
-return {epoch, redis.call('GET', KEYS[2]) or '0', redis.call('XRANGE', KEYS[3], ARGV[1], '+')}
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
+local entries = {}
+if ARGV[2] ~= '-' then entries = redis.call('XRANGE', KEYS[3], ARGV[1], ARGV[2]) end
+return {epoch, redis.call('GET', KEYS[2]) or '0', entries}
+"""
+
+# KEYS: epoch, hist; ARGV: epoch, first stream id, last stream id. Frames a node missed
+# (the hold-back buffer's gap), if the room is still in that epoch.
+FETCH = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {} end
+return redis.call('XRANGE', KEYS[2], ARGV[2], ARGV[3])
+"""
+
+# KEYS: seq, epoch, hist; ARGV: ttl ms. The last member of a node left: the room's
+# epoch lives `history_ttl` from now, so that a short reconnect recovers.
+TOUCH = """
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
+return 1
 """
 
 TAKE_PENDING = """
@@ -87,15 +110,6 @@ class Numbered:
     offset: int
     epoch: str
     frame: bytes  # the frame's JSON, position included
-
-
-@attrs.frozen
-class Stretch:
-    """What Redis holds of a room's history after some offset."""
-
-    epoch: str | None  # None: the room has no history at all (new, or lost)
-    last: int  # the room's last offset
-    entries: list[tuple[int, float, bytes]]  # (offset, published at in seconds, frame JSON)
 
 
 class Streams:
@@ -121,26 +135,45 @@ class Streams:
 
     async def position(self, client: Any, room: str) -> tuple[str, int]:
         """The room's epoch and last offset (a new epoch if it had none)."""
-        keys = [self._key("seq", room), self._key("epoch", room)]
+        keys = [self._key("seq", room), self._key("epoch", room), self._key("hist", room)]
         epoch, last = await client.eval(POSITION, keys, [secrets.token_hex(4), str(self._ttl_ms)])
         return _text(epoch), int(_text(last))
 
-    async def since(self, client: Any, room: str, offset: int) -> Stretch:
+    async def since(self, client: Any, room: str, offset: int, entries: bool = True) -> Stretch:
+        """The room's epoch and last offset, and (with `entries`) the frames after
+        `offset` that its stream still holds."""
         keys = [self._key("epoch", room), self._key("seq", room), self._key("hist", room)]
-        found = await client.eval(SINCE, keys, [f"0-{offset + 1}"])
+        found = await client.eval(SINCE, keys, [f"0-{offset + 1}", "+" if entries else "-",
+                                                str(self._ttl_ms)])
         if not found:
-            return Stretch(None, 0, [])
+            return Stretch(None, 0, ())
         epoch, last, raw = found
-        entries = []
-        for identifier, flat in raw:
-            fields = {_text(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
-            entries.append((int(_text(identifier).split("-")[1]),
-                            int(_text(fields["t"])) / 1000, bytes(fields["f"])))
-        return Stretch(_text(epoch), int(_text(last)), entries)
+        return Stretch(_text(epoch), int(_text(last)), tuple(_entries(raw)))
+
+    async def fetch(self, client: Any, room: str, fetch: Fetch) -> list[tuple[int, bytes]]:
+        """Frames `fetch.after + 1` to `fetch.upto`, if the room is still in that epoch."""
+        keys = [self._key("epoch", room), self._key("hist", room)]
+        raw = await client.eval(FETCH, keys, [fetch.epoch, f"0-{fetch.after + 1}",
+                                              f"0-{fetch.upto}"])
+        return [(offset, frame) for offset, _, frame in _entries(raw or [])]
+
+    async def touch(self, client: Any, room: str) -> None:
+        keys = [self._key("seq", room), self._key("epoch", room), self._key("hist", room)]
+        await client.eval(TOUCH, keys, [str(self._ttl_ms)])
 
     async def take_pending(self, client: Any, user: UserId) -> list[bytes]:
         frames = await client.eval(TAKE_PENDING, [self._key("pending", user)], [])
         return [bytes(frame) for frame in frames or []]
+
+
+def _entries(raw: Any) -> list[tuple[int, float, bytes]]:
+    """XRANGE's answer as (offset, published at in seconds, frame JSON)."""
+    entries = []
+    for identifier, flat in raw:
+        fields = {_text(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
+        entries.append((int(_text(identifier).split("-")[1]),
+                        int(_text(fields["t"])) / 1000, bytes(fields["f"])))
+    return entries
 
 
 def _text(value: Any) -> str:

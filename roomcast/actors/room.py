@@ -39,7 +39,14 @@ from roomcast.protocol import (
     text_frame,
 )
 from roomcast.protocol.holdback import HoldBack, Released
-from roomcast.protocol.roomlog import Kept, Recovery, Retention, RoomLog, recover_from_stretch
+from roomcast.protocol.roomlog import (
+    Kept,
+    Recovery,
+    Retention,
+    RoomLog,
+    new_epoch,
+    recover_from_stretch,
+)
 
 if TYPE_CHECKING:
     from roomcast.actors.backplane import Backplane
@@ -131,7 +138,8 @@ class Room(MailboxActor):
         self.numbered = name != LOBBY  # broadcasts are live only
         self.retention = retention or Retention()
         # New with every actor: a room forgotten and started again has a new history.
-        self.log = RoomLog(secrets.token_hex(4), self.retention, trio.current_time())
+        self.log = RoomLog(new_epoch(time.time(), secrets.token_hex(4)), self.retention,
+                           trio.current_time())
         self.members: dict[int, Connection] = {}
         self.user_counts: Counter[UserId] = Counter()
         self._fan_out: _FanOut | None = None
@@ -267,7 +275,7 @@ class Room(MailboxActor):
         if self._local_epoch_stale:
             # Redis is out of reach: number here, in an epoch of our own, so that no
             # offset can mean two frames once Redis numbers again.
-            self.log = RoomLog(secrets.token_hex(4), self.retention, now)
+            self.log = RoomLog(new_epoch(time.time(), secrets.token_hex(4)), self.retention, now)
             self._local_epoch_stale = False
         log_ = self.log
         offset = log_.next_offset()
@@ -411,7 +419,7 @@ class Room(MailboxActor):
         if position is None:
             return Recovery(upto, epoch), []
         if after is None:
-            recovery, missed = Recovery(upto, epoch, True), []
+            recovery, missed = Recovery(upto, epoch), []
         else:
             recovery, missed = recover_from_stretch(position, stretch, upto, epoch,
                                                     self.retention, time.time())

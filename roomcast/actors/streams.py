@@ -29,7 +29,7 @@ import attrs
 
 from roomcast.protocol import UserId
 from roomcast.protocol.holdback import Fetch
-from roomcast.protocol.roomlog import Stretch
+from roomcast.protocol.roomlog import Stretch, new_epoch
 
 # KEYS: seq, epoch, hist, pending (may be unused); ARGV: body without its closing brace,
 # maxlen, ttl ms, channel, origin, candidate epoch, now ms, pending flag.
@@ -128,7 +128,7 @@ class Streams:
         keys = [self._key("seq", room), self._key("epoch", room), self._key("hist", room),
                 self._key("pending", pending if pending is not None else "-")]
         args = [body[:-1], str(self._size), str(self._ttl_ms), self._channel_prefix + room,
-                origin, secrets.token_hex(4), str(int(time.time() * 1000)),
+                origin, new_epoch(time.time(), secrets.token_hex(4)), str(int(time.time() * 1000)),
                 "1" if pending is not None else "0"]
         offset, epoch, frame = await client.eval(SEQUENCE, keys, args)
         return Numbered(int(offset), _text(epoch), bytes(frame))
@@ -136,7 +136,8 @@ class Streams:
     async def position(self, client: Any, room: str) -> tuple[str, int]:
         """The room's epoch and last offset (a new epoch if it had none)."""
         keys = [self._key("seq", room), self._key("epoch", room), self._key("hist", room)]
-        epoch, last = await client.eval(POSITION, keys, [secrets.token_hex(4), str(self._ttl_ms)])
+        candidate = new_epoch(time.time(), secrets.token_hex(4))
+        epoch, last = await client.eval(POSITION, keys, [candidate, str(self._ttl_ms)])
         return _text(epoch), int(_text(last))
 
     async def since(self, client: Any, room: str, offset: int, entries: bool = True) -> Stretch:

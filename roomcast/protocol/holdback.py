@@ -13,11 +13,15 @@ offset order only, each once:
   seconds, `due` names them, the driver reads them from the room's stream and `fill`s
   them in; what the stream no longer holds is skipped (the release says so: members
   get a gap, which recovery then refuses rather than hides);
-- a frame at or before the last released one, or of an epoch left behind, is a
-  duplicate or stale: dropped;
+- a frame at or before the last released one, or of an older epoch, is a duplicate
+  or stale: dropped (epochs are named so that a newer one sorts after an older one:
+  `roomcast.protocol.roomlog.new_epoch`);
 - a frame of a new epoch (Redis lost the room's keys: a restart, or retention) starts
   that epoch once the current one has nothing left to wait for; the new epoch's first
   frames are fetched too if they were missed, so nobody misses the start of an epoch.
+
+A lost frame with no later one shows no gap: after its subscription was interrupted, a
+node `check`s each room against the store, and catches up to it the same way.
 
 Until `sync` tells it where the room stands (the first local member's join reads that
 from Redis), the buffer holds everything.
@@ -48,31 +52,41 @@ class Released:
 
 
 class HoldBack:
-    __slots__ = ("_left", "_since", "_wait", "cursor", "held")
+    __slots__ = ("_expect", "_since", "_skipped", "_wait", "cursor", "held")
 
     def __init__(self, wait: float) -> None:
         self._wait = wait
         self.cursor: tuple[str, int] | None = None  # the last released frame's position
         self.held: dict[tuple[str, int], bytes] = {}
-        self._left: list[str] = []  # epochs left behind, newest last (a few)
         self._since: float | None = None  # when the buffer started waiting for a gap
+        self._expect: tuple[str, int] | None = None  # the store is there: catch up to it
+        self._skipped = False  # frames were given up: the next one released is a gap
 
     # where the room stands ----------------------------------------------------------
 
     def sync(self, epoch: str, last: int, now: float) -> list[Released]:
         """The room's position in the store: frames after it are released live."""
         if self.cursor is not None and self.cursor[0] != epoch:
-            self._leave(self.cursor[0])
+            self._drop_epoch(self.cursor[0])
         self.cursor = (epoch, last)
+        self._expect = None
         for key in [k for k in self.held if k[0] == epoch and k[1] <= last]:
             del self.held[key]
         return self._release(now)
 
-    def unsync(self) -> None:
-        """The node stopped hearing the room: forget where it was."""
-        self.cursor = None
-        self.held.clear()
-        self._since = None
+    def check(self, epoch: str, last: int, now: float) -> None:
+        """Where the store says the room is now (after the subscription was lost for a
+        while, say: the last frames may have gone missing with no later frame to show
+        the gap). If that is ahead of the buffer, the rest is due at once."""
+        cursor = self.cursor
+        if cursor is None or epoch < cursor[0]:
+            return
+        if epoch == cursor[0] and last <= cursor[1]:
+            return
+        if epoch != cursor[0] and last == 0:
+            return
+        self._expect = (epoch, last)
+        self._since = now - self._wait
 
     @property
     def synced(self) -> bool:
@@ -82,10 +96,9 @@ class HoldBack:
 
     def arrive(self, epoch: str, offset: int, frame: bytes, now: float) -> list[Released]:
         """A frame from either stream; what may go out now, in order."""
-        if epoch in self._left:
-            return []
         cursor = self.cursor
-        if cursor is not None and epoch == cursor[0] and offset <= cursor[1]:
+        if cursor is not None and (epoch < cursor[0]
+                                   or (epoch == cursor[0] and offset <= cursor[1])):
             return []
         self.held[(epoch, offset)] = frame
         return self._release(now)
@@ -108,39 +121,41 @@ class HoldBack:
         if ahead:
             return Fetch(epoch, last, min(ahead) - 1)
         newer = self._newest_epoch()
-        assert newer is not None  # else nothing would be held
-        first = min(o for (e, o) in self.held if e == newer)
-        return Fetch(newer, 0, first - 1)
+        if newer is not None:
+            first = min(o for (e, o) in self.held if e == newer)
+            return Fetch(newer, 0, first - 1)
+        if self._expect is not None:
+            target, upto = self._expect
+            return Fetch(target, last if target == epoch else 0, upto)
+        return None
 
     def fill(self, fetch: Fetch, frames: list[tuple[int, bytes]], now: float) -> list[Released]:
         """The frames the store had for `fetch` (maybe none). The rest of the range
         will never come: released past, marked as a gap."""
         out: list[Released] = []
         cursor = self.cursor
-        if cursor is None:
-            return out
+        if cursor is None or fetch.epoch < cursor[0]:
+            return self._release(now)
+        if self._expect is not None and self._expect[0] == fetch.epoch:
+            self._expect = None  # this fetch is the catching up
         if fetch.epoch != cursor[0]:
-            if fetch.epoch in self._left or not any(e == fetch.epoch for e, _ in self.held):
-                return self._release(now)
+            if not frames and not any(e == fetch.epoch for e, _ in self.held):
+                return self._release(now)  # nothing of that epoch, after all
             # The current epoch is over: what it still holds goes out, then the new one.
             out += self._flush_epoch(cursor[0])
-            self._leave(cursor[0])
+            self._drop_epoch(cursor[0])
             self.cursor = cursor = (fetch.epoch, fetch.after)
         for offset, frame in frames:
             if cursor[1] < offset <= fetch.upto:
                 self.held.setdefault((fetch.epoch, offset), frame)
         out += self._release(now)
         cursor = self.cursor
-        if cursor[0] == fetch.epoch and cursor[1] < fetch.upto:
-            # Never coming: skip to the first held frame after the hole.
-            nxt = min((o for (e, o) in self.held if e == fetch.epoch and o > fetch.upto),
-                      default=None)
-            if nxt is not None:
-                self.cursor = (fetch.epoch, nxt - 1)
-                released = self._release(now)
-                if released:
-                    released[0] = attrs.evolve(released[0], gap=True)
-                out += released
+        if cursor is not None and cursor[0] == fetch.epoch and cursor[1] < fetch.upto:
+            # Never coming: skip to the first frame held after the hole, if any.
+            after = [o for (e, o) in self.held if e == fetch.epoch and o > cursor[1]]
+            self.cursor = (fetch.epoch, min(after) - 1 if after else fetch.upto)
+            self._skipped = True
+            out += self._release(now)
         return out
 
     # the rules -----------------------------------------------------------------------
@@ -148,30 +163,36 @@ class HoldBack:
     def _release(self, now: float) -> list[Released]:
         out: list[Released] = []
         cursor = self.cursor
+        held = self.held
         if cursor is None:
-            self._since = self._since if self.held else None
-            if self.held and self._since is None:
+            if not held:
+                self._since = None
+            elif self._since is None:
                 self._since = now
             return out
         epoch, last = cursor
-        held = self.held
         while True:
             frame = held.pop((epoch, last + 1), None)
             if frame is not None:
                 last += 1
-                out.append(Released(epoch, last, frame))
+                out.append(Released(epoch, last, frame, self._skipped))
+                self._skipped = False
                 continue
             if any(e == epoch for e, _ in held):
                 break  # waiting for a gap in this epoch
             newer = self._newest_epoch()
             if newer is None or (newer, 1) not in held:
                 break  # nothing held, or a new epoch whose start is missing
-            self._leave(epoch)
+            self._drop_epoch(epoch)
             epoch, last = newer, 0
+            self._skipped = False
         self.cursor = (epoch, last)
-        if not held:
+        expect = self._expect
+        if expect is not None and expect[0] == epoch and expect[1] <= last:
+            self._expect = None
+        if not held and self._expect is None:
             self._since = None
-        elif self._since is None or out:
+        elif self._since is None or (out and held):
             self._since = now  # the wait starts from the last progress
         return out
 
@@ -186,15 +207,10 @@ class HoldBack:
         return out
 
     def _newest_epoch(self) -> str | None:
-        current = self.cursor[0] if self.cursor is not None else None
-        for epoch, _ in self.held:
-            if epoch != current:
-                return epoch
-        return None
+        """The next epoch after the current one that has frames held."""
+        current = self.cursor[0] if self.cursor is not None else ""
+        return min((e for e, _ in self.held if e > current), default=None)
 
-    def _leave(self, epoch: str) -> None:
-        if epoch not in self._left:
-            self._left.append(epoch)
-            del self._left[:-4]
-        for key in [k for k in self.held if k[0] == epoch]:
+    def _drop_epoch(self, epoch: str) -> None:
+        for key in [k for k in self.held if k[0] <= epoch]:
             del self.held[key]

@@ -33,6 +33,12 @@ import attrs
 from roomcast.protocol.frames import Position, RecoveryFailure
 
 
+def new_epoch(now: float, salt: str) -> str:
+    """An epoch's name: the wall-clock time it began (ms, hex) and a random `salt`, so
+    that a newer epoch sorts after an older one and two that begin together differ."""
+    return f"{int(now * 1000):011x}{salt}"
+
+
 @attrs.frozen
 class Retention:
     size: int = 100  # frames kept per room; 0 keeps none
@@ -134,8 +140,8 @@ class RoomLog:
         """The answer to a join from `position`, and the frames that follow it.
 
         `position` None: a plain join, nothing replayed. A position with no offset
-        (`recover: true`): positions only. A refused position: the reason, and no
-        frame. Frames handed out count as delivered.
+        (`recover: true`): positions only (`recovered` stays None). A refused
+        position: the reason, and no frame. Frames handed out count as delivered.
 
         `offline` (a user's personal room, at its welcome): a client that asks (any
         position) also gets the frames that reached no connection, once, even after a
@@ -154,12 +160,12 @@ class RoomLog:
                         self._mark(missed))
             answer = attrs.evolve(self.position(), recovered=False, reason=refusal)
         else:
-            answer = attrs.evolve(self.position(), recovered=True)
+            answer = self.position()  # nothing seen yet: nothing to recover or refuse
         if not offline:
             return answer, []
         waiting = [entry for entry in self.kept if not entry.delivered]
         if self._lost_undelivered is not None:
-            if answer.recovered:
+            if answer.recovered is not False:
                 answer = attrs.evolve(answer, recovered=False, reason=self._lost_undelivered)
             self._lost_undelivered = None
         return attrs.evolve(answer, missed=len(waiting)), self._mark(waiting)

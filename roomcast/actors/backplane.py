@@ -45,7 +45,7 @@ from coredis.retry import (
 )
 
 from roomcast.actors.base import ActorCrashed, MailboxActor, Reply
-from roomcast.actors.room import LOBBY, Join, Publish, Room
+from roomcast.actors.room import LOBBY, Check, Join, Publish, Room
 from roomcast.actors.streams import BackplaneUnavailable, Numbered, Streams
 from roomcast.protocol import UserId, is_personal_room, normalize_user_id, personal_room_owner
 from roomcast.protocol.holdback import Fetch
@@ -386,7 +386,18 @@ class Backplane(MailboxActor):
                 elif channel.startswith(room_prefix) and data[:16] != self._origin:
                     room = channel[len(room_prefix):].decode(errors="replace")
                     await self._deliver(room, data[16:])
+            # The subscription is reconnecting: what was published meanwhile is lost
+            # to it. Each room asks Redis where it is and catches up from its stream.
+            await self._check_rooms()
             await trio.sleep(0.05)
+
+    async def _check_rooms(self) -> None:
+        for name in list(self._wanted):
+            room = self._registry.room(name)
+            if room is not None and room.numbered:
+                with contextlib.suppress(trio.ClosedResourceError, trio.EndOfChannel,
+                                         trio.BrokenResourceError):
+                    await room.send(Check())
 
     async def _deliver(self, room_name: str, message: bytes) -> None:
         room = self._registry.room(room_name)

@@ -19,6 +19,7 @@ fan-out for the members not reached yet, then answers the publisher.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
 from collections import Counter, deque
@@ -104,6 +105,18 @@ class Publish:
 
 
 @attrs.define
+class Check:
+    """This node's subscription was interrupted: frames may have been lost with no
+    later frame to show it. Ask Redis where the room is, and catch up."""
+
+
+# How soon after a Check the room asks Redis (the subscription is coming back), and
+# how often it asks again while Redis cannot answer.
+CHECK_AFTER_SECONDS = 0.2
+CHECK_RETRY_SECONDS = 1.0
+
+
+@attrs.define
 class _FanOut:
     """A fan-out in progress: what is left survives a crash of the room's loop."""
 
@@ -153,6 +166,7 @@ class Room(MailboxActor):
         # Our own publishes, numbered in Redis, waiting for their turn: their reply.
         self._awaiting: dict[tuple[str, int], Reply[Delivery]] = {}
         self._local_epoch_stale = False  # Redis numbered since we last numbered here
+        self._check_at = math.inf  # when to ask Redis where the room is (after a Check)
         self._unflushed: dict[int, Connection] = {}  # members with deferred frames
 
     def enter_lobby(self, connection: Connection) -> None:
@@ -209,9 +223,14 @@ class Room(MailboxActor):
         last frame or its last member's departure (its epoch lives that long)."""
         return self.log.expires_at()
 
-    async def handle(self, message: Join | Leave | Publish) -> None:
+    async def handle(self, message: Join | Leave | Publish | Check) -> None:
         if isinstance(message, Publish):
             await self._publish(message)
+            return
+        if isinstance(message, Check):
+            if self.holdback.synced:
+                self._check_at = min(self._check_at,
+                                     trio.current_time() + CHECK_AFTER_SECONDS)
             return
         connection = message.connection
         self.log.touch(trio.current_time())
@@ -347,16 +366,26 @@ class Room(MailboxActor):
     # the hold-back buffer's clock -------------------------------------------------------
 
     def deadline(self) -> float:
-        return self.holdback.deadline()
+        return min(self.holdback.deadline(), self._check_at)
 
     async def at_deadline(self) -> None:
         """Frames came ahead of their turn and the ones before them did not follow:
         read those from the room's stream (or, not synced yet, where the room stands)."""
         cluster, holdback = self.cluster, self.holdback
         now = trio.current_time()
+        if now >= self._check_at and cluster is not None:
+            try:
+                stretch = await cluster.since(self.room, 0, entries=False)
+                self._check_at = math.inf
+                if stretch.epoch is not None:
+                    holdback.check(stretch.epoch, stretch.last, trio.current_time())
+            except BackplaneUnavailable:
+                self._check_at = trio.current_time() + CHECK_RETRY_SECONDS
+            now = trio.current_time()
         fetch = holdback.due(now)
         holdback.postpone(now)  # the next attempt, if this one does not fill the gap
         if cluster is None:
+            self._check_at = math.inf
             return
         try:
             if not holdback.synced:

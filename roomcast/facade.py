@@ -166,7 +166,10 @@ class NotificationService:
         level: NotificationLevel = NotificationLevel.INFO,
         data: dict[str, Any] | None = None,
     ) -> bool:
-        """Every connection of the user gets an `info` frame; True if it had one."""
+        """Every connection of the user gets an `info` frame; True if a connection
+        got it now. The frame is also kept in the personal room's history (for
+        `history_ttl`), and replayed to a client that reconnects asking for what it
+        missed (a position or `recover=1`); a plain client is not sent it later."""
         uid = _user(user_id)
         frame = notification_frame(MessageType.INFO, message, level, data)
         return bool(await self._publish(personal_room(uid), frame))

@@ -162,3 +162,22 @@ class LogModel(RuleBasedStateMachine):
 
 TestLogModel = LogModel.TestCase
 TestLogModel.settings = settings(max_examples=200, stateful_step_count=50, deadline=None)
+
+
+# What a client may do: rate and strikes (roomcast.protocol.policing) ---------------
+
+def test_the_bucket_refuses_past_the_burst_and_refills_at_the_rate():
+    from roomcast.protocol.policing import Policing
+    policing = Policing(rate=2.0, burst=3, max_strikes=5, now=0.0)
+    assert [policing.admit(0.0) for _ in range(4)] == [True, True, True, False]
+    assert policing.admit(0.5) is True  # one token back after half a second
+    assert policing.admit(0.5) is False
+
+
+def test_strikes_in_a_row_close_and_an_accepted_frame_clears_them():
+    from roomcast.protocol.policing import Policing, Verdict
+    policing = Policing(rate=1.0, burst=1, max_strikes=3, now=0.0)
+    assert [policing.refused(), policing.refused()] == [Verdict.GO_ON, Verdict.GO_ON]
+    policing.accepted()
+    assert [policing.refused() for _ in range(3)] == [Verdict.GO_ON, Verdict.GO_ON,
+                                                      Verdict.CLOSE]

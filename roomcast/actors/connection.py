@@ -35,6 +35,7 @@ from roomcast.protocol import (
     personal_room,
     position_from,
 )
+from roomcast.protocol.policing import Policing, Verdict
 from roomcast.protocol.roomlog import Recovery
 
 log = logging.getLogger(__name__)
@@ -55,26 +56,6 @@ def position_data(recovery: Recovery) -> dict[str, Any]:
     if recovery.reason is not None:
         data["reason"] = recovery.reason.value
     return data
-
-
-class TokenBucket:
-    """`rate` frames a second on average, `burst` at once."""
-
-    __slots__ = ("_burst", "_last", "_rate", "_tokens")
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self._rate = rate
-        self._burst = float(burst)
-        self._tokens = float(burst)
-        self._last = trio.current_time()
-
-    def take(self, now: float) -> bool:
-        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
-        self._last = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
 
 
 class Connection:
@@ -99,8 +80,8 @@ class Connection:
         self.keeper = keeper
         self._authenticate = authenticate
         self._config = config
-        self._bucket = TokenBucket(config.rate_limit, config.rate_burst)
-        self._strikes = 0  # refused frames in a row
+        self._policing = Policing(config.rate_limit, config.rate_burst, config.max_strikes,
+                                  trio.current_time())
         self.rooms: dict[str, None] = {}  # joined rooms, in join order (an ordered set)
         self.close_code = CloseCode.NORMAL
         self.close_reason = "bye"
@@ -182,22 +163,17 @@ class Connection:
             if self.fault is not None:
                 raise self.fault
             try:
-                if not self._bucket.take(trio.current_time()):
+                if not self._policing.admit(trio.current_time()):
                     raise ProtocolError.rate_limited()
                 await self._handle(decode(text))
-                self._strikes = 0
+                self._policing.accepted()
             except ProtocolError as error:
                 self.registry.metrics.refused(error.code)
                 self._reply(error_frame(error))
-                self._strike()
-
-    def _strike(self) -> None:
-        """Refused frames in a row: past the limit it is abuse, not a mistake."""
-        self._strikes += 1
-        if self._strikes >= self._config.max_strikes:
-            log.warning("conn %d user=%r: %d refused frames in a row, closing with 4008",
-                        self.id, self.user_id, self._strikes)
-            self.request_close(CloseCode.POLICY, "too many refused frames")
+                if self._policing.refused() is Verdict.CLOSE:
+                    log.warning("conn %d user=%r: %d refused frames in a row, closing "
+                                "with 4008", self.id, self.user_id, self._policing.strikes)
+                    self.request_close(CloseCode.POLICY, "too many refused frames")
 
     async def _handle(self, frame: ClientFrame) -> None:
         self.registry.metrics.received(frame.type)

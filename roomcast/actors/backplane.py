@@ -252,7 +252,7 @@ class Backplane(Actor):
         self._following = trio.CancelScope()  # its subscribing, cut short by an outage
         self._written: Presence | None = None  # our presence as Redis holds it; None: unknown
         self._presence_changed = trio.Event()
-        self._connected = trio.Event()
+        self._connected = trio.Event()  # Redis answered: the subscriber may connect
         self._outage_told = False  # "delivering locally only" is logged once per outage
 
     # called by other actors, never waiting -------------------------------------------
@@ -351,16 +351,22 @@ class Backplane(Actor):
             )
             pubsub = (client.sharded_pubsub(retry_policy=retry) if self._sharded
                       else client.pubsub(retry_policy=retry))
+            self._connected = trio.Event()
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._keep_presence, client)
                     await self._connected.wait()
                     async with pubsub:
-                        await pubsub.subscribe(
-                            self.keys.presence_channel(), self.keys.inbox(self.node_id)
-                        )
+                        # One SUBSCRIBE for the rooms wanted so far too: once Redis
+                        # counts our inbox's subscriber, they are heard as well.
+                        channels = [self.keys.presence_channel(), self.keys.inbox(self.node_id)]
+                        channels += [self.keys.room_channel(r) for r in sorted(self._wanted)]
+                        with trio.move_on_after(10.0) as subscribing:
+                            await pubsub.subscribe(*channels)
+                        if subscribing.cancelled_caught:
+                            raise TimeoutError("subscribing took too long")
                         self._pubsub = pubsub
-                        self._rooms_changed.set()  # subscribe to the rooms wanted so far
+                        self._presence_changed.set()  # the presence task checks, then healthy
                         await self._consume(pubsub)
             finally:
                 self._pubsub = None
@@ -479,19 +485,21 @@ class Backplane(Actor):
             self._presence_changed = trio.Event()
             try:
                 await self._renew(client)
+                self._connected.set()
                 await self._write_presence(client)
                 now = trio.current_time()
                 if now >= next_resync:
                     await self._resync_view(client)
                     next_resync = now + tick
-                if not await self._hearing(client):
+                if self._pubsub is None:
+                    pass  # the subscriber is connecting: healthy once it hears its inbox
+                elif not await self._hearing(client):
                     raise TimeoutError("the pub/sub connection is not back yet")
-                if not self.healthy:
+                elif not self.healthy:
                     log.info("backplane: connected to Redis as node %s", self.node_id)
                     self.healthy = True
                     self._outage_told = False
-                    self._connected.set()
-                    self._rooms_changed.set()  # resubscribe what the outage left out
+                    self._rooms_changed.set()  # rooms wanted or left meanwhile
             except REDIS_ERRORS as exc:
                 self._lost_redis()
                 self._tell_outage(f"{type(exc).__name__}: {exc}")
@@ -509,8 +517,6 @@ class Backplane(Actor):
                       "retrying in the background", why)
 
     async def _hearing(self, client: Any) -> bool:
-        if self._pubsub is None:
-            return True  # first connection: the subscriber starts once we are healthy
         inbox = self.keys.inbox(self.node_id)
         if self._sharded:
             counts = await client.pubsub_shardnumsub(inbox)

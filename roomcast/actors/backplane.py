@@ -254,6 +254,9 @@ class Backplane(Actor):
         self._presence_changed = trio.Event()
         self._connected = trio.Event()  # Redis answered: the subscriber may connect
         self._outage_told = False  # "delivering locally only" is logged once per outage
+        # Redis is known to be out of reach (an attempt failed): first joins go on at
+        # once. Until the first attempt ends, they wait, as they do for a subscription.
+        self._away = False
 
     # called by other actors, never waiting -------------------------------------------
 
@@ -268,7 +271,7 @@ class Backplane(Actor):
         if isinstance(message, Subscribe):
             self._wanted.add(message.room)
             if message.then is not None:
-                if not self._listening():
+                if self._away and not self._listening():
                     room, join = message.then
                     await room.send(join)
                 else:
@@ -283,6 +286,7 @@ class Backplane(Actor):
     def _lost_redis(self) -> None:
         """Redis failed us: deliver locally; joins waiting for a channel go on at once."""
         self.healthy = False
+        self._away = True
         self._following.cancel()
         self._rooms_changed.set()
 
@@ -384,6 +388,9 @@ class Backplane(Actor):
             if self._listening():
                 with trio.CancelScope() as self._following:
                     await self._subscribe_wanted()
+            elif not self._away:  # connecting: they wait for their channel
+                self._joins[:0] = joins
+                joins = []
             for room, join in joins:
                 try:
                     await room.send(join)
@@ -498,7 +505,7 @@ class Backplane(Actor):
                 elif not self.healthy:
                     log.info("backplane: connected to Redis as node %s", self.node_id)
                     self.healthy = True
-                    self._outage_told = False
+                    self._away = self._outage_told = False
                     self._rooms_changed.set()  # rooms wanted or left meanwhile
             except REDIS_ERRORS as exc:
                 self._lost_redis()

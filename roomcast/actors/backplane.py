@@ -44,7 +44,7 @@ from coredis.retry import (
     ExponentialBackoffRetryPolicy,
 )
 
-from roomcast.actors.base import ActorCrashed, MailboxActor, Reply
+from roomcast.actors.base import Actor, ActorCrashed, Reply
 from roomcast.actors.room import LOBBY, Check, Join, Publish, Room
 from roomcast.actors.streams import BackplaneUnavailable, Numbered, Streams
 from roomcast.protocol import UserId, is_personal_room, normalize_user_id, personal_room_owner
@@ -227,9 +227,14 @@ async def publish_frame(client: Any, keys: Keys, sharded: bool, room: str, data:
     await publish_to(client, sharded, keys.room_channel(room), data)
 
 
-class Backplane(MailboxActor):
+class Backplane(Actor):
+    """The node's link to the cluster. It has no mailbox: `send` (Subscribe and
+    Unsubscribe, from the registry) only records which rooms this node wants to hear
+    and wakes the task that follows them, so no sender ever waits on Redis, on a full
+    mailbox, or on this actor while it waits for Redis itself."""
+
     def __init__(self, config: Any, registry: Registry) -> None:
-        super().__init__("backplane", config.mailbox_size)
+        self.name = "backplane"
         self.node_id = new_node_id()
         self._origin = self.node_id.encode()
         self._url: str = config.redis_url
@@ -241,16 +246,51 @@ class Backplane(MailboxActor):
         self.view = ClusterView()
         self.healthy = False
         self._client: Any = None
-        self._pubsub: Any = None
+        self._pubsub: Any = None  # set while the subscriber's connection is open
         self._wanted: set[str] = set()  # rooms whose channel this node should hear
+        # First local joins waiting until their room's channel is heard, in order.
+        self._joins: list[tuple[Room, Join]] = []
+        self._rooms_changed = trio.Event()  # wakes `_follow_rooms`
+        self._following = trio.CancelScope()  # its subscribing, cut short by an outage
         self._written: Presence | None = None  # our presence as Redis holds it; None: unknown
         self._presence_changed = trio.Event()
-        self._connected = trio.Event()
+        self._connected = trio.Event()  # Redis answered: the subscriber may connect
+        self._outage_told = False  # "delivering locally only" is logged once per outage
+        # Redis is known to be out of reach (an attempt failed): first joins go on at
+        # once. Until the first attempt ends, they wait, as they do for a subscription.
+        self._away = False
 
     # called by other actors, never waiting -------------------------------------------
 
     def presence_changed(self) -> None:
         self._presence_changed.set()
+
+    async def send(self, message: Subscribe | Unsubscribe) -> None:
+        """Follow a room's channel, or stop. The first join of a room is handed to the
+        room once this node hears the channel; while Redis is out of reach, at once
+        (this node serves its own clients meanwhile, and subscribes when Redis is back).
+        Waits only for the room's mailbox, as the registry's other joins do."""
+        if isinstance(message, Subscribe):
+            self._wanted.add(message.room)
+            if message.then is not None:
+                if self._away and not self._listening():
+                    room, join = message.then
+                    await room.send(join)
+                else:
+                    self._joins.append(message.then)
+        else:
+            self._wanted.discard(message.room)
+        self._rooms_changed.set()
+
+    def _listening(self) -> bool:
+        return self.healthy and self._pubsub is not None
+
+    def _lost_redis(self) -> None:
+        """Redis failed us: deliver locally; joins waiting for a channel go on at once."""
+        self.healthy = False
+        self._away = True
+        self._following.cancel()
+        self._rooms_changed.set()
 
     @property
     def cluster_history(self) -> bool:
@@ -286,24 +326,25 @@ class Backplane(MailboxActor):
         try:
             return await operation(self._client, *args)
         except REDIS_ERRORS as exc:
-            self.healthy = False
+            self._lost_redis()
             raise BackplaneUnavailable(f"Redis is unreachable ({type(exc).__name__})") from exc
 
     # the actor ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Connect, then run the subscriber, the presence writer and the mailbox.
-        coredis reconnects and resubscribes by itself; we rebuild presence after it.
-        Whatever Redis does, this actor does not crash: it retries."""
-        while True:
-            try:
-                await self._run_connected()
-                return
-            except* REDIS_ERRORS as group:
-                self.healthy = False
-                log.error("backplane: Redis failed (%s); retrying",
-                          "; ".join(repr(e) for e in _leaves(group)))
-            await trio.sleep(1.0)
+        """Follow the rooms' channels, connect, then run the subscriber and the presence
+        writer. Whether Redis is there or not, the node serves its own clients from the
+        start; coredis reconnects and resubscribes by itself, and we rebuild presence
+        after it. Whatever Redis does, this actor does not crash: it retries."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._follow_rooms)
+            while True:
+                try:
+                    await self._run_connected()
+                except* REDIS_ERRORS as group:
+                    self._lost_redis()
+                    self._tell_outage("; ".join(repr(e) for e in _leaves(group)))
+                await trio.sleep(1.0)
 
     async def _run_connected(self) -> None:
         async with redis_client(self._url, self._sharded) as client:
@@ -319,37 +360,49 @@ class Backplane(MailboxActor):
             )
             pubsub = (client.sharded_pubsub(retry_policy=retry) if self._sharded
                       else client.pubsub(retry_policy=retry))
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._keep_presence, client)
-                await self._connected.wait()
-                async with pubsub:
-                    self._pubsub = pubsub
-                    await pubsub.subscribe(
-                        self.keys.presence_channel(), self.keys.inbox(self.node_id)
-                    )
-                    await self._subscribe_wanted()
-                    nursery.start_soon(self._consume, pubsub)
-                    await super().run()  # the mailbox: Subscribe / Unsubscribe
-                    nursery.cancel_scope.cancel()
+            self._connected = trio.Event()
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._keep_presence, client)
+                    await self._connected.wait()
+                    async with pubsub:
+                        # One SUBSCRIBE for the rooms wanted so far too: once Redis
+                        # counts our inbox's subscriber, they are heard as well.
+                        channels = [self.keys.presence_channel(), self.keys.inbox(self.node_id)]
+                        channels += [self.keys.room_channel(r) for r in sorted(self._wanted)]
+                        with trio.move_on_after(10.0) as subscribing:
+                            await pubsub.subscribe(*channels)
+                        if subscribing.cancelled_caught:
+                            raise TimeoutError("subscribing took too long")
+                        self._pubsub = pubsub
+                        self._presence_changed.set()  # the presence task checks, then healthy
+                        await self._consume(pubsub)
+            finally:
+                self._pubsub = None
+                self._client = None
 
-    async def handle(self, message: Subscribe | Unsubscribe) -> None:
-        if isinstance(message, Subscribe):
-            self._wanted.add(message.room)
-            if self.healthy and self._pubsub is not None:
-                await self._subscribe([message.room])
-            if message.then is not None:
-                room, join = message.then
-                await room.send(join)
-        else:
-            self._wanted.discard(message.room)
-            if self.healthy and self._pubsub is not None:
-                with trio.move_on_after(1.0):
-                    with contextlib.suppress(REDIS_ERRORS):
-                        await self._unsubscribe([message.room])
-                        if self.cluster_history and message.room != LOBBY:
-                            # The room's epoch lives `history_ttl` from its last member's
-                            # departure: a short reconnect recovers.
-                            await self.streams.touch(self._client, message.room)
+    async def _follow_rooms(self) -> None:
+        """Keep the subscriptions to the rooms wanted (the pub/sub connection resubscribes
+        what it had after a reconnect; rooms wanted or left meanwhile are settled here),
+        and hand each waiting first join to its room once its channel is heard, or once
+        Redis turned out to be away."""
+        while True:
+            # Replaced before reading the state: a change from now on wakes another round.
+            self._rooms_changed = trio.Event()
+            joins, self._joins = self._joins, []
+            if self._listening():
+                with trio.CancelScope() as self._following:
+                    await self._subscribe_wanted()
+            elif not self._away:  # connecting: they wait for their channel
+                self._joins[:0] = joins
+                joins = []
+            for room, join in joins:
+                try:
+                    await room.send(join)
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    if join.reply is not None:  # the room stopped: nobody waits for ever
+                        join.reply.fail(ActorCrashed(f"room {room.room} has stopped"))
+            await self._rooms_changed.wait()
 
     async def _subscribe(self, rooms: Iterable[str]) -> None:
         channels = [self.keys.room_channel(r) for r in rooms]
@@ -364,13 +417,29 @@ class Backplane(MailboxActor):
                             type(exc).__name__)
 
     async def _unsubscribe(self, rooms: Iterable[str]) -> None:
-        await self._pubsub.unsubscribe(*[self.keys.room_channel(r) for r in rooms])
+        channels = [self.keys.room_channel(r) for r in rooms]
+        if not channels:
+            return
+        with trio.move_on_after(1.0):
+            with contextlib.suppress(REDIS_ERRORS):
+                await self._pubsub.unsubscribe(*channels)
+                if self.cluster_history:
+                    # The last local member left: the room's epoch lives `history_ttl`
+                    # from now in Redis, so that a short reconnect recovers.
+                    for room in rooms:
+                        if room != LOBBY:
+                            await self.streams.touch(self._client, room)
 
     async def _subscribe_wanted(self) -> None:
+        """Subscribe to the rooms wanted and not heard, unsubscribe from those heard and
+        no longer wanted (left while Redis was away, or while we subscribed)."""
         heard = {bytes(c).decode() if isinstance(c, bytes | bytearray) else c
                  for c in self._pubsub.channels}
-        missing = [r for r in self._wanted if self.keys.room_channel(r) not in heard]
-        await self._subscribe(missing)
+        prefix = self.keys.room_channel("")
+        rooms_heard = {c[len(prefix):] for c in heard if c.startswith(prefix)}
+        await self._subscribe(sorted(self._wanted - rooms_heard))
+        if self._pubsub is not None:
+            await self._unsubscribe(sorted(rooms_heard - self._wanted))
 
     async def _consume(self, pubsub: Any) -> None:
         presence = self.keys.presence_channel().encode()
@@ -447,36 +516,43 @@ class Backplane(MailboxActor):
         tick = self._lease / 3
         next_resync = 0.0
         while True:
+            # Replaced before the state is read: a change during the write below sets
+            # this one, and the next round writes it at once (not a tick later).
+            self._presence_changed = trio.Event()
             try:
                 await self._renew(client)
+                self._connected.set()
                 await self._write_presence(client)
                 now = trio.current_time()
                 if now >= next_resync:
                     await self._resync_view(client)
                     next_resync = now + tick
-                if not await self._hearing(client):
+                if self._pubsub is None:
+                    pass  # the subscriber is connecting: healthy once it hears its inbox
+                elif not await self._hearing(client):
                     raise TimeoutError("the pub/sub connection is not back yet")
-                if not self.healthy:
+                elif not self.healthy:
                     log.info("backplane: connected to Redis as node %s", self.node_id)
                     self.healthy = True
-                    self._connected.set()
-                    if self._pubsub is not None:
-                        await self._subscribe_wanted()
+                    self._away = self._outage_told = False
+                    self._rooms_changed.set()  # rooms wanted or left meanwhile
             except REDIS_ERRORS as exc:
-                if self.healthy or not self._connected.is_set():
-                    log.error("backplane: Redis unreachable (%s: %s); delivering locally only",
-                              type(exc).__name__, exc)
-                self.healthy = False
+                self._lost_redis()
+                self._tell_outage(f"{type(exc).__name__}: {exc}")
                 self._written = None  # rewrite everything once Redis is back
                 next_resync = 0.0
-            self._presence_changed = trio.Event()
             with trio.move_on_after(tick if self.healthy else 0.5):
                 await self._presence_changed.wait()
                 await trio.sleep(0.005)  # let the rooms apply the joins that woke us
 
+    def _tell_outage(self, why: str) -> None:
+        """Log an outage once (at startup too), not once per retry."""
+        if not self._outage_told:
+            self._outage_told = True
+            log.error("backplane: Redis unreachable (%s); delivering locally only, "
+                      "retrying in the background", why)
+
     async def _hearing(self, client: Any) -> bool:
-        if self._pubsub is None:
-            return True  # first connection: the subscriber starts once we are healthy
         inbox = self.keys.inbox(self.node_id)
         if self._sharded:
             counts = await client.pubsub_shardnumsub(inbox)

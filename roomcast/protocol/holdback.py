@@ -65,13 +65,18 @@ class HoldBack:
     # where the room stands ----------------------------------------------------------
 
     def sync(self, epoch: str, last: int, now: float) -> list[Released]:
-        """The room's position in the store: frames after it are released live."""
-        if self.cursor is not None and self.cursor[0] != epoch:
-            self._drop_epoch(self.cursor[0])
+        """The room's position in the store, read after this node subscribed: frames
+        after it are released live. Frames held already (they came through the
+        subscription before the position was read) are released too: the position is
+        taken back to just before the first of them, so nothing heard is dropped."""
+        older = [e for e, _ in self.held if e < epoch]
+        if older:
+            self._drop_epoch(max(older))
+        first = min((o for e, o in self.held if e == epoch), default=None)
+        if first is not None:
+            last = min(last, first - 1)
         self.cursor = (epoch, last)
         self._expect = None
-        for key in [k for k in self.held if k[0] == epoch and k[1] <= last]:
-            del self.held[key]
         return self._release(now)
 
     def check(self, epoch: str, last: int, now: float) -> None:

@@ -199,7 +199,8 @@ export class RoomcastClient extends Emitter<EventMap> {
   readonly rooms: Set<string>;
   /** This connection's rooms as the service last listed them. */
   readonly serverRooms: string[];
-  /** The last position seen in each room (the personal room user_ID included). */
+  /** The highest position seen in each room (the personal room user_ID included):
+   *  the highest offset within an epoch; a position in another epoch replaces it. */
   readonly positions: Map<string, Position>;
   /** From the welcome frame; null before the first. */
   readonly userId: UserId | null;
@@ -270,6 +271,9 @@ export function connectUrl(
 ): string;
 /** A frame's (or a reply data's) room position, or null. */
 export function positionOf(source: unknown): Position | null;
+/** The position to keep after seeing `seen` while holding `held`: within one epoch the
+ *  higher offset, otherwise `seen` (a new epoch starts over). */
+export function laterPosition(held: Position | null | undefined, seen: Position | null | undefined): Position | null;
 /** join_room's data: the position to recover from, or {recover: true}. */
 export function joinData(position: Position | null | undefined): Position | { recover: true };
 

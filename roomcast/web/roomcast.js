@@ -143,6 +143,18 @@ export function positionOf(source) {
   return Number.isInteger(offset) && offset >= 0 && typeof epoch === "string" && epoch !== "" ? { offset, epoch } : null;
 }
 
+/**
+ * The position to keep in a room after seeing `seen` there, holding `held`: the
+ * highest offset within an epoch (a frame that comes late, or twice, must not move the
+ * position back, or a reconnect would replay frames already shown); a position in
+ * another epoch replaces it (the room's numbering started over).
+ */
+export function laterPosition(held, seen) {
+  if (!seen) return held ?? null;
+  if (held && held.epoch === seen.epoch && held.offset >= seen.offset) return held;
+  return seen;
+}
+
 function recoveryOf(room, data) {
   if (typeof data.recovered !== "boolean") return [];
   return [["recovery", { room, recovered: data.recovered, reason: data.reason ?? null, position: positionOf(data) }]];
@@ -283,7 +295,7 @@ export class RoomcastClient extends Emitter {
     this.state = "idle"; // idle | connecting | open | reconnecting | closed
     this.rooms = new Set(); // rooms wanted: rejoined after every reconnect
     this.serverRooms = []; // this connection's rooms as the service last listed them
-    this.positions = new Map(); // room -> {offset, epoch}: the last frame seen there
+    this.positions = new Map(); // room -> {offset, epoch}: the highest seen there (laterPosition)
     this.userId = null;
     this.queue = new OfflineQueue(this.options.queueLimit);
     this.attempt = 0; // failures since the last good open
@@ -470,8 +482,10 @@ export class RoomcastClient extends Emitter {
       // A join answer or welcome: start from its position, unless it recovered (then
       // the missed frames follow and move the position on). Answers come in order
       // with the room's frames, so their position is never older than one we hold.
+      // The service says where the room is: taken as it is, even below what we held
+      // (a failed recovery starts over from there).
       if ((type === "welcome" || type === "rooms") && frame.data?.recovered !== true) {
-        this._setPosition(detail.room ?? this._personalRoom(), detail.position);
+        this._setPosition(detail.room ?? this._personalRoom(), detail.position, true);
       }
       this.emit(type, detail);
     }
@@ -479,10 +493,12 @@ export class RoomcastClient extends Emitter {
 
   /**
    * The one place positions are set: only for rooms still tracked, so that an answer
-   * arriving after a leave() does not bring the room's position back.
+   * arriving after a leave() does not bring the room's position back. A frame's
+   * position only moves it on (laterPosition); an answer's replaces it.
    */
-  _setPosition(room, position) {
-    if (position && this._tracks(room)) this.positions.set(room, position);
+  _setPosition(room, position, answer = false) {
+    if (!position || !this._tracks(room)) return;
+    this.positions.set(room, answer ? position : laterPosition(this.positions.get(room), position));
   }
 
   /** Whether the client keeps `room`'s position: a room it wants, or its personal room. */

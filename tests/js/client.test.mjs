@@ -630,6 +630,34 @@ describe("recovery of missed frames", () => {
     assert.deepEqual(ctx.client.positions.get("p"), { offset: 14, epoch: "e1" });
   });
 
+  test("the position is the highest seen, not the last: a late frame is not replayed", async () => {
+    const ctx = setup();
+    const ws = await connected(ctx);
+    ws.receive({ type: "info", message: "Connected", data: { user_id: 7, rooms: ["user_7"], offset: 0, epoch: "u1" }, room: null });
+    ctx.client.join("p");
+    ws.receive(joined("p", { offset: 10, epoch: "e1" }));
+    ws.receive(inRoom("p", 12, "e1"));
+    ws.receive(inRoom("p", 11, "e1")); // comes late (through another node, say)
+    ws.receive(inRoom("p", 12, "e1")); // or twice
+    assert.deepEqual(ctx.client.positions.get("p"), { offset: 12, epoch: "e1" });
+    const notice = (offset) => ({ type: "info", message: "n", data: { level: "info", notification: true }, room: null, offset, epoch: "u1" });
+    ws.receive(notice(5));
+    ws.receive(notice(4));
+    assert.deepEqual(ctx.client.positions.get("user_7"), { offset: 5, epoch: "u1" });
+
+    ws.serverClose(1006);
+    await ctx.clock.advance(500);
+    const again = ctx.WS.last;
+    assert.equal(again.url, `${URL_}?token=t2&offset=5&epoch=u1`, "recovers after the highest");
+    again.open();
+    assert.deepEqual(again.frames, [{ type: "join_room", room: "p", data: { offset: 12, epoch: "e1" } }]);
+    again.receive(joined("p", { offset: 12, epoch: "e1", recovered: true }));
+    again.receive(inRoom("p", 0, "e2")); // the room's numbering started over: a new epoch
+    again.receive(inRoom("p", 2, "e2"));
+    again.receive(inRoom("p", 1, "e2"));
+    assert.deepEqual(ctx.client.positions.get("p"), { offset: 2, epoch: "e2" });
+  });
+
   test("a failed recovery is reported, and the position starts over from the answer", async () => {
     const ctx = setup();
     const recoveries = [];
@@ -643,6 +671,16 @@ describe("recovery of missed frames", () => {
     ctx.WS.last.receive(joined("p", { offset: 0, epoch: "new", recovered: false, reason: "epoch_changed" }));
     assert.deepEqual(recoveries, [{ room: "p", recovered: false, reason: "epoch_changed", position: { offset: 0, epoch: "new" }, missed: 0 }]);
     assert.deepEqual(ctx.client.positions.get("p"), { offset: 0, epoch: "new" });
+    // In the same epoch too: a client ahead of the room (whose stream was lost, say)
+    // starts over from the answer, below what it held.
+    ctx.WS.last.receive(inRoom("p", 4, "new"));
+    ctx.WS.last.serverClose(1001);
+    await ctx.clock.advance(1000);
+    assert.equal(ctx.WS.instances.length, 3);
+    ctx.WS.last.open();
+    assert.deepEqual(ctx.WS.last.frames, [{ type: "join_room", room: "p", data: { offset: 4, epoch: "new" } }]);
+    ctx.WS.last.receive(joined("p", { offset: 1, epoch: "new", recovered: false, reason: "epoch_changed" }));
+    assert.deepEqual(ctx.client.positions.get("p"), { offset: 1, epoch: "new" });
   });
 
   test("leaving forgets the position; recover: false sends the seed's frames", async () => {

@@ -11,6 +11,7 @@ import {
   routeFrame,
   connectUrl,
   joinData,
+  laterPosition,
   positionOf,
   tokenTimeLeft,
   tokenTimes,
@@ -134,6 +135,16 @@ describe("routeFrame", () => {
     }
     assert.deepEqual(joinData({ offset: 41, epoch: "9f2c41d0" }), { offset: 41, epoch: "9f2c41d0" });
     assert.deepEqual(joinData(null), { recover: true });
+  });
+
+  test("laterPosition keeps the highest offset within an epoch; a new epoch replaces it", () => {
+    const at = (offset, epoch = "e1") => ({ offset, epoch });
+    assert.deepEqual(laterPosition(null, at(3)), at(3));
+    assert.deepEqual(laterPosition(at(3), null), at(3));
+    assert.deepEqual(laterPosition(at(5), at(6)), at(6));
+    assert.deepEqual(laterPosition(at(5), at(4)), at(5), "a late frame does not move it back");
+    assert.deepEqual(laterPosition(at(5), at(5)), at(5));
+    assert.deepEqual(laterPosition(at(5), at(0, "e2")), at(0, "e2"), "another epoch starts over");
   });
 
   test("the refresh_token reply", () => {

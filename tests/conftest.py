@@ -102,6 +102,11 @@ class Client:
             self.last_position = (frame.pop("offset"), frame.pop("epoch"))
         return frame
 
+    async def frames(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """The next `count` frames, positions kept, all within `timeout`."""
+        with trio.fail_after(timeout):
+            return [await self.recv(timeout=timeout, positions=True) for _ in range(count)]
+
     async def request(self, frame: Any) -> dict[str, Any]:
         await self.send(frame)
         return await self.recv()
@@ -120,12 +125,13 @@ def ws_url(service: Service, query: str = "") -> str:
 @asynccontextmanager
 async def connect(
     service: Service, user: Any = 1, *, token: str | None = None, scope: str | None = None,
-    **ws_kwargs: Any,
+    query: str = "", **ws_kwargs: Any,
 ) -> AsyncIterator[Client]:
-    """Connect as `user` (a token is minted unless one is given) and read the welcome."""
+    """Connect as `user` (a token is minted unless one is given) and read the welcome.
+    `query` is more of the URL's query: "&recover=1", "&offset=3&epoch=E"."""
     if token is None:
         token = token_for(user, service.config, scope=scope)
-    async with open_websocket_url(ws_url(service, f"?token={token}"), **ws_kwargs) as ws:
+    async with open_websocket_url(ws_url(service, f"?token={token}{query}"), **ws_kwargs) as ws:
         with trio.fail_after(5):
             welcome = json.loads(await ws.get_message())
         yield Client(ws, welcome)

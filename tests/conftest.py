@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
-from trio_websocket import WebSocketConnection, open_websocket_url
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from roomcast import Config, Service, mint_token, open_service
 
@@ -136,6 +136,14 @@ class Client:
         with trio.move_on_after(seconds):
             frame = await self.ws.get_message()
             raise AssertionError(f"unexpected frame: {frame}")
+
+
+async def close_code(client: Client, timeout: float = 10.0) -> int:
+    """Read (and drop) frames until the service closes the socket; its close code."""
+    with trio.fail_after(timeout), pytest.raises(ConnectionClosed) as closed:
+        while True:
+            await client.ws.get_message()
+    return closed.value.reason.code
 
 
 def ws_url(service: Service, query: str = "") -> str:

@@ -14,7 +14,7 @@ import trio
 from roomcast import CloseCode
 from roomcast.remote import RemoteNotificationService
 
-from .cluster import cluster_node, needs_redis
+from .cluster import cluster_node, needs_redis, nodes
 from .conftest import (
     close_code,
     connect,
@@ -274,16 +274,28 @@ async def test_many_offline_notifications_each_reach_their_user_who_asks():
 
 
 @needs_redis
-async def test_a_worker_notifying_right_after_the_welcome_is_told_true(redis):
+@pytest.mark.parametrize("lanes", [1, 10], ids=["one_at_a_time", "ten_at_once"])
+async def test_a_worker_notifying_right_after_the_welcome_is_told_true(redis, lanes):
     """Presence: once a tab has its welcome, a worker's notify_user answers True and
-    reaches it. 50 times, a new user each time."""
+    reaches it. 50 times, a new user each time: one after another, and in ten lanes
+    at once (tabs of other users arriving meanwhile). The node runs in its own process,
+    as it would beside a worker."""
     worker = RemoteNotificationService.from_config(make_config(redis_url=redis.url))
-    async with cluster_node(redis.url) as node:
+    with nodes(redis.url, 1) as (node,):
+        async with connect(node, 499):  # once Redis lists this tab, the node has joined
+            await eventually(lambda: worker.is_user_connected(499))
         answers: dict[int, bool] = {}
-        for user in range(500, 550):
-            async with connect(node, user) as tab:
-                answers[user] = await worker.notify_user(user, "right away")
-                assert [f["message"] for f in await tab.frames(1, timeout=5)] == ["right away"]
-        wrong = {user: answer for user, answer in answers.items() if answer is not True}
-        assert wrong == {}, f"{len(wrong)} of 50 calls answered False: {sorted(wrong)[:10]}"
 
+        async def lane(users: range) -> None:
+            for user in users:
+                async with connect(node, user) as tab:
+                    answers[user] = await worker.notify_user(user, "right away")
+                    got = [f["message"] for f in await tab.frames(1, timeout=5)]
+                    assert got == ["right away"], (user, got)
+
+        async with trio.open_nursery() as nursery:
+            per_lane = 50 // lanes
+            for start in range(500, 550, per_lane):
+                nursery.start_soon(lane, range(start, start + per_lane))
+        wrong = sorted(user for user, answer in answers.items() if answer is not True)
+        assert wrong == [], f"{len(wrong)} of 50 calls answered False, users {wrong[:10]}"

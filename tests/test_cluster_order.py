@@ -249,10 +249,15 @@ async def test_a_room_idle_past_history_ttl_still_reaches_its_connected_members(
 async def test_a_node_started_while_redis_is_down_serves_then_joins_the_cluster():
     server = RedisServer()  # its port is closed: nothing listens yet
     try:
-        async with running(redis_url=server.url, presence_lease=2.0) as a:
+        # A short heartbeat: a connection stuck before its welcome ends soon (with 4000).
+        async with running(redis_url=server.url, presence_lease=2.0, ping_interval=1.0,
+                           ping_timeout=1.0) as a:
             async with contextlib.AsyncExitStack() as stack:
-                with trio.fail_after(1):
-                    x = await stack.enter_async_context(connect(a, 1))
+                # The 101 answer is written with the welcome: both within 1 s.
+                started = trio.current_time()
+                x = await stack.enter_async_context(
+                    connect(a, 1, connect_timeout=1, disconnect_timeout=1))
+                assert trio.current_time() - started < 1.0, "welcomed, but not within 1 s"
                 assert x.welcome["data"]["user_id"] == 1
                 y = await stack.enter_async_context(connect(a, 2))
                 for client in (x, y):

@@ -88,9 +88,13 @@ class RemoteNotificationService(NotificationService):
             members = view.room_members(room)
             if room != LOBBY and not self._sharded:
                 # Numbered and kept in the room's history, as a node would; a personal
-                # notification to a user connected nowhere waits for them.
-                away = personal_room_owner(room) if not members else None
-                await self._streams.sequence(client, room, body, self._origin, away)
+                # notification that no node hears waits for the user. A node that hears
+                # the user's room has a connection of theirs now, even if its presence
+                # is not written yet.
+                owner = personal_room_owner(room)
+                numbered = await self._streams.sequence(client, room, body, self._origin, owner)
+                if owner is not None and numbered.heard:
+                    members = members | {owner}
             else:
                 await publish_frame(client, self._keys, self._sharded, room,
                                     self._origin + b"\n" + body)

@@ -9,12 +9,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
 
 import pytest
 
-from .conftest import SECRET, make_config
+from roomcast import Service
+
+from .conftest import SECRET, eventually, make_config, running
 
 REDIS = shutil.which("redis-server")
 
@@ -34,8 +37,8 @@ class RedisServer:
     """A throwaway Redis on a free loopback port; it can be stopped and started again
     on the same port, as an outage would."""
 
-    def __init__(self) -> None:
-        self.port = free_port()
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -57,6 +60,18 @@ class RedisServer:
             self.process.wait(timeout=10)
             self.process = None
 
+    def kill(self) -> None:
+        """SIGKILL: no goodbye to the clients; with no persistence, every key is lost."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def restart_empty(self) -> None:
+        """Killed and started again on the same port, empty: a crash of Redis."""
+        self.kill()
+        self.start()
+
 
 @contextmanager
 def redis_server() -> Iterator[RedisServer]:
@@ -69,13 +84,15 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 class Node:
-    """A roomcast node in its own process, through the real CLI."""
+    """A roomcast node in its own process, through the real CLI. `settings` are more
+    Config fields, passed as flags (`rate_limit=1e6` is `--rate-limit 1000000.0`)."""
 
-    def __init__(self, redis_url: str, lease: float = 2.0) -> None:
+    def __init__(self, redis_url: str, lease: float = 2.0, **settings: object) -> None:
+        flags = [f"--{name.replace('_', '-')}={value}" for name, value in settings.items()]
         self.process = subprocess.Popen(
             [sys.executable, "-m", "roomcast.cli", "serve", "--port", "0", "--http-port=-1",
              "--redis-url", redis_url, "--presence-lease", str(lease),
-             "--log-level", "WARNING"],
+             "--log-level", "WARNING", *flags],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "ROOMCAST_JWT_SECRET": SECRET},
         )
@@ -102,15 +119,26 @@ class Node:
 
 
 @contextmanager
-def nodes(redis_url: str, count: int, lease: float = 2.0) -> Iterator[list[Node]]:
+def nodes(
+    redis_url: str, count: int, lease: float = 2.0, **settings: object
+) -> Iterator[list[Node]]:
     started: list[Node] = []
     try:
         for _ in range(count):
-            started.append(Node(redis_url, lease))
+            started.append(Node(redis_url, lease, **settings))
         yield started
     finally:
         for node in started:
             node.stop()
+
+
+@asynccontextmanager
+async def cluster_node(redis_url: str, **settings: Any) -> AsyncIterator[Service]:
+    """An in-process node of the cluster over `redis_url`, once it has joined (before
+    that it numbers locally)."""
+    async with running(redis_url=redis_url, presence_lease=2.0, **settings) as node:
+        await eventually(lambda: node.ready)
+        yield node
 
 
 @contextmanager

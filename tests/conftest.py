@@ -4,6 +4,7 @@ fixture) a throwaway Redis server."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import random
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
-from trio_websocket import WebSocketConnection, open_websocket_url
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from roomcast import Config, Service, mint_token, open_service
 
@@ -75,6 +76,21 @@ def redis() -> Iterator[RedisServer]:
         yield server
 
 
+@pytest.fixture(params=["single", "cluster"])
+def deployment(request: pytest.FixtureRequest) -> Callable[..., Any]:
+    """How to open a node, for tests that hold on one node and in a cluster alike:
+    `async with deployment(**settings) as node`. "cluster" is one in-process node over
+    a throwaway Redis (the `redis` fixture), once it has joined."""
+    if request.param == "single":
+        return running
+    from .cluster import REDIS, cluster_node
+
+    if REDIS is None:
+        pytest.skip("redis-server is not installed")
+    server = request.getfixturevalue("redis")
+    return functools.partial(cluster_node, server.url)
+
+
 @pytest.fixture
 async def service() -> AsyncIterator[Service]:
     async with running() as svc:
@@ -102,6 +118,15 @@ class Client:
             self.last_position = (frame.pop("offset"), frame.pop("epoch"))
         return frame
 
+    async def frames(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Up to `count` next frames, positions kept: what arrived within `timeout`
+        (fewer if some never came, so that the caller's assertion shows which)."""
+        frames: list[dict[str, Any]] = []
+        with trio.move_on_after(timeout):
+            while len(frames) < count:
+                frames.append(json.loads(await self.ws.get_message()))
+        return frames
+
     async def request(self, frame: Any) -> dict[str, Any]:
         await self.send(frame)
         return await self.recv()
@@ -111,6 +136,14 @@ class Client:
         with trio.move_on_after(seconds):
             frame = await self.ws.get_message()
             raise AssertionError(f"unexpected frame: {frame}")
+
+
+async def close_code(client: Client, timeout: float = 10.0) -> int:
+    """Read (and drop) frames until the service closes the socket; its close code."""
+    with trio.fail_after(timeout), pytest.raises(ConnectionClosed) as closed:
+        while True:
+            await client.ws.get_message()
+    return closed.value.reason.code
 
 
 def ws_url(service: Service, query: str = "") -> str:

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 import random
-from contextlib import asynccontextmanager
 
 from trio_websocket import open_websocket_url
 
 from roomcast.remote import RemoteNotificationService
 
-from .cluster import needs_redis
+from .cluster import cluster_node, needs_redis
 from .conftest import (
     connect,
     eventually,
     make_config,
     reconnect_at_random,
-    running,
     token_for,
     ws_url,
 )
@@ -24,12 +22,9 @@ from .conftest import (
 pytestmark = needs_redis
 
 
-@asynccontextmanager
-async def cluster(redis, **extra):
+def cluster(redis, **extra):
     """A node of the cluster, once it has joined (before that it numbers locally)."""
-    async with running(redis_url=redis.url, presence_lease=2.0, **extra) as node:
-        await eventually(lambda: node.ready)
-        yield node
+    return cluster_node(redis.url, **extra)
 
 
 async def test_reconnecting_to_another_node_recovers_exactly_the_missed_frames(redis):

@@ -14,7 +14,7 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_
 
 from roomcast import CloseCode
 
-from .conftest import connect, running, token_for, ws_url
+from .conftest import close_code, connect, running, token_for, ws_url
 
 
 async def _refused(url: str, **kwargs) -> ConnectionRejected:
@@ -107,13 +107,6 @@ async def test_connection_closed_with_4001_when_its_token_expires():
         assert time.monotonic() - started >= 1.5
 
 
-async def _close_code(client, timeout: float = 10.0) -> int:
-    with trio.fail_after(timeout), pytest.raises(ConnectionClosed) as closed:
-        while True:
-            await client.ws.get_message()
-    return closed.value.reason.code
-
-
 async def test_refresh_token_moves_the_expiry():
     async with running(jwt_leeway=0.0) as service:
         async with connect(service, 1, token=token_for(1, ttl=2)) as client:
@@ -130,7 +123,7 @@ async def test_refresh_with_another_users_or_a_bad_token_leaves_the_old_expiry()
             assert other["data"] == {"code": "forbidden"}
             bad = await client.request({"type": "refresh_token", "data": token_for(1) + "x"})
             assert bad["data"] == {"code": "invalid_token"}
-            assert await _close_code(client) == CloseCode.TOKEN_EXPIRED
+            assert await close_code(client) == CloseCode.TOKEN_EXPIRED
             assert not service.notifications.is_user_connected(2)
 
 
@@ -143,7 +136,7 @@ async def test_repeated_bad_frames_close_with_4008():
             assert (await client.request({"type": "text", "data": "ok"}))["type"] == "text"
             for _ in range(5):
                 await client.send("not json")
-            assert await _close_code(client) == CloseCode.POLICY
+            assert await close_code(client) == CloseCode.POLICY
             assert (await bystander.request({"type": "text", "data": "x"}))["type"] == "text"
 
 
@@ -163,4 +156,4 @@ async def test_flood_past_the_rate_limit_is_answered_then_closed():
         async with connect(service, 1) as client:
             for i in range(40):
                 await client.send({"type": "text", "data": str(i)})
-            assert await _close_code(client) == CloseCode.POLICY
+            assert await close_code(client) == CloseCode.POLICY

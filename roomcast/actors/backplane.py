@@ -317,7 +317,7 @@ class Backplane(Actor):
     async def fetch(self, room: str, fetch: Fetch) -> list[tuple[int, bytes]]:
         return await self._redis(self.streams.fetch, room, fetch)
 
-    async def take_pending(self, user: UserId) -> list[bytes]:
+    async def take_pending(self, user: UserId) -> tuple[list[bytes], bool]:
         return await self._redis(self.streams.take_pending, user)
 
     async def _redis(self, operation: Any, *args: Any) -> Any:
@@ -376,6 +376,9 @@ class Backplane(Actor):
                             raise TimeoutError("subscribing took too long")
                         self._pubsub = pubsub
                         self._presence_changed.set()  # the presence task checks, then healthy
+                        # Rooms that lived through an outage: what was published while we
+                        # did not hear them is read from their streams.
+                        await self._check_rooms()
                         await self._consume(pubsub)
             finally:
                 self._pubsub = None

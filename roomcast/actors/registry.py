@@ -115,7 +115,9 @@ class Registry(MailboxActor):
         backplane = self.backplane
         if backplane is not None and room != LOBBY and backplane.cluster_history:
             try:
-                numbered = await backplane.sequence(room, body, self._away(room))
+                # A personal frame that no node hears waits in the user's pending list
+                # (Redis decides, in the same step that publishes it).
+                numbered = await backplane.sequence(room, body, personal_room_owner(room))
             except BackplaneUnavailable:
                 await self._publish_here(room, body)  # numbered here; other nodes missed it
                 raise
@@ -124,15 +126,6 @@ class Registry(MailboxActor):
         if backplane is not None:
             await backplane.publish(room, body)
         return delivery
-
-    def _away(self, room: str) -> UserId | None:
-        """The owner of a personal room who is connected nowhere in the cluster."""
-        user = personal_room_owner(room)
-        if user is None:
-            return None
-        if self.connections_of(user) or (self.backplane and self.backplane.view.has_user(user)):
-            return None
-        return user
 
     async def _publish_here(
         self, room: str, body: bytes, numbered: Numbered | None = None

@@ -35,6 +35,7 @@ from roomcast.actors.streams import BackplaneUnavailable, Numbered
 from roomcast.protocol import (
     CloseCode,
     Position,
+    RecoveryFailure,
     UserId,
     positioned_frame,
     text_frame,
@@ -458,10 +459,12 @@ class Room(MailboxActor):
             # taken once (the frames the recovery already gave are not given twice),
             # after the answer, even when that refused the position.
             given = set(missed)
-            waiting = [text_frame(f) for f in await cluster.take_pending(join.connection.user_id)
-                       if f not in given]
-            frames += waiting
+            pending, lost = await cluster.take_pending(join.connection.user_id)
+            frames += [text_frame(f) for f in pending if f not in given]
             recovery = attrs.evolve(recovery, missed=len(frames))
+            if lost and recovery.recovered is not False:
+                recovery = attrs.evolve(recovery, recovered=False,
+                                        reason=RecoveryFailure.TOO_MANY)
         return recovery, frames
 
     def _presence_changed(self) -> None:

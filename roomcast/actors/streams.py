@@ -8,15 +8,17 @@ nodes: every node, and every client recovering on any node, sees the same offset
 the same epoch. The epoch is new whenever the room's keys are gone (Redis restarted,
 or the room was idle past its retention), so a lost history is always told apart.
 
-A personal notification that reached nobody in the cluster is also pushed to the
-user's pending list, which the user's next connection, on any node, takes once.
+A personal notification that no node heard (Redis counts the subscribers a publish
+reached, in the same script) is also pushed to the user's pending list, which the
+user's next connection that asks for it, on any node, takes once.
 
 Keys, with the prefix as a hash tag so they share one slot on Redis Cluster:
 
     {P}:seq:R        STRING  the room's last offset
     {P}:epoch:R      STRING  the room's epoch
     {P}:hist:R       STREAM  entries 0-OFFSET with fields t (ms) and f (the frame's JSON)
-    {P}:pending:U    LIST    frames for user U that reached nobody
+    {P}:pending:U    LIST    frames for user U that reached nobody (at most history_size)
+    {P}:pending_lost:U STRING set when older ones were dropped: the user is told too_many
 """
 
 from __future__ import annotations
@@ -31,8 +33,11 @@ from roomcast.protocol import UserId
 from roomcast.protocol.holdback import Fetch
 from roomcast.protocol.roomlog import Stretch, new_epoch
 
-# KEYS: seq, epoch, hist, pending (may be unused); ARGV: body without its closing brace,
-# maxlen, ttl ms, channel, origin, candidate epoch, now ms, pending flag.
+# KEYS: seq, epoch, hist, pending, pending_lost (the last two may be unused); ARGV:
+# body without its closing brace, maxlen, ttl ms, channel, origin, candidate epoch, now
+# ms, pending flag. Returns the position, the frame, and how many subscribers heard it:
+# a personal frame that nobody heard is kept in the user's pending list (at most
+# maxlen; the oldest dropped, and that noted, so the user is told `too_many`).
 SEQUENCE = """
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
@@ -42,16 +47,20 @@ if not epoch then
 end
 local offset = redis.call('INCR', KEYS[1])
 local frame = ARGV[1] .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
-if tonumber(ARGV[2]) > 0 then
+local size = tonumber(ARGV[2])
+if size > 0 then
   redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[2], '0-' .. offset, 't', ARGV[7], 'f', frame)
 end
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
-if ARGV[8] == '1' then
-  redis.call('RPUSH', KEYS[4], frame)
+local heard = redis.call('PUBLISH', ARGV[4], ARGV[5] .. offset .. ' ' .. epoch .. '\\n' .. frame)
+if ARGV[8] == '1' and heard == 0 and size > 0 then
+  if redis.call('RPUSH', KEYS[4], frame) > size then
+    redis.call('LPOP', KEYS[4])
+    redis.call('SET', KEYS[5], 'too_many', 'PX', ARGV[3])
+  end
   redis.call('PEXPIRE', KEYS[4], ARGV[3])
 end
-redis.call('PUBLISH', ARGV[4], ARGV[5] .. offset .. ' ' .. epoch .. '\\n' .. frame)
-return {offset, epoch, frame}
+return {offset, epoch, frame, heard}
 """
 
 # KEYS: seq, epoch, hist; ARGV: candidate epoch, ttl ms. A room's position, made if
@@ -94,10 +103,12 @@ for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
 return 1
 """
 
+# KEYS: pending, pending_lost. What waited for the user, and whether some was dropped.
 TAKE_PENDING = """
 local frames = redis.call('LRANGE', KEYS[1], 0, -1)
-redis.call('DEL', KEYS[1])
-return frames
+local lost = redis.call('GET', KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2])
+return {frames, lost or ''}
 """
 
 
@@ -110,6 +121,7 @@ class Numbered:
     offset: int
     epoch: str
     frame: bytes  # the frame's JSON, position included
+    heard: int = 0  # subscribers (nodes, workers) that received it from Redis
 
 
 class Streams:
@@ -125,13 +137,14 @@ class Streams:
     async def sequence(
         self, client: Any, room: str, body: bytes, origin: bytes, pending: UserId | None
     ) -> Numbered:
+        user = pending if pending is not None else "-"
         keys = [self._key("seq", room), self._key("epoch", room), self._key("hist", room),
-                self._key("pending", pending if pending is not None else "-")]
+                self._key("pending", user), self._key("pending_lost", user)]
         args = [body[:-1], str(self._size), str(self._ttl_ms), self._channel_prefix + room,
                 origin, new_epoch(time.time(), secrets.token_hex(4)), str(int(time.time() * 1000)),
                 "1" if pending is not None else "0"]
-        offset, epoch, frame = await client.eval(SEQUENCE, keys, args)
-        return Numbered(int(offset), _text(epoch), bytes(frame))
+        offset, epoch, frame, heard = await client.eval(SEQUENCE, keys, args)
+        return Numbered(int(offset), _text(epoch), bytes(frame), int(heard))
 
     async def position(self, client: Any, room: str) -> tuple[str, int]:
         """The room's epoch and last offset (a new epoch if it had none)."""
@@ -162,9 +175,11 @@ class Streams:
         keys = [self._key("seq", room), self._key("epoch", room), self._key("hist", room)]
         await client.eval(TOUCH, keys, [str(self._ttl_ms)])
 
-    async def take_pending(self, client: Any, user: UserId) -> list[bytes]:
-        frames = await client.eval(TAKE_PENDING, [self._key("pending", user)], [])
-        return [bytes(frame) for frame in frames or []]
+    async def take_pending(self, client: Any, user: UserId) -> tuple[list[bytes], bool]:
+        """What waited for `user` (taken: once), and whether some of it was dropped."""
+        keys = [self._key("pending", user), self._key("pending_lost", user)]
+        frames, lost = await client.eval(TAKE_PENDING, keys, [])
+        return [bytes(frame) for frame in frames or []], bool(_text(lost))
 
 
 def _entries(raw: Any) -> list[tuple[int, float, bytes]]:

@@ -98,6 +98,9 @@ class Handshake:
         response = self._h11.send(AcceptConnection())
         frames = self._h11.connection
         assert frames is not None
+        # Frames the client sent in the same segment as its request are still in h11's
+        # buffer: a server-side wsproto does not hand them on (a client-side one does).
+        frames.receive_data(bytes(self._h11._h11_connection.trailing_data[0]))
         self._h11 = None
         self._outbox.write_later(response)
         return WebSocket(self._outbox, frames, max_message_size)

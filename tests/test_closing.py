@@ -1,0 +1,109 @@
+"""The closing handshake and the handshake's edges (RFC 6455 sections 5.5 and 7), over
+raw TCP on 127.0.0.1.
+
+- Whoever begins the close (the client's Close, a protocol failure, the service), the
+  frames already queued for the connection go out whole, then the service's Close, then
+  a FIN (shutdown SHUT_WR); the service reads and discards until the client's Close or
+  EOF, so that closing never resets (RST) a client that is still writing.
+- Pings that arrive while the queued frames drain are answered before the Close; a
+  ping sent after the client's own Close is not (RFC 6455 5.5.2).
+- Frames sent in the same segment as the upgrade request are read.
+- A malformed position in the URL is ignored, never an exception.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import struct
+from typing import Any
+
+import pytest
+import trio
+from trio_websocket import open_websocket_url
+
+from roomcast import CloseCode
+
+from .conftest import running, token_for, ws_url
+from .test_hostile import (
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FAST,
+    RawClient,
+    client_frame,
+    handshake_bytes,
+    text,
+)
+
+ECHO = {"type": "text", "data": "x" * 4000}
+
+
+def close_payload(code: int, reason: bytes = b"") -> bytes:
+    return struct.pack("!H", code) + reason
+
+
+# --- malformed positions in the URL ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "offset=%C2%B2&epoch=x",  # "²": str.isdigit() says yes, int() says no
+        "offset=" + "9" * 5000 + "&epoch=x",  # past int()'s digit limit
+        "offset=99999999999999999999&epoch=x",  # 20 digits: past a 64-bit offset
+        "offset=-1&epoch=x",
+        "offset=+1&epoch=x",
+        "offset=%201&epoch=x",
+        "offset=%EF%BC%91&epoch=x",  # a fullwidth "1"
+        "offset=1&epoch=",
+        "offset=1",
+        "offset=1&epoch=" + "e" * 65,  # an epoch the service never gives
+    ],
+)
+async def test_a_malformed_position_in_the_url_gets_a_plain_welcome(caplog, query):
+    caplog.set_level(logging.INFO)
+    async with running(**FAST) as service:
+        url = ws_url(service, f"?token={token_for(5)}&{query}")
+        async with open_websocket_url(url, connect_timeout=5) as ws:
+            with trio.fail_after(5):
+                welcome = json.loads(await ws.get_message())
+            assert welcome["message"].startswith("Connected successfully"), welcome
+            assert set(welcome["data"]) == {"user_id", "rooms"}, welcome  # no position
+            await ws.send_message(json.dumps({"type": "text", "data": "still here"}))
+            with trio.fail_after(5):
+                echo = json.loads(await ws.get_message())
+            assert echo["message"] == "Echo: still here"
+    problems = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+    assert not problems, [r.getMessage() for r in problems]
+
+
+async def test_a_valid_position_in_the_url_is_still_honoured():
+    async with running(**FAST) as service:
+        url = ws_url(service, f"?token={token_for(5)}&offset=0&epoch=whatever")
+        async with open_websocket_url(url, connect_timeout=5) as ws:
+            with trio.fail_after(5):
+                welcome = json.loads(await ws.get_message())
+            assert welcome["data"]["recovered"] is False, welcome
+
+
+# --- frames in the same segment as the upgrade request -----------------------------------
+
+
+async def test_frames_pipelined_with_the_upgrade_request_are_answered():
+    async with running(**FAST) as service:
+        client = await RawClient.open(service.port)
+        frames = b"".join(
+            client_frame(OP_TEXT, text({"type": "text", "data": f"early {i}"})) for i in range(3)
+        )
+        await client.send(handshake_bytes(token_for(3)) + frames)  # one write, one segment
+        with trio.fail_after(5):
+            status = await client.http_response()
+            assert status.startswith(b"HTTP/1.1 101"), status
+            welcome = await client.recv_json()
+            assert welcome["message"].startswith("Connected successfully"), welcome
+            answers = [(await client.recv_json())["message"] for _ in range(3)]
+        assert answers == ["Echo: early 0", "Echo: early 1", "Echo: early 2"]
+        await client.aclose()

@@ -23,15 +23,17 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from roomcast import CloseCode
+from roomcast import CloseCode, Service
+from roomcast.actors.connection import Connection
 
-from .conftest import running, token_for, ws_url
+from .conftest import eventually, running, token_for, ws_url
 from .test_hostile import (
+    FAST,
     OP_CLOSE,
     OP_PING,
     OP_PONG,
     OP_TEXT,
-    FAST,
+    PeerClosed,
     RawClient,
     client_frame,
     handshake_bytes,
@@ -106,4 +108,79 @@ async def test_frames_pipelined_with_the_upgrade_request_are_answered():
             assert welcome["message"].startswith("Connected successfully"), welcome
             answers = [(await client.recv_json())["message"] for _ in range(3)]
         assert answers == ["Echo: early 0", "Echo: early 1", "Echo: early 2"]
+        await client.aclose()
+
+
+# --- closing with output still queued ----------------------------------------------------
+
+
+async def slow_reader(service: Service, user: Any) -> tuple[RawClient, Connection]:
+    """An upgraded raw client with a small receive buffer, welcome read, and the
+    service's side of it."""
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: the window
+    await sock.connect(("127.0.0.1", service.port))
+    client = RawClient(trio.SocketStream(sock))
+    await client.send(handshake_bytes(token_for(user)))
+    with trio.fail_after(5):
+        status = await client.http_response()
+        assert status.startswith(b"HTTP/1.1 101"), status
+        welcome = await client.recv_json()
+    assert welcome["message"].startswith("Connected successfully"), welcome
+    (connection,) = service.registry.connections_of(user).values()
+    return client, connection
+
+
+async def backlog_of_echoes(
+    service: Service, client: RawClient, connection: Connection, count: int
+) -> None:
+    """`count` echo requests, not read: wait until every reply is queued, most of them
+    in the outbox, past what the kernel buffers hold."""
+    frames_out = service.registry.metrics.frames_out
+    before = frames_out["text"]
+    await client.send(client_frame(OP_TEXT, text(ECHO)) * count)
+    await eventually(lambda: frames_out["text"] - before == count)
+    assert connection.outbox.backlog_bytes > 100_000, connection.outbox.backlog_bytes
+
+
+async def frames_until_eof(client: RawClient) -> tuple[list[tuple[int, bytes]], str]:
+    """Every frame the service sends until the TCP connection ends, and how it ended:
+    "eof" (FIN) or "reset". A half frame before the end fails the test."""
+    frames: list[tuple[int, bytes]] = []
+    with trio.fail_after(10):
+        while True:
+            try:
+                frames.append(await client.frame())
+            except PeerClosed as ended:
+                assert not client.buffer, f"{len(client.buffer)} bytes of a half frame"
+                return frames, str(ended)
+
+
+def echoes_then_close(frames: list[tuple[int, bytes]]) -> tuple[int, list[bytes], int]:
+    """(echoes, pongs, close code) of frames that must be: whole echo frames and pongs,
+    then one Close, last."""
+    *before, (opcode, close) = frames
+    assert opcode == OP_CLOSE, (opcode, close[:50])
+    echoes = [p for o, p in before if o == OP_TEXT]
+    pongs = [p for o, p in before if o == OP_PONG]
+    assert len(echoes) + len(pongs) == len(before), [o for o, _ in before]
+    for echo in echoes:
+        assert json.loads(echo)["message"] == "Echo: " + ECHO["data"]
+    return len(echoes), pongs, struct.unpack("!H", close[:2])[0]
+
+
+# Echo requests are frames like any other: no rate limit stands in their way here.
+BACKLOG: dict[str, Any] = {**FAST, "close_timeout": 5.0, "rate_limit": 10_000.0,
+                           "rate_burst": 10_000}
+REPLIES = 200  # ~800 KB of echoes: a backlog past the kernel buffers, under the 1 MiB limit
+
+
+async def test_a_slow_reader_that_closes_gets_every_queued_reply_then_the_close_then_eof():
+    async with running(**BACKLOG) as service:
+        client, connection = await slow_reader(service, 1)
+        await backlog_of_echoes(service, client, connection, REPLIES)
+        await client.send(client_frame(OP_CLOSE, close_payload(1000, b"done")))
+        frames, ended = await frames_until_eof(client)
+        echoes, pongs, code = echoes_then_close(frames)
+        assert (echoes, pongs, code, ended) == (REPLIES, [], 1000, "eof")
         await client.aclose()

@@ -226,14 +226,10 @@ class Gateway:
             self._keeper.unwatch(connection)
         code, reason = connection.close_code, connection.close_reason
         self._registry.metrics.closed(code)
-        if ws.closed is None:  # we close: wait (a while) for the client's answer
-            with trio.move_on_after(config.close_timeout):
-                await ws.aclose(code, reason)
-        closed = ws.closed
-        log.info(
-            "conn %d user=%r disconnected: %s %s", connection.id, connection.user_id,
-            closed.code if closed else code, (closed.reason if closed else reason) or "",
-        )
+        # Whoever began it: the queued frames, our Close, a FIN, the client's Close.
+        closed = await ws.close(code, reason, config.close_timeout)
+        log.info("conn %d user=%r disconnected: %s %s", connection.id, connection.user_id,
+                 closed.code, closed.reason or "")
 
     async def _admit(self, request: Request) -> Principal:
         config = self._config

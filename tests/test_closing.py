@@ -22,9 +22,11 @@ from typing import Any
 import pytest
 import trio
 from trio_websocket import open_websocket_url
+from wsproto.connection import ConnectionState
 
 from roomcast import CloseCode, Service
 from roomcast.actors.connection import Connection
+from roomcast.protocol import MessageType, ServerFrame, encode_frame
 
 from .conftest import eventually, running, token_for, ws_url
 from .test_hostile import (
@@ -183,4 +185,141 @@ async def test_a_slow_reader_that_closes_gets_every_queued_reply_then_the_close_
         frames, ended = await frames_until_eof(client)
         echoes, pongs, code = echoes_then_close(frames)
         assert (echoes, pongs, code, ended) == (REPLIES, [], 1000, "eof")
+        await client.aclose()
+
+
+def unmasked(opcode: int, payload: bytes) -> bytes:
+    return struct.pack("!BB", 0x80 | opcode, len(payload)) + payload
+
+
+FAILURES = {
+    "unmasked frame": (unmasked(OP_TEXT, b"hi"), 1002),
+    "invalid utf-8": (client_frame(OP_TEXT, b"\xff\xfe bad"), 1007),
+    "oversize": (client_frame(OP_TEXT, b"x" * 70_000), CloseCode.MESSAGE_TOO_BIG),
+}
+
+
+@pytest.mark.parametrize("failure", FAILURES)
+async def test_a_failed_connection_still_writing_reads_the_close_then_a_fin(failure):
+    bad, expected = FAILURES[failure]
+    async with running(**{**FAST, "close_timeout": 5.0}) as service:
+        client = await RawClient.upgraded(service.port, 1)
+        noise = client_frame(OP_TEXT, text({"type": "text", "data": "y" * 1000})) * 16
+        got_close = trio.Event()
+        write_errors: list[BaseException] = []
+
+        async def keep_writing() -> None:
+            # After the failing frame the client goes on writing (about 16 KB a round)
+            # until it has read the service's Close.
+            try:
+                await client.send(bad)
+                while not got_close.is_set():
+                    await client.send(noise)
+                    await trio.lowlevel.checkpoint()
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                write_errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keep_writing)
+            with trio.fail_after(10):
+                code = None
+                while code is None:
+                    opcode, payload = await client.frame()
+                    if opcode == OP_CLOSE:
+                        code = struct.unpack("!H", payload[:2])[0]
+                got_close.set()
+        assert code == expected
+        # Then a FIN (recv returns b""), not a reset; and no write of ours was refused.
+        frames, ended = await frames_until_eof(client)
+        assert (frames, ended, write_errors) == ([], "eof", [])
+        await client.aclose()
+
+
+# --- pings while closing -----------------------------------------------------------------
+
+
+async def test_a_ping_while_queued_frames_drain_before_our_close_is_answered_before_it():
+    """The service closes (here 1001, as at shutdown) while the client has replies
+    queued: the client's ping, read during the drain, is answered after those replies
+    and before the Close (our Close is not sent yet, so a pong may still go)."""
+    async with running(**BACKLOG) as service:
+        client, connection = await slow_reader(service, 1)
+        await backlog_of_echoes(service, client, connection, REPLIES)
+        connection.request_close(CloseCode.GOING_AWAY, "going away")
+        await eventually(lambda: connection.ws.closed is not None)  # the close began
+        last_read = connection.outbox.last_received
+        await client.send(client_frame(OP_PING, b"still there?"))
+        await eventually(lambda: connection.outbox.last_received > last_read)  # ping read
+        frames, ended = await frames_until_eof(client)
+        echoes, pongs, code = echoes_then_close(frames)
+        assert (echoes, pongs, code, ended) == (REPLIES, [b"still there?"], 1001, "eof")
+        assert frames[-2] == (OP_PONG, b"still there?")  # after the queued replies
+        await client.aclose()
+
+
+async def test_a_ping_after_the_clients_close_is_not_answered():
+    """RFC 6455 5.5.2: a pong is owed unless a Close was already received. Once the
+    client has sent its Close, what follows it is dropped, pings included."""
+    async with running(**BACKLOG) as service:
+        client, connection = await slow_reader(service, 1)
+        await backlog_of_echoes(service, client, connection, REPLIES)
+        await client.send(
+            client_frame(OP_CLOSE, close_payload(1000)) + client_frame(OP_PING, b"late")
+        )
+        frames, ended = await frames_until_eof(client)
+        echoes, pongs, code = echoes_then_close(frames)
+        assert (echoes, pongs, code, ended) == (REPLIES, [], 1000, "eof")
+        await client.aclose()
+
+
+# --- the limits of the drain --------------------------------------------------------------
+
+
+async def test_a_close_near_the_outbox_limit_is_not_refused():
+    """The backlog is a few bytes under `outbox_limit` when the client's Close comes:
+    the Close reply is still sent (after the queued replies), not a 4009."""
+    limit = 200_000
+    async with running(**{**BACKLOG, "outbox_limit": limit}) as service:
+        client, connection = await slow_reader(service, 1)
+        frames_out = service.registry.metrics.frames_out
+        sent = 0
+        outbox = connection.outbox
+        while outbox.backlog_bytes + 2 * echo_size(ECHO["data"]) <= limit:
+            await client.send_text(ECHO)
+            sent += 1
+            await eventually(lambda n=sent: frames_out["text"] == n)
+        # One more echo, sized to leave two bytes under the limit: too few for a Close.
+        room = limit - outbox.backlog_bytes
+        data = "z" * next(n for n in range(room, 0, -1) if echo_size("z" * n) <= room - 2)
+        await client.send_text({"type": "text", "data": data})
+        await eventually(lambda: frames_out["text"] == sent + 1)
+        assert 0 < limit - outbox.backlog_bytes <= 2, limit - outbox.backlog_bytes
+        assert not outbox.overflowed
+        await client.send(client_frame(OP_CLOSE, close_payload(1000)))
+        frames, ended = await frames_until_eof(client)
+        *replies, (opcode, close) = frames
+        assert [o for o, _ in replies] == [OP_TEXT] * (sent + 1)
+        assert (opcode, close, ended) == (OP_CLOSE, close_payload(1000), "eof")
+        await client.aclose()
+
+
+def echo_size(data: str) -> int:
+    """The bytes of the echo frame the service answers `data` with."""
+    return len(encode_frame(ServerFrame(type=MessageType.TEXT, message=f"Echo: {data}")))
+
+
+async def test_a_client_that_never_reads_loses_whole_frames_only():
+    """The client sends its Close and reads nothing for longer than the drain may take:
+    the frames not started by then are dropped whole, the one half-written is
+    finished, and the Close and the FIN follow it."""
+    async with running(**{**BACKLOG, "close_timeout": 0.5}) as service:
+        client, connection = await slow_reader(service, 1)
+        await backlog_of_echoes(service, client, connection, REPLIES)
+        await client.send(client_frame(OP_CLOSE, close_payload(1000)))
+        # The drain gave up: our Close is queued behind what was already started.
+        await eventually(lambda: connection.ws._frames.state is not ConnectionState.REMOTE_CLOSING)
+        frames, ended = await frames_until_eof(client)
+        echoes, pongs, code = echoes_then_close(frames)
+        assert 0 < echoes < REPLIES
+        assert (pongs, code, ended) == ([], 1000, "eof")
         await client.aclose()

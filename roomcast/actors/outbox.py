@@ -19,6 +19,7 @@ as the prebuilt frames: the two can never interleave inside a frame.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections.abc import Callable
@@ -247,10 +248,10 @@ class Outbox:
         byte is out (`all_sent`): the writer task holds the stream while it writes."""
         if self._closed or self.broken is not None or not self.all_sent:
             return
-        try:
+        with contextlib.suppress(
+            trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError
+        ):
             await self._stream.send_eof()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
-            pass
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """A write that must not be dropped (a refusal) joins the same backlog, past

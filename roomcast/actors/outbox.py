@@ -241,7 +241,7 @@ class Outbox:
                     self._waking = None
             if data is not None:
                 received(data)
-        return self._closed is False and self.broken is None
+        return not self._closed and self.broken is None
 
     async def send_eof(self) -> None:
         """Half-close: a FIN after the bytes sent (shutdown SHUT_WR). Only once every

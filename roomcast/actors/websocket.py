@@ -203,6 +203,10 @@ class WebSocket:
         if self.closed is None:  # we begin it
             self._owed = CloseConnection(code=code, reason=reason)
             self.closed = CloseReason(code, reason)
+        elif self._owed is None:
+            # The stream ended without a Close (1006): there is no handshake to run, and
+            # a peer that closed its socket would only answer our writes with a reset.
+            return self.closed
         outbox = self._outbox
         # The frames queued before the close go out whole; pings are answered meanwhile.
         with trio.move_on_after(timeout):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import re
 from urllib.parse import parse_qs, urlsplit
 
 import trio
@@ -54,14 +55,30 @@ def token_from(request: Request) -> str | None:
     return None
 
 
+# An offset in the URL: ASCII digits only (str.isdigit() also takes "²", which int()
+# refuses), at most 19 of them and no more than fits a signed 64-bit integer.
+_OFFSET = re.compile(r"[0-9]{1,19}")
+_OFFSET_MAX = 2**63 - 1
+
+
+def offset_in(text: str | None) -> int | None:
+    """The offset of a URL's query, or None when it is not a plain decimal number."""
+    if text is None or _OFFSET.fullmatch(text) is None:
+        return None
+    offset = int(text)
+    return offset if offset <= _OFFSET_MAX else None
+
+
 def position_in(request: Request) -> Position | None:
     """`?offset=N&epoch=E` (or `?recover=1`): where the client got to in its personal
-    room. A malformed position is ignored: the client just recovers nothing."""
+    room. A malformed position is ignored: the client just recovers nothing. Never
+    raises: the token has been accepted by now, and the client gets its welcome."""
     query = parse_qs(urlsplit(request.target).query)
-    offset, epoch = query.get("offset", [None])[0], query.get("epoch", [None])[0]
+    offset = offset_in(query.get("offset", [None])[0])
+    epoch = query.get("epoch", [None])[0]
     data: dict[str, object] = {"recover": query.get("recover", ["0"])[0] in ("1", "true")}
-    if offset is not None and offset.isdigit() and epoch:
-        data.update(offset=int(offset), epoch=epoch)
+    if offset is not None and epoch:
+        data.update(offset=offset, epoch=epoch)
     try:
         return position_from(data)
     except ProtocolError:
@@ -209,14 +226,10 @@ class Gateway:
             self._keeper.unwatch(connection)
         code, reason = connection.close_code, connection.close_reason
         self._registry.metrics.closed(code)
-        if ws.closed is None:  # we close: wait (a while) for the client's answer
-            with trio.move_on_after(config.close_timeout):
-                await ws.aclose(code, reason)
-        closed = ws.closed
-        log.info(
-            "conn %d user=%r disconnected: %s %s", connection.id, connection.user_id,
-            closed.code if closed else code, (closed.reason if closed else reason) or "",
-        )
+        # Whoever began it: the queued frames, our Close, a FIN, the client's Close.
+        closed = await ws.close(code, reason, config.close_timeout)
+        log.info("conn %d user=%r disconnected: %s %s", connection.id, connection.user_id,
+                 closed.code, closed.reason or "")
 
     async def _admit(self, request: Request) -> Principal:
         config = self._config

@@ -19,6 +19,7 @@ as the prebuilt frames: the two can never interleave inside a frame.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from trio.lowlevel import ParkingLot
 # Deferred bytes that are written at once, without waiting for the room's flush: a
 # system call's worth, and a bound on what a connection holds unwritten.
 FLUSH_AT = 16 * 1024
+RECEIVE_SIZE = 16 * 1024  # bytes asked of the kernel per read
 
 
 class Outbox:
@@ -49,6 +51,8 @@ class Outbox:
         self._partial_head = False  # backlog[0] is the unwritten tail of a started frame
         self._closed = False
         self._progress = ParkingLot()  # send_all callers wait here for their bytes
+        self._waking: trio.CancelScope | None = None  # a read that `drain` interrupts
+        self.eof = False  # the peer shut its side: a read returned b""
         self.broken: BaseException | None = None
         self.overflowed = False
         self.last_received = trio.current_time()  # for the keeper's heartbeats
@@ -112,7 +116,7 @@ class Outbox:
             written = 0
         except OSError as exc:  # the peer is gone: the reader will see it too
             self.broken = exc
-            self._progress.unpark_all()
+            self._progressed()
             return
         self._sent += written
         if written < len(data):
@@ -131,6 +135,14 @@ class Outbox:
         """A slow consumer: drop the frames it has not started to receive, so that the
         closing frame that follows reaches it as soon as it reads again."""
         self.overflowed = True
+        self.drop_unstarted()
+        if self.on_overflow is not None:
+            self.on_overflow()
+
+    def drop_unstarted(self) -> None:
+        """Drop the queued frames the kernel has not started to take: whole frames only
+        (a frame already half-written is finished, and so are the frames the writer
+        task is handing to the kernel in its current call)."""
         self._pending.clear()
         self._pending_bytes = 0
         keep = self._backlog[:1] if self._partial_head else []
@@ -138,9 +150,13 @@ class Outbox:
         self._sent += self._backlog_bytes - kept  # dropped bytes count as done for waiters
         self._backlog[:] = keep
         self._backlog_bytes = kept
+        self._progressed()
+
+    def _progressed(self) -> None:
+        """Bytes went out (or were dropped, or the stream ended): wake who waits."""
         self._progress.unpark_all()
-        if self.on_overflow is not None:
-            self.on_overflow()
+        if self._waking is not None:
+            self._waking.cancel()
 
     def _start_writer(self) -> None:
         if not self._flushing and self.writers is not None:
@@ -168,25 +184,83 @@ class Outbox:
                     self.broken = exc
                     raise
                 finally:
-                    self._progress.unpark_all()
+                    self._progressed()
         finally:
             self._flushing = False
 
     # the WebSocket layer's reads and awaited writes ------------------------------------
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """A write that must not be dropped (a closing frame, a refusal) joins the same
-        backlog, past any limit, and this waits until the kernel has taken it."""
-        if self._closed:
-            raise trio.ClosedResourceError("outbox closed")
-        if self.broken is not None:
-            raise trio.BrokenResourceError("connection broken")
-        data = bytes(data)
+    def write_final(self, data: bytes) -> bool:
+        """Queue bytes that must not be dropped for the limit (a closing frame, a
+        refusal): after everything queued before them, past any limit, even once the
+        outbox overflowed. False if the stream is broken or closed."""
+        if self._closed or self.broken is not None:
+            return False
         self.flush()  # deferred frames go first
         if self._backlog or self._flushing:
             self._append(data)
         else:
             self._write_through(data)
+        return self.broken is None
+
+    def write_if_room(self, frame: bytes) -> bool:
+        """Queue a frame only if it fits under the limit, never overflowing: a pong
+        while the connection closes (RFC 6455 lets a pong answer only the latest ping)."""
+        if self._closed or self.broken is not None or self.overflowed:
+            return False
+        if self._backlog_bytes + self._pending_bytes + len(frame) > self._limit:
+            return False
+        return self.write_nowait(frame)
+
+    @property
+    def all_sent(self) -> bool:
+        """Every byte queued so far is with the kernel (or was dropped)."""
+        return not self._pending and self._sent >= self._queued
+
+    async def drain(self, received: Callable[[bytes], None]) -> bool:
+        """Wait until every byte queued so far (and queued meanwhile) is with the
+        kernel, reading the socket meanwhile: each chunk read goes to `received` (a
+        reader that writes while we write must not block us both). Reads stop at the
+        peer's EOF. True once all is sent; False if the stream broke or was closed.
+        No task of its own: the writer task writes, this task reads, and the writer
+        interrupts the read when it has written."""
+        self.flush()
+        while not self.all_sent:
+            if self._closed or self.broken is not None:
+                return False
+            if self.eof:
+                await self._progress.park()
+                continue
+            data: bytes | None = None
+            with trio.CancelScope() as self._waking:
+                try:
+                    data = await self.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return False
+                finally:
+                    self._waking = None
+            if data is not None:
+                received(data)
+        return not self._closed and self.broken is None
+
+    async def send_eof(self) -> None:
+        """Half-close: a FIN after the bytes sent (shutdown SHUT_WR). Only once every
+        byte is out (`all_sent`): the writer task holds the stream while it writes."""
+        if self._closed or self.broken is not None or not self.all_sent:
+            return
+        with contextlib.suppress(
+            trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError
+        ):
+            await self._stream.send_eof()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """A write that must not be dropped (a refusal) joins the same backlog, past
+        any limit (`write_final`), and this waits until the kernel has taken it."""
+        if self._closed:
+            raise trio.ClosedResourceError("outbox closed")
+        if self.broken is not None:
+            raise trio.BrokenResourceError("connection broken")
+        self.write_final(bytes(data))
         target = self._queued
         while self._sent < target:
             if self.broken is not None or self._closed:
@@ -204,6 +278,8 @@ class Outbox:
                 raise trio.ClosedResourceError("socket closed") from None
             raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
         self.last_received = trio.current_time()
+        if not data:
+            self.eof = True
         return data
 
     @property
@@ -224,7 +300,7 @@ class Outbox:
             self._pending_bytes = 0
             self._backlog.clear()
             self._backlog_bytes = 0
-            self._progress.unpark_all()
+            self._progressed()
             self._stream.socket.close()
 
     async def aclose(self) -> None:

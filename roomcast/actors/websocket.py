@@ -29,10 +29,9 @@ from wsproto.events import (
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError
 
-from roomcast.actors.outbox import Outbox
+from roomcast.actors.outbox import RECEIVE_SIZE, Outbox
 from roomcast.protocol import CloseCode
 
-RECEIVE_SIZE = 16 * 1024  # bytes asked of the kernel per read
 ABNORMAL_CLOSURE = 1006  # RFC 6455: the stream ended without a closing frame
 
 
@@ -98,6 +97,9 @@ class Handshake:
         response = self._h11.send(AcceptConnection())
         frames = self._h11.connection
         assert frames is not None
+        # Frames the client sent in the same segment as its request are still in h11's
+        # buffer: a server-side wsproto does not hand them on (a client-side one does).
+        frames.receive_data(bytes(self._h11._h11_connection.trailing_data[0]))
         self._h11 = None
         self._outbox.write_later(response)
         return WebSocket(self._outbox, frames, max_message_size)
@@ -109,9 +111,17 @@ class Handshake:
 
 class WebSocket:
     """An open server WebSocket: messages in, closing frames out. The connection's
-    own frames are written straight to the Outbox, prebuilt."""
+    own frames are written straight to the Outbox, prebuilt.
 
-    __slots__ = ("_frames", "_limit", "_outbox", "_parts", "_size", "closed")
+    Closing (RFC 6455 section 7), whoever begins it (the peer's Close, a frame we
+    fail with 1002, 1007 or 1009, or the connection asking to close), is `close`: no
+    message is read any more, the frames already queued go out whole, then our Close
+    (never refused for the outbox limit), then a FIN (shutdown SHUT_WR); then what
+    the peer sends is read and dropped until its Close, its EOF or the timeout, so that
+    closing the socket never resets a peer that is still writing."""
+
+    __slots__ = ("_frames", "_limit", "_outbox", "_owed", "_parseable", "_parts", "_size",
+                 "closed")
 
     def __init__(self, outbox: Outbox, frames: FrameConnection, max_message_size: int) -> None:
         self._outbox = outbox
@@ -120,8 +130,10 @@ class WebSocket:
         self._parts: list[str | bytes] = []  # the fragments of the message being read
         self._size = 0  # its size so far, in bytes
         # Set as soon as either side starts the closing handshake (or the stream ends):
-        # nothing is written to the connection after that but the closing frames.
+        # no message is read, and nothing is queued but the closing frames, after that.
         self.closed: CloseReason | None = None
+        self._owed: CloseConnection | None = None  # our Close, for `close` to send
+        self._parseable = True  # False once wsproto failed to parse the peer's bytes
 
     async def get_message(self) -> str | bytes:
         """The next whole message: str for text, bytes for binary. Pings are answered
@@ -158,17 +170,19 @@ class WebSocket:
 
     def _peer_closed(self, event: CloseConnection) -> None:
         if self._frames.state is ConnectionState.REMOTE_CLOSING:
-            # The peer began the closing handshake: answer with its code.
-            self._outbox.write_nowait(self._frames.send(event.response()))
-        elif self._frames.state is not ConnectionState.CLOSED:
-            # Not a closing frame: wsproto found a protocol error (1002, 1007...).
+            # The peer began the closing handshake: `close` answers with its code,
+            # after the frames queued before.
+            self._owed = event.response()
+            self.closed = CloseReason(event.code, event.reason or None)
+        else:
+            # Not a closing frame: wsproto found a protocol error (1002, 1007...). What
+            # follows in the stream cannot be parsed any more.
+            self._parseable = False
             self._fail(event.code, event.reason or "protocol error")
-            return
-        self.closed = CloseReason(event.code, event.reason or None)
 
     def _fail(self, code: int, reason: str) -> None:
-        """Close from our side at once, without waiting for the peer's answer."""
-        self._outbox.write_nowait(self._frames.send(CloseConnection(code=code, reason=reason)))
+        """Close from our side: `close` sends the Close, after what is queued."""
+        self._owed = CloseConnection(code=code, reason=reason)
         self.closed = CloseReason(code, reason)
 
     async def _receive(self) -> None:
@@ -181,25 +195,60 @@ class WebSocket:
             return
         self._frames.receive_data(data)
 
-    async def aclose(self, code: int, reason: str | None) -> None:
-        """Start the closing handshake (unless it has begun) and wait for the peer's
-        answer; the caller bounds the wait and closes the stream."""
-        if self.closed is not None:
+    async def close(self, code: int, reason: str | None, timeout: float) -> CloseReason:
+        """The closing handshake, whoever began it; `code` and `reason` are ours if the
+        peer has not begun it. Takes at most twice `timeout`: once for the queued
+        frames (those not started by then are dropped, whole), once for our Close and
+        the peer's answer. The caller then closes the socket. Returns how it closed."""
+        if self.closed is None:  # we begin it
+            self._owed = CloseConnection(code=code, reason=reason)
+            self.closed = CloseReason(code, reason)
+        elif self._owed is None:
+            # The stream ended without a Close (1006): there is no handshake to run, and
+            # a peer that closed its socket would only answer our writes with a reset.
+            return self.closed
+        outbox = self._outbox
+        # The frames queued before the close go out whole; pings are answered meanwhile.
+        with trio.move_on_after(timeout):
+            await outbox.drain(self._closing_input)
+        if not outbox.all_sent:
+            outbox.drop_unstarted()
+        with trio.move_on_after(timeout):
+            owed, self._owed = self._owed, None
+            if owed is not None and self._frames.state in _MAY_CLOSE:
+                outbox.write_final(self._frames.send(owed))
+                if not await outbox.drain(self._closing_input):
+                    return self.closed
+            await outbox.send_eof()  # a FIN after our Close: the peer reads to the end
+            while self._frames.state is not ConnectionState.CLOSED and not outbox.eof:
+                try:
+                    data = await outbox.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    break
+                self._closing_input(data)
+        return self.closed
+
+    def _closing_input(self, data: bytes) -> None:
+        """What the peer sends while we close: its Close ends the wait; a ping is
+        answered while our Close has not been queued (RFC 6455 5.5.2: not after the
+        peer's own Close, which wsproto ignores everything after); the rest is read
+        and dropped."""
+        frames = self._frames
+        if not data or not self._parseable or frames.state not in _READING:
             return
-        self.closed = CloseReason(code, reason)
-        try:
-            await self._outbox.send_all(self._frames.send(CloseConnection(code, reason)))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return
-        while self._frames.state is ConnectionState.LOCAL_CLOSING:
-            for event in self._frames.events():
-                if isinstance(event, CloseConnection):
+        frames.receive_data(data)
+        for event in frames.events():
+            if isinstance(event, Ping):
+                if frames.state is ConnectionState.OPEN and self._owed is not None:
+                    self._outbox.write_if_room(frames.send(event.response()))
+            elif isinstance(event, CloseConnection):
+                if frames.state is ConnectionState.CLOSED:  # the answer to our Close
                     self.closed = CloseReason(event.code, event.reason or None)
-                    return
-            try:
-                data = await self._outbox.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                elif frames.state is not ConnectionState.REMOTE_CLOSING:
+                    self._parseable = False  # a protocol error: the rest is noise
                 return
-            if not data:
-                return
-            self._frames.receive_data(data)
+
+
+# wsproto's states in which it parses what the peer sends, and may send a Close.
+_READING = (ConnectionState.OPEN, ConnectionState.LOCAL_CLOSING)
+_MAY_CLOSE = (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING)

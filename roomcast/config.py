@@ -95,7 +95,9 @@ class Config:
     history_size: int = _setting(
         100, "frames each room keeps for clients that reconnect; 0 keeps none"
     )
-    history_ttl: float = _setting(300.0, "seconds a room keeps a frame for recovery")
+    history_ttl: float = _setting(
+        300.0, "seconds a room keeps a frame, and an idle room its epoch, for recovery"
+    )
     redis_url: str | None = _setting(
         None, "Redis or Valkey URL (redis://host:6379/0): join the cluster of nodes that share it"
     )

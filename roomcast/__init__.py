@@ -1,12 +1,13 @@
 """roomcast: real-time WebSocket rooms and notifications, as a Trio actor system."""
 
-from roomcast.actors.backplane import BackplaneUnavailable
+from roomcast.actors.streams import BackplaneUnavailable
 from roomcast.auth import Authenticator, AuthError, Principal, mint_token
 from roomcast.config import Config
 from roomcast.facade import NotificationService, ServiceNotRunning
+from roomcast.node import open_service, serve
 from roomcast.protocol import CloseCode, MessageType, NotificationLevel
 from roomcast.remote import SyncNotificationService
-from roomcast.service import Service, ServiceFailed, open_service, serve
+from roomcast.service import Service, ServiceFailed
 
 __all__ = [
     "AuthError",
@@ -26,3 +27,9 @@ __all__ = [
     "open_service",
     "serve",
 ]
+
+# Public exceptions are shown as `roomcast.X` (in tracebacks, reprs and docs), where
+# users import them from, not by the module that happens to define them.
+for _exception in (AuthError, BackplaneUnavailable, ServiceFailed, ServiceNotRunning):
+    _exception.__module__ = "roomcast"
+del _exception

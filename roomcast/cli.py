@@ -14,12 +14,13 @@ from typing import Any
 import attrs
 import trio
 
-from roomcast.actors.backplane import BackplaneUnavailable
+from roomcast.actors.streams import BackplaneUnavailable
 from roomcast.auth import Authenticator, ConfigError, JwtAuthenticator, mint_token
 from roomcast.config import Config
+from roomcast.node import open_service
 from roomcast.protocol import NotificationLevel
 from roomcast.remote import RemoteNotificationService
-from roomcast.service import ServiceFailed, open_service
+from roomcast.service import ServiceFailed
 
 log = logging.getLogger("roomcast")
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import contextvars
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
+from roomcast.actors.registry import Registry
 from roomcast.actors.room import LOBBY
 from roomcast.protocol import (
     MessageType,
@@ -28,9 +29,6 @@ from roomcast.protocol import (
 )
 from roomcast.protocol import ProtocolError as _ProtocolError
 
-if TYPE_CHECKING:
-    from roomcast.actors.registry import Registry
-
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -39,6 +37,15 @@ class ServiceNotRunning(RuntimeError):
 
 
 _current: contextvars.ContextVar[NotificationService] = contextvars.ContextVar("roomcast_service")
+# Where `current()` looks when no service runs in this context: `roomcast.remote` adds
+# the cluster reached through Redis (ROOMCAST_REDIS_URL). A hook, so that this module
+# does not import the one above it that subclasses it.
+_elsewhere: list[Callable[[], NotificationService | None]] = []
+
+
+def look_elsewhere(find: Callable[[], NotificationService | None]) -> None:
+    """Let `NotificationService.current()` fall back on `find` outside a service."""
+    _elsewhere.append(find)
 
 
 class _either:
@@ -109,11 +116,10 @@ class NotificationService:
             return _current.get()
         except LookupError:
             pass
-        from roomcast.remote import RemoteNotificationService
-
-        remote = RemoteNotificationService.from_environment()
-        if remote is not None:
-            return remote
+        for elsewhere in _elsewhere:
+            remote = elsewhere()
+            if remote is not None:
+                return remote
         raise ServiceNotRunning(
                 "no roomcast service is running here: call NotificationService from "
                 "inside `async with roomcast.open_service(...)` or a task it runs, "

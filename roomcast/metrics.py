@@ -1,10 +1,9 @@
-"""What the service counts, and its Prometheus exposition.
+"""What the service counts.
 
 The actors count into a `Metrics` with plain integer adds: a frame in, a publish or a
 refused delivery costs tens of nanoseconds, where a prometheus-client counter takes a
-lock (microseconds, measured). A collector turns the counts into metric families when
-`/metrics` is scraped, into a `CollectorRegistry` of the service's own, so that several
-services in one process (tests) never share or collide.
+lock (microseconds, measured). `roomcast.http.prometheus` turns the counts into metric
+families when `/metrics` is scraped.
 
 No label carries a token, a user id or a room name: labels are frame types, error
 codes, handshake causes, close codes and actor kinds, all from fixed sets.
@@ -14,23 +13,10 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import attrs
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from roomcast.protocol import MessageType
-
-if TYPE_CHECKING:
-    from roomcast.service import Service
 
 # Seconds a room actor spends on one publish: from microseconds (a few members) to
 # tens of milliseconds (tens of thousands).
@@ -124,66 +110,3 @@ class Metrics:
 
 # Where actors count when no service started them (unit tests): read by nobody.
 UNCOUNTED = Metrics()
-
-
-def _counter(name: str, doc: str, label: str, counts: Counter[str] | Counter[int]) -> Metric:
-    family = CounterMetricFamily(name, doc, labels=[label])
-    for value, count in sorted(counts.items()):
-        family.add_metric([str(value)], count)
-    return family
-
-
-class _Collector:
-    """Reads the service's state and counters at scrape time."""
-
-    def __init__(self, service: Service) -> None:
-        self._service = service
-
-    def collect(self) -> Iterator[Metric]:
-        service, m = self._service, self._service.metrics
-        registry = service.registry
-        gauges = {
-            "roomcast_connections": ("open WebSocket connections on this node",
-                                     sum(map(len, registry.users.values()))),
-            "roomcast_users": ("distinct users connected to this node", len(registry.users)),
-            "roomcast_rooms": ("live rooms on this node, personal rooms and the lobby included",
-                               len(registry.room_names())),
-            "roomcast_ready": ("1 while the node accepts clients (see /readyz)",
-                               int(service.ready)),
-        }
-        for name, (doc, value) in gauges.items():
-            yield GaugeMetricFamily(name, doc, value=value)
-        yield _counter("roomcast_frames_in", "client frames handled, by type", "type",
-                       m.frames_in)
-        yield _counter("roomcast_frames_out", "frames queued to clients, by type", "type",
-                       m.frames_out)
-        yield CounterMetricFamily("roomcast_deliveries",
-                                  "published frames handed to a connection by a room",
-                                  value=m.deliveries)
-        yield _counter("roomcast_drops", "frames refused or not delivered, by reason",
-                       "reason", m.drops)
-        yield _counter("roomcast_handshake_failures", "refused or unfinished handshakes, "
-                       "by cause", "cause", m.handshake_failures)
-        yield _counter("roomcast_closes", "connections closed, by the close code the "
-                       "service sent (4009 slow consumer, 4008 policy...)", "code", m.closes)
-        yield _counter("roomcast_actor_restarts", "actor restarts by the supervisor, by "
-                       "actor kind", "actor", m.restarts)
-        yield HistogramMetricFamily("roomcast_fan_out_seconds",
-                                    "time a room actor spends on one publish",
-                                    buckets=m.fan_out.buckets(), sum_value=m.fan_out.total)
-
-
-def prometheus_registry(service: Service) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(service))
-    return registry
-
-
-# What prometheus-client's own server sends with this format (every Prometheus reads it).
-CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
-
-
-def exposition(registry: CollectorRegistry) -> bytes:
-    """The Prometheus text format."""
-    return generate_latest(registry)
-

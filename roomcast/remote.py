@@ -33,7 +33,7 @@ from roomcast.actors.backplane import (
 from roomcast.actors.room import LOBBY
 from roomcast.actors.streams import Streams
 from roomcast.config import Config
-from roomcast.facade import NotificationService
+from roomcast.facade import NotificationService, look_elsewhere
 from roomcast.protocol import UserId, personal_room_owner
 
 T = TypeVar("T")
@@ -119,6 +119,11 @@ class RemoteNotificationService(NotificationService):
 
     def _members(self, room_name: str) -> set[UserId]:
         return self._ask(lambda view: view.room_members(room_name))
+
+
+# Outside a service, `NotificationService.current()` (and so the class-level calls of
+# the facade) reaches the cluster through Redis when ROOMCAST_REDIS_URL is set.
+look_elsewhere(RemoteNotificationService.from_environment)
 
 
 def _run_in_thread(function: Callable[[], Awaitable[T]]) -> T:

@@ -1,10 +1,15 @@
-"""The composition root: config in, actors started, listener bound, handle out."""
+"""The service: config in, actors started, the WebSocket listener bound, a handle out.
+
+The ports beside the WebSocket gateway (the HTTP port) are started by the module that
+composes a whole node, `roomcast.node`, through `ports`: this module imports nothing
+above it."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Protocol
 
 import attrs
 import trio
@@ -17,11 +22,18 @@ from roomcast.actors.supervisor import Escalation, Supervisor
 from roomcast.auth import Authenticator, JwtAuthenticator, checked
 from roomcast.config import Config
 from roomcast.facade import NotificationService
-from roomcast.http import serve_http
 from roomcast.metrics import Metrics
 from roomcast.protocol.roomlog import Retention
 
 log = logging.getLogger(__name__)
+
+
+class Port(Protocol):
+    """Another server of the node (the HTTP port), started in the actors' nursery once
+    the service runs, cancelled after the drain; reports the port it bound."""
+
+    async def __call__(self, service: Service, *, task_status: trio.TaskStatus[int]) -> None:
+        ...
 
 
 class ServiceFailed(Exception):
@@ -63,16 +75,21 @@ class Service:
 
 @asynccontextmanager
 async def open_service(
-    config: Config | None = None, *, authenticator: Authenticator | None = None
+    config: Config | None = None,
+    *,
+    authenticator: Authenticator | None = None,
+    ports: Sequence[Port] = (),
 ) -> AsyncIterator[Service]:
-    """Bind, start the actors, and yield a `Service`. However the body ends (cancelled
-    included), every client is first closed with 1001, within `shutdown_timeout`."""
+    """Bind, start the actors (and `ports`), and yield a `Service`. However the body
+    ends (cancelled included), every client is first closed with 1001, within
+    `shutdown_timeout`. `roomcast.open_service` is this with the HTTP port."""
     config = config or Config()
     authenticate = checked(authenticator or JwtAuthenticator(config))
     listeners = await trio.open_tcp_listeners(config.port, host=config.host)
     try:
         async with trio.open_nursery() as nursery:
-            service: Service = await nursery.start(_run, config, authenticate, listeners)
+            service: Service = await nursery.start(_run, config, authenticate, listeners,
+                                                   ports)
             token = service.notifications._bind()
             try:
                 yield service
@@ -93,6 +110,7 @@ async def _run(
     config: Config,
     authenticate: Authenticator,
     listeners: list[trio.SocketListener],
+    ports: Sequence[Port],
     task_status: trio.TaskStatus[Service],
 ) -> None:
     # Shielded: cancelling the caller must not cut the connections before `drain`
@@ -129,9 +147,9 @@ async def _run(
             service = Service(
                 config, port, notifications, registry, gateway, supervisor, metrics, scope
             )
-            if config.http_port >= 0:
+            for port in ports:
                 # In this nursery: it stops with the actors, after the drain.
-                service.http_port = await actors.start(serve_http, service)
+                service.http_port = await actors.start(port, service)
             task_status.started(service)
             await failed.wait()
             log.critical("stopping the service: %s", failures[0])
@@ -140,9 +158,3 @@ async def _run(
     registry.stop()  # a stale handle's calls now answer "nobody" instead of waiting
     if failures:
         raise ServiceFailed(str(failures[0])) from failures[0]
-
-
-async def serve(config: Config | None = None) -> None:
-    """Run the service until cancelled."""
-    async with open_service(config):
-        await trio.sleep_forever()

@@ -30,8 +30,8 @@ import contextlib
 import json
 import logging
 import secrets
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 import anyio
 import attrs
@@ -51,8 +51,16 @@ from roomcast.protocol import UserId, is_personal_room, normalize_user_id, perso
 from roomcast.protocol.holdback import Fetch
 from roomcast.protocol.roomlog import Stretch
 
-if TYPE_CHECKING:
-    from roomcast.actors.registry import Registry
+
+class Directory(Protocol):
+    """What the backplane needs of the registry: this node's users and rooms."""
+
+    @property
+    def users(self) -> Mapping[UserId, Mapping[int, object]]: ...
+
+    def room(self, name: str) -> Room | None: ...
+
+    def room_names(self) -> list[str]: ...
 
 log = logging.getLogger(__name__)
 
@@ -197,17 +205,6 @@ def diff(old: Presence, new: Presence) -> tuple[dict[str, Any], dict[str, Any]]:
     return add, remove
 
 
-@attrs.define
-class Subscribe:
-    room: str
-    then: tuple[Room, Join] | None = None  # the first local join waits for the channel
-
-
-@attrs.define
-class Unsubscribe:
-    room: str
-
-
 def redis_client(url: str, sharded: bool) -> Any:
     if sharded:
         return coredis.RedisCluster.from_url(url, decode_responses=False)
@@ -228,12 +225,12 @@ async def publish_frame(client: Any, keys: Keys, sharded: bool, room: str, data:
 
 
 class Backplane(Actor):
-    """The node's link to the cluster. It has no mailbox: `send` (Subscribe and
-    Unsubscribe, from the registry) only records which rooms this node wants to hear
+    """The node's link to the cluster. It has no mailbox: `follow` and `unfollow`
+    (from the registry) only record which rooms this node wants to hear
     and wakes the task that follows them, so no sender ever waits on Redis, on a full
     mailbox, or on this actor while it waits for Redis itself."""
 
-    def __init__(self, config: Any, registry: Registry) -> None:
+    def __init__(self, config: Any, registry: Directory) -> None:
         self.name = "backplane"
         self.node_id = new_node_id()
         self._origin = self.node_id.encode()
@@ -265,21 +262,24 @@ class Backplane(Actor):
     def presence_changed(self) -> None:
         self._presence_changed.set()
 
-    async def send(self, message: Subscribe | Unsubscribe) -> None:
-        """Follow a room's channel, or stop. The first join of a room is handed to the
+    async def follow(self, room: str, first_join: tuple[Room, Join] | None = None) -> None:
+        """Hear a room's channel. Its first local join (`first_join`) is handed to the
         room once this node hears the channel; while Redis is out of reach, at once
         (this node serves its own clients meanwhile, and subscribes when Redis is back).
         Waits only for the room's mailbox, as the registry's other joins do."""
-        if isinstance(message, Subscribe):
-            self._wanted.add(message.room)
-            if message.then is not None:
-                if self._away and not self._listening():
-                    room, join = message.then
-                    await room.send(join)
-                else:
-                    self._joins.append(message.then)
-        else:
-            self._wanted.discard(message.room)
+        self._wanted.add(room)
+        if first_join is not None:
+            if self._away and not self._listening():
+                actor, join = first_join
+                await actor.send(join)
+            else:
+                self._joins.append(first_join)
+        self._rooms_changed.set()
+
+    def unfollow(self, room: str) -> None:
+        """Stop hearing a room's channel (its last local member left)."""
+        self._wanted.discard(room)
+        self._rooms_changed.set()
         self._rooms_changed.set()
 
     def _listening(self) -> bool:

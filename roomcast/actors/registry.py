@@ -8,26 +8,60 @@ other task runs between two checkpoints of the reader.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import attrs
 import trio
 
-from roomcast.actors.backplane import Subscribe, Unsubscribe
 from roomcast.actors.base import MailboxActor, Reply
-from roomcast.actors.room import LOBBY, NOBODY, Delivery, Join, Leave, Publish, Room
+from roomcast.actors.room import (
+    LOBBY,
+    NOBODY,
+    ClusterHistory,
+    Delivery,
+    Join,
+    Leave,
+    Member,
+    Publish,
+    Room,
+)
 from roomcast.actors.streams import BackplaneUnavailable, Numbered
 from roomcast.protocol import Position, UserId, personal_room, personal_room_owner
 from roomcast.protocol.roomlog import Recovery, Retention
 
-if TYPE_CHECKING:
-    from roomcast.actors.backplane import Backplane
-    from roomcast.actors.connection import Connection
+
+class ClusterPresence(Protocol):
+    """Who is connected on the other nodes, as this node last heard (never waits)."""
+
+    def has_user(self, user_id: UserId) -> bool: ...
+
+    def users(self) -> set[UserId]: ...
+
+    def room_members(self, room: str) -> set[UserId]: ...
+
+
+class Cluster(ClusterHistory, Protocol):
+    """What the registry (and the rooms it starts) need of the cluster: the backplane."""
+
+    @property
+    def view(self) -> ClusterPresence: ...
+
+    async def follow(self, room: str, first_join: tuple[Room, Join] | None = None) -> None:
+        """Hear the room's channel; hand `first_join` to the room once heard."""
+        ...
+
+    def unfollow(self, room: str) -> None: ...
+
+    def presence_changed(self) -> None: ...
+
+    async def sequence(self, room: str, body: bytes, pending: UserId | None) -> Numbered: ...
+
+    async def publish(self, room: str, body: bytes) -> None: ...
 
 
 @attrs.define
 class Connect:
-    connection: Connection
+    connection: Member
     reply: Reply[None]
     welcome: Callable[[Recovery], bytes]  # the welcome, built once the room answers
     position: Position | None = None  # where the client got to in its personal room
@@ -35,14 +69,14 @@ class Connect:
 
 @attrs.define
 class Disconnect:
-    connection: Connection
+    connection: Member
     rooms: tuple[str, ...]  # every room the connection was in, personal too (not the lobby)
     reply: Reply[None] | None = None
 
 
 @attrs.define
 class JoinRoom:
-    connection: Connection
+    connection: Member
     room: str
     reply: Reply[None]
     answer: Callable[[Recovery], bytes] | None = None
@@ -51,7 +85,7 @@ class JoinRoom:
 
 @attrs.define
 class LeaveRoom:
-    connection: Connection
+    connection: Member
     room: str
     reply: Reply[None]
 
@@ -87,14 +121,14 @@ class Registry(MailboxActor):
         # Rooms with no members stay `history_ttl` after their last frame or member, so
         # that a short reconnect finds the same epoch; swept this often.
         self.tick_interval = max(1.0, min(30.0, self._retention.ttl / 4))
-        self.users: dict[UserId, dict[int, Connection]] = {}
+        self.users: dict[UserId, dict[int, Member]] = {}
         self._rooms: dict[str, _RoomEntry] = {}
         self._vacant: set[str] = set()  # rooms without members, kept for their history
-        self.backplane: Backplane | None = None  # set when the node is part of a cluster
+        self.backplane: Cluster | None = None  # set when the node is part of a cluster
 
     # synchronous reads ------------------------------------------------------------
 
-    def connections_of(self, user_id: UserId) -> dict[int, Connection]:
+    def connections_of(self, user_id: UserId) -> dict[int, Member]:
         return self.users.get(user_id, {})
 
     def room(self, name: str) -> Room | None:
@@ -104,7 +138,7 @@ class Registry(MailboxActor):
     def room_names(self) -> list[str]:
         return list(self._rooms)
 
-    def all_connections(self) -> list[Connection]:
+    def all_connections(self) -> list[Member]:
         return [c for conns in self.users.values() for c in conns.values()]
 
     async def publish(self, room: str, body: bytes) -> Delivery:
@@ -211,17 +245,17 @@ class Registry(MailboxActor):
         if entry is None:
             entry = self._start(LOBBY, refs=0)
             if self.backplane is not None:
-                await self.backplane.send(Subscribe(LOBBY))
+                await self.backplane.follow(LOBBY)
         return entry.actor
 
-    async def _leave_lobby(self, connection: Connection) -> None:
+    async def _leave_lobby(self, connection: Member) -> None:
         entry = self._rooms.get(LOBBY)
         if entry is None:
             return
         entry.actor.leave_lobby(connection)
         if not entry.actor.members:
             if self.backplane is not None:
-                await self.backplane.send(Unsubscribe(LOBBY))
+                self.backplane.unfollow(LOBBY)
             self._stop(LOBBY, entry)
 
     def _inline(self, room: str) -> bool:
@@ -242,9 +276,9 @@ class Registry(MailboxActor):
             return
         # The first local member: its join is answered once this node hears the
         # room's channel.
-        await self.backplane.send(Subscribe(room, then=(entry.actor, join)))
+        await self.backplane.follow(room, first_join=(entry.actor, join))
 
-    async def _leave(self, connection: Connection, room: str, reply: Reply[None] | None) -> None:
+    async def _leave(self, connection: Member, room: str, reply: Reply[None] | None) -> None:
         entry = self._rooms.get(room)
         if entry is None:
             if reply is not None:
@@ -255,7 +289,7 @@ class Registry(MailboxActor):
         if entry.refs <= 0:
             backplane = self.backplane
             if backplane is not None:
-                await backplane.send(Unsubscribe(room))
+                backplane.unfollow(room)
             if backplane is not None and backplane.cluster_history:
                 self._stop(room, entry)  # its epoch and history live on in Redis
             else:

@@ -25,7 +25,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -40,19 +40,57 @@ from roomcast.protocol import (
     positioned_frame,
     text_frame,
 )
-from roomcast.protocol.holdback import HoldBack, Released
+from roomcast.protocol.holdback import Fetch, HoldBack, Released
 from roomcast.protocol.roomlog import (
     Kept,
     Recovery,
     Retention,
     RoomLog,
+    Stretch,
     new_epoch,
     recover_from_stretch,
 )
 
-if TYPE_CHECKING:
-    from roomcast.actors.backplane import Backplane
-    from roomcast.actors.connection import Connection
+
+class Member(Protocol):
+    """What a room needs of a member (a connection): never waits."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def user_id(self) -> UserId: ...
+
+    def deliver(self, frame: bytes, *, later: bool = False) -> bool:
+        """Queue complete frame bytes; False if they were dropped."""
+        ...
+
+    def flush(self) -> None:
+        """Write the frames delivered `later`."""
+        ...
+
+    def deliver_welcome(self, welcome: bytes, missed: list[bytes]) -> None:
+        """The welcome, then what was missed, then whatever came meanwhile."""
+        ...
+
+    def request_close(self, code: CloseCode, reason: str) -> None: ...
+
+
+class ClusterHistory(Protocol):
+    """What a room needs of the cluster (the backplane): its history in Redis."""
+
+    @property
+    def cluster_history(self) -> bool:
+        """Rooms are numbered, and their history kept, in Redis (now)."""
+        ...
+
+    async def position(self, room: str) -> tuple[str, int]: ...
+
+    async def since(self, room: str, offset: int, *, entries: bool = True) -> Stretch: ...
+
+    async def fetch(self, room: str, fetch: Fetch) -> list[tuple[int, bytes]]: ...
+
+    async def take_pending(self, user: UserId) -> tuple[list[bytes], bool]: ...
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +121,7 @@ NOBODY = Delivery(users=0, connections=0)
 
 @attrs.define
 class Join:
-    connection: Connection
+    connection: Member
     reply: Reply[None] | None = None
     position: Position | None = None  # the client's last position, to recover from
     # Builds the join's answer frame from its Recovery; the room sends it itself, so
@@ -94,7 +132,7 @@ class Join:
 
 @attrs.define
 class Leave:
-    connection: Connection
+    connection: Member
     reply: Reply[None] | None = None
 
 
@@ -123,7 +161,7 @@ class _FanOut:
 
     reply: Reply[Delivery] | None
     frame: bytes  # numbered and framed once, before the first member gets it
-    pending: Iterator[Connection]
+    pending: Iterator[Member]
     later: bool  # deferred to the room's flush
     kept: Kept | None  # its record in the room's log, marked once someone has it
     users: set[UserId] = attrs.Factory(set)
@@ -154,7 +192,7 @@ class Room(MailboxActor):
         # New with every actor: a room forgotten and started again has a new history.
         self.log = RoomLog(new_epoch(time.time(), secrets.token_hex(4)), self.retention,
                            trio.current_time())
-        self.members: dict[int, Connection] = {}
+        self.members: dict[int, Member] = {}
         self.user_counts: Counter[UserId] = Counter()
         self._fan_out: _FanOut | None = None
         self._releasing: deque[tuple[Released, Reply[Delivery] | None]] = deque()
@@ -162,25 +200,25 @@ class Room(MailboxActor):
         self.on_presence_change: Callable[[], None] | None = None
         self.fault_after: int | None = None  # fault injection: crash after N+1 members
         # In a cluster the history lives in Redis (None: on this node).
-        self.cluster: Backplane | None = None
+        self.cluster: ClusterHistory | None = None
         self.holdback = HoldBack(GAP_WAIT_SECONDS)
         # Our own publishes, numbered in Redis, waiting for their turn: their reply.
         self._awaiting: dict[tuple[str, int], Reply[Delivery]] = {}
         self._local_epoch_stale = False  # Redis numbered since we last numbered here
         self._check_at = math.inf  # when to ask Redis where the room is (after a Check)
-        self._unflushed: dict[int, Connection] = {}  # members with deferred frames
+        self._unflushed: dict[int, Member] = {}  # members with deferred frames
 
-    def enter_lobby(self, connection: Connection) -> None:
+    def enter_lobby(self, connection: Member) -> None:
         """The lobby's members come and go by plain calls from the registry, not by
         messages (two task switches per connection, for nothing): every connection is
         in the lobby from its registration to its departure, and a fan-out works on a
         snapshot of the members, so no order is lost."""
         self._add_member(connection)
 
-    def leave_lobby(self, connection: Connection) -> None:
+    def leave_lobby(self, connection: Member) -> None:
         self._remove_member(connection)
 
-    def _add_member(self, connection: Connection) -> bool:
+    def _add_member(self, connection: Member) -> bool:
         """Add a member; True if its user is new to the room."""
         if connection.id in self.members:
             return False
@@ -188,7 +226,7 @@ class Room(MailboxActor):
         self.user_counts[connection.user_id] += 1
         return self.user_counts[connection.user_id] == 1
 
-    def _remove_member(self, connection: Connection) -> bool:
+    def _remove_member(self, connection: Member) -> bool:
         """Remove a member; True if its user has no connection left in the room."""
         if self.members.pop(connection.id, None) is None:
             return False
@@ -428,7 +466,7 @@ class Room(MailboxActor):
                 connection.deliver(frame)
 
     async def _recover_in_cluster(
-        self, join: Join, cluster: Backplane
+        self, join: Join, cluster: ClusterHistory
     ) -> tuple[Recovery, list[bytes]]:
         """The answer from Redis, cut where this node's members stand: frames after
         that reach the joiner live, in order, through the hold-back buffer."""

@@ -20,12 +20,12 @@ import hmac
 import logging
 import re
 from importlib.resources import files
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import trio
 
-from roomcast.actors.backplane import BackplaneUnavailable
+from roomcast.actors.streams import BackplaneUnavailable
 from roomcast.auth import ConfigError, mint_token
 from roomcast.http import openapi
 from roomcast.http.asgi import (
@@ -43,12 +43,10 @@ from roomcast.http.asgi import (
     read_request,
     send_response,
 )
-from roomcast.metrics import CONTENT_TYPE, exposition, prometheus_registry
+from roomcast.http.prometheus import CONTENT_TYPE, exposition, prometheus_registry
 from roomcast.protocol import NotificationLevel, UserId, normalize_user_id, validate_room_name
 from roomcast.protocol import ProtocolError as _ProtocolError
-
-if TYPE_CHECKING:
-    from roomcast.service import Service
+from roomcast.service import Service
 
 log = logging.getLogger(__name__)
 

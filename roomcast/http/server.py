@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import TYPE_CHECKING
 
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from roomcast.http.app import HttpApp
-
-if TYPE_CHECKING:
-    from roomcast.service import Service
+from roomcast.service import Service
 
 log = logging.getLogger("roomcast.http")
 

@@ -30,7 +30,7 @@ from tests.conftest import connect, eventually, make_config
 T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
-# The README's picture of the demo. test_backend_notifications_appear_as_toasts_by_level
+# The picture of the demo in docs/js-client.md. test_backend_notifications_appear_as_toasts_by_level
 # rewrites it only when asked to, and only if the page looks different (same_picture):
 #     ROOMCAST_UPDATE_SCREENSHOT=1 ./dev.sh test tests/test_browser.py
 SCREENSHOT = ROOT / "docs" / "demo.png"

@@ -1,4 +1,8 @@
-"""docs/protocol.md stays true: its examples are replayed against a live service.
+"""The documents stay true: docs/protocol.md's examples are replayed against a live
+service, docs/configuration.md's table is generated from `Config`, the README stays a
+short front door, and every relative link in the documents leads somewhere.
+
+docs/protocol.md:
 
 Every ```json block in the document is preceded by an HTML comment that says what it
 is. The first line of the comment is one of:
@@ -43,6 +47,7 @@ from .conftest import connect, running, token_for
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "protocol.md"
 README = ROOT / "README.md"
+CONFIGURATION = ROOT / "docs" / "configuration.md"
 USER = 7
 
 _BLOCK = re.compile(r"^```json\n(.*?)^```", re.DOTALL | re.MULTILINE)
@@ -247,14 +252,14 @@ def test_every_error_code_has_a_checked_example():
     assert codes == {code.value for code in ErrorCode}
 
 
-# README.md ----------------------------------------------------------------------------
+# docs/configuration.md ----------------------------------------------------------------
 
 
 def config_table() -> str:
-    """The README's configuration table, from the fields of `Config` and their help.
+    """docs/configuration.md's settings table, from the fields of `Config` and their help.
 
-    To refresh the README: `.venv/bin/python -c "from tests.test_docs import
-    config_table; print(config_table())"`, and paste between the markers."""
+    To refresh it: `.venv/bin/python -c "from tests.test_docs import config_table;
+    print(config_table())"`, and paste between the markers."""
 
     def default(field: attrs.Attribute) -> str:
         value = field.default
@@ -285,12 +290,15 @@ def config_table() -> str:
     return "\n".join(rows)
 
 
-def test_readme_config_table_matches_config():
-    text = README.read_text(encoding="utf-8")
+def test_configuration_table_matches_config():
+    text = CONFIGURATION.read_text(encoding="utf-8")
     start = text.index("<!-- config-table:")
     start = text.index("-->", start) + len("-->")
     end = text.index("<!-- /config-table -->")
     assert text[start:end].strip() == config_table()
+
+
+# README.md ----------------------------------------------------------------------------
 
 
 def test_readme_starts_with_the_two_commands():
@@ -306,3 +314,56 @@ def test_readme_starts_with_the_two_commands():
     ]
     before = [line for line in lines[1 : lines.index("```")] if line.strip()]
     assert len(before) == 1, "only a one-sentence pitch between the title and the commands"
+
+
+def test_readme_is_a_front_door():
+    """The manual lives in docs/; the README stays short enough to read at once."""
+    lines = README.read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 150, f"README.md has {len(lines)} lines: move the detail to docs/"
+
+
+# Links ----------------------------------------------------------------------------------
+
+LINKED = [
+    README,
+    ROOT / "ARCHITECTURE.md",
+    ROOT / "bench" / "README.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+]
+_FENCE = re.compile(r"^```.*?^```", re.DOTALL | re.MULTILINE)
+_LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def _anchors(markdown: Path) -> set[str]:
+    """The #anchors GitHub gives the headings of `markdown` (duplicates get -1, -2...)."""
+    anchors: set[str] = set()
+    text = _FENCE.sub("", markdown.read_text(encoding="utf-8"))
+    for title in re.findall(r"^#{1,6} (.+?)\s*$", text, re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+        anchor, n = slug, 0
+        while anchor in anchors:
+            n += 1
+            anchor = f"{slug}-{n}"
+        anchors.add(anchor)
+    return anchors
+
+
+def test_anchor_slugs_follow_github():
+    assert {"6b-positions-history-and-recovery", "refresh_token", "5-errors"} <= _anchors(DOC)
+
+
+@pytest.mark.parametrize("document", LINKED, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_leads_somewhere(document: Path):
+    text = _FENCE.sub("", document.read_text(encoding="utf-8"))
+    text = re.sub(r"`[^`\n]*`", "", text)  # code spans are not links
+    broken = []
+    for target in _LINK.findall(text):
+        if re.match(r"[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (document.parent / path).resolve() if path else document
+        if not linked.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
+            broken.append(f"{target}: no heading #{anchor} in {linked.relative_to(ROOT)}")
+    assert not broken, f"{document.relative_to(ROOT)}: " + "; ".join(broken)

@@ -732,7 +732,7 @@ describe("recovery of missed frames", () => {
 function jsBlockUnder(markdown, heading) {
   const lines = markdown.split(/\r?\n/);
   const start = lines.indexOf(`## ${heading}`);
-  assert.ok(start >= 0, `the README has a "## ${heading}" section`);
+  assert.ok(start >= 0, `the document has a "## ${heading}" section`);
   const end = lines.findIndex((line, i) => i > start && line.startsWith("## "));
   const section = lines.slice(start + 1, end < 0 ? undefined : end);
   const open = section.findIndex((line) => /^```(js|javascript)\s*$/.test(line));
@@ -742,10 +742,10 @@ function jsBlockUnder(markdown, heading) {
   return section.slice(open + 1, close);
 }
 
-describe("the README", () => {
-  test("its ten lines replacing the seed's WebSocketManager work as written", async () => {
-    const readme = readFileSync(new URL("../../README.md", import.meta.url), "utf8");
-    const block = jsBlockUnder(readme, "The JavaScript client and the demo page");
+describe("docs/js-client.md", () => {
+  test("its ten lines replacing a hand-written WebSocketManager work as written", async () => {
+    const page = readFileSync(new URL("../../docs/js-client.md", import.meta.url), "utf8");
+    const block = jsBlockUnder(page, "The client in ten lines");
     const all = block.filter((line) => line.trim());
     assert.equal(all.length, 10, "ten lines");
     assert.match(all[0], /^import \{ RoomcastClient \} from /);

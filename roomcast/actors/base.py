@@ -1,4 +1,16 @@
-"""What every mailbox actor shares: a bounded mailbox, a loop, and replies."""
+"""Actors: what a supervisor runs, and the two ways a message reaches one.
+
+`MessageActor` is the one interface (`send`, `call`, `stop`, `close_mailbox`, and the
+hooks `handle`, `recover`, `idle`, `tick`, `deadline`, `on_crash`). How a message
+reaches `handle` is its runner's job, chosen once when the actor is built:
+
+- `Mailbox`: a bounded Trio memory channel and a loop in the actor's own task (rooms,
+  the lobby);
+- `Inline`: no task and no channel; the sender's task handles the message, one at a
+  time, in the order sent (the registry, a lone node's personal rooms). Measured: a
+  task and a channel per actor, and two task switches per message, saved
+  (ARCHITECTURE.md's actor map has the figures).
+"""
 
 from __future__ import annotations
 
@@ -64,7 +76,7 @@ class Actor:
 
     name: str
     metrics: Metrics = UNCOUNTED  # the service's, given by the supervisor that starts it
-    inline = False  # see MailboxActor
+    inline = False  # runs in its senders' tasks (see Inline)
     tick_interval: float | None = None  # when set, `tick` runs that often
     # Told of an inline actor's crashes (the supervisor's policy counts them).
     on_inline_crash: Callable[[Actor], None] | None = None
@@ -72,141 +84,53 @@ class Actor:
     async def run(self) -> None:
         raise NotImplementedError
 
+    def stop(self) -> None:
+        """The actor will not run again (escalated): nobody may wait on it."""
 
-class MailboxActor(Actor):
-    """An actor reached only through its bounded mailbox; `handle` runs one message.
 
-    An inline actor (`inline=True`) has no task and no mailbox: a message is handled in
-    the sender's task, one at a time, in the order sent (a message sent while another
-    is being handled waits in a queue, and the task handling that one handles it next).
-    For actors whose `handle` does not wait (a user's personal room): it saves the
-    task, the mailbox and two task switches per message. A crash is reported to the
-    supervisor, which counts it like a restart; the state stays, as after a restart.
-    """
+class MessageActor(Actor):
+    """An actor that handles messages one at a time, in the order sent, in `handle`.
+    `mailbox_size` None: inline (see `Inline`); else a mailbox of that many messages."""
 
     # An inline actor whose handling may wait handles its queue shielded: a sender's
     # cancellation must not cut a message in half (a mailbox actor's own task is never
     # cancelled by its senders either). Shielding costs a cancel scope per message.
     inline_may_wait = True
 
-    def __init__(self, name: str, mailbox_size: int, *, inline: bool = False) -> None:
+    def __init__(self, name: str, mailbox_size: int | None) -> None:
         self.name = name
-        # Inline: the messages waiting to be handled (a list: it is nearly always empty,
-        # and an empty deque costs ten times the memory).
-        self._queue: list[Any] | None = [] if inline else None
-        self._busy = False  # inline: a task is handling the queue
-        self._closed = False  # inline: no new messages
-        self._stopped = False  # inline: no message handled any more
-        if not inline:
-            self._mailbox, self._inbox = trio.open_memory_channel[Any](mailbox_size)
+        self._runner: Mailbox | Inline = (
+            Inline(self) if mailbox_size is None else Mailbox(self, mailbox_size)
+        )
 
     @property  # type: ignore[override]
     def inline(self) -> bool:
-        return self._queue is not None
+        return isinstance(self._runner, Inline)
 
     async def send(self, message: Any) -> None:
-        if self._queue is None:
-            await self._mailbox.send(message)
-        else:
-            await self._handle_inline(message)
+        await self._runner.send(message)
 
     async def call(self, message_with_reply: Any) -> Any:
         """Send a message carrying a `reply` slot and wait for the answer."""
-        await self.send(message_with_reply)
+        await self._runner.send(message_with_reply)
         return await message_with_reply.reply.wait()
 
     def stop(self) -> None:
         """The actor will not run again: senders get BrokenResourceError, not a hang."""
-        if self._queue is None:
-            self._inbox.close()
-        self._closed = self._stopped = True
+        self._runner.stop()
 
     def close_mailbox(self) -> None:
         """No new messages; the loop ends once it has handled those already queued."""
-        if self._queue is None:
-            self._mailbox.close()
-        self._closed = True
+        self._runner.close()
 
-    async def _handle_inline(self, message: Any) -> None:
-        queue = self._queue
-        assert queue is not None
-        if self._stopped:
-            raise trio.BrokenResourceError(f"{self.name} has stopped")
-        if self._closed:
-            raise trio.ClosedResourceError(f"{self.name} takes no more messages")
-        queue.append(message)
-        if self._busy:
-            return  # a message is being handled: its task handles this one after it
-        self._busy = True
-        try:
-            if self.inline_may_wait:
-                with trio.CancelScope(shield=True):
-                    await self._handle_queue(queue)
-            else:
-                await self._handle_queue(queue)
-        finally:
-            self._busy = False
-
-    async def _handle_queue(self, queue: list[Any]) -> None:
-        while queue:
-            message = queue.pop(0)
-            if self._stopped and message is not _RECOVER:
-                MailboxActor.on_crash(self, message)  # escalated: answered, not handled
-                continue
-            try:
-                if message is _RECOVER:
-                    await self.recover()
-                    continue
-                if message is _TICK:
-                    await self.tick()
-                    continue
-                if isinstance(message, Crash):
-                    raise message.error
-                await self.handle(message)
-            except Exception:
-                self.on_crash(message)
-                queue.insert(0, _RECOVER)  # as a restarted loop would, first thing
-                if self.on_inline_crash is None:
-                    log.exception("actor crashed: %s", self.name)
-                else:
-                    self.on_inline_crash(self)  # may escalate: stops the actor
+    def mailbox_empty(self) -> bool:
+        return self._runner.empty()
 
     async def run(self) -> None:
-        """The actor's loop; a supervisor calls it again after a crash, state intact.
-        An inline actor's loop only ticks (its ticks queue up with its messages)."""
-        if self.inline:
-            assert self.tick_interval is not None
-            while True:
-                await trio.sleep(self.tick_interval)
-                await self.send(_TICK)
-        next_tick = trio.current_time() + (self.tick_interval or math.inf)
-        while True:
-            message: Any = None
-            try:
-                await self.idle()
-                wake = min(next_tick, self.deadline())
-                if wake == math.inf:
-                    message = await self._inbox.receive()
-                else:
-                    with trio.move_on_at(wake):
-                        message = await self._inbox.receive()
-            except trio.EndOfChannel:
-                return
-            now = trio.current_time()
-            if self.tick_interval is not None and now >= next_tick:
-                next_tick = now + self.tick_interval
-                await self.tick()
-            if now >= self.deadline():
-                await self.at_deadline()
-            if message is None:
-                continue
-            try:
-                if isinstance(message, Crash):
-                    raise message.error
-                await self.handle(message)
-            except BaseException:
-                self.on_crash(message)
-                raise
+        """The actor's loop; a supervisor calls it again after a crash, state intact."""
+        await self._runner.run()
+
+    # what an actor defines -----------------------------------------------------------
 
     async def handle(self, message: Any) -> None:
         raise NotImplementedError
@@ -217,17 +141,12 @@ class MailboxActor(Actor):
     async def idle(self) -> None:
         """Runs before the loop takes its next message (a room flushes here)."""
 
-    def mailbox_empty(self) -> bool:
-        if self._queue is not None:
-            return not self._queue
-        return not self._inbox.statistics().current_buffer_used
-
     async def tick(self) -> None:
         """Periodic work of an actor that sets `tick_interval`."""
 
     def deadline(self) -> float:
         """When the actor has something to do with no message (inf: never); read
-        before each wait for a message. Not for inline actors."""
+        before each wait for a message. Mailbox actors only."""
         return math.inf
 
     async def at_deadline(self) -> None:
@@ -238,3 +157,135 @@ class MailboxActor(Actor):
         reply = getattr(message, "reply", None)
         if reply is not None:
             reply.fail(ActorCrashed(f"{self.name} crashed"))
+
+
+class Mailbox:
+    """A bounded Trio memory channel, read by a loop in the actor's own task."""
+
+    __slots__ = ("_actor", "_inbox", "_mailbox")
+
+    def __init__(self, actor: MessageActor, size: int) -> None:
+        self._actor = actor
+        self._mailbox, self._inbox = trio.open_memory_channel[Any](size)
+
+    async def send(self, message: Any) -> None:
+        await self._mailbox.send(message)
+
+    def stop(self) -> None:
+        self._inbox.close()
+
+    def close(self) -> None:
+        self._mailbox.close()
+
+    def empty(self) -> bool:
+        return not self._inbox.statistics().current_buffer_used
+
+    async def run(self) -> None:
+        actor = self._actor
+        next_tick = trio.current_time() + (actor.tick_interval or math.inf)
+        while True:
+            message: Any = None
+            try:
+                await actor.idle()
+                wake = min(next_tick, actor.deadline())
+                if wake == math.inf:
+                    message = await self._inbox.receive()
+                else:
+                    with trio.move_on_at(wake):
+                        message = await self._inbox.receive()
+            except trio.EndOfChannel:
+                return
+            now = trio.current_time()
+            if actor.tick_interval is not None and now >= next_tick:
+                next_tick = now + actor.tick_interval
+                await actor.tick()
+            if now >= actor.deadline():
+                await actor.at_deadline()
+            if message is None:
+                continue
+            try:
+                if isinstance(message, Crash):
+                    raise message.error
+                await actor.handle(message)
+            except BaseException:
+                actor.on_crash(message)
+                raise
+
+
+class Inline:
+    """No task and no channel: a message is handled in the sender's task, one at a
+    time, in the order sent (a message sent while another is being handled waits in a
+    list, and the task handling that one handles it next). For actors whose handling
+    rarely waits. A crash is reported to the supervisor, which counts it like a
+    restart; the state stays, as after a restart. Its `run` (only for an actor with a
+    tick) queues the ticks in turn with the messages."""
+
+    __slots__ = ("_actor", "_busy", "_closed", "_queue", "_stopped")
+
+    def __init__(self, actor: MessageActor) -> None:
+        self._actor = actor
+        # A list: it is nearly always empty, and an empty deque costs ten times the memory.
+        self._queue: list[Any] = []
+        self._busy = False  # a task is handling the queue
+        self._closed = False  # no new messages
+        self._stopped = False  # no message handled any more
+
+    def stop(self) -> None:
+        self._closed = self._stopped = True
+
+    def close(self) -> None:
+        self._closed = True
+
+    def empty(self) -> bool:
+        return not self._queue
+
+    async def run(self) -> None:
+        interval = self._actor.tick_interval
+        assert interval is not None
+        while True:
+            await trio.sleep(interval)
+            await self.send(_TICK)
+
+    async def send(self, message: Any) -> None:
+        if self._stopped:
+            raise trio.BrokenResourceError(f"{self._actor.name} has stopped")
+        if self._closed:
+            raise trio.ClosedResourceError(f"{self._actor.name} takes no more messages")
+        queue = self._queue
+        queue.append(message)
+        if self._busy:
+            return  # a message is being handled: its task handles this one after it
+        self._busy = True
+        try:
+            if self._actor.inline_may_wait:
+                with trio.CancelScope(shield=True):
+                    await self._handle_queue(queue)
+            else:
+                await self._handle_queue(queue)
+        finally:
+            self._busy = False
+
+    async def _handle_queue(self, queue: list[Any]) -> None:
+        actor = self._actor
+        while queue:
+            message = queue.pop(0)
+            if self._stopped and message is not _RECOVER:
+                MessageActor.on_crash(actor, message)  # escalated: answered, not handled
+                continue
+            try:
+                if message is _RECOVER:
+                    await actor.recover()
+                    continue
+                if message is _TICK:
+                    await actor.tick()
+                    continue
+                if isinstance(message, Crash):
+                    raise message.error
+                await actor.handle(message)
+            except Exception:
+                actor.on_crash(message)
+                queue.insert(0, _RECOVER)  # as a restarted loop would, first thing
+                if actor.on_inline_crash is None:
+                    log.exception("actor crashed: %s", actor.name)
+                else:
+                    actor.on_inline_crash(actor)  # may escalate: stops the actor

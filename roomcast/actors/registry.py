@@ -13,7 +13,7 @@ from typing import Protocol
 import attrs
 import trio
 
-from roomcast.actors.base import MailboxActor, Reply
+from roomcast.actors.base import MessageActor, Reply
 from roomcast.actors.room import (
     LOBBY,
     NOBODY,
@@ -105,7 +105,7 @@ class _RoomEntry:
     refs: int = 0  # member connections, counted here to know when to stop the room
 
 
-class Registry(MailboxActor):
+class Registry(MessageActor):
     def __init__(
         self,
         mailbox_size: int,
@@ -114,7 +114,7 @@ class Registry(MailboxActor):
     ) -> None:
         # Inline: registering, joining and leaving cost a connection no task switch to
         # a registry task; they are still handled one at a time, in order.
-        super().__init__("registry", mailbox_size, inline=True)
+        super().__init__("registry", None)
         self._mailbox_size = mailbox_size
         self._start_room = start_room
         self._retention = retention or Retention()
@@ -223,7 +223,8 @@ class Registry(MailboxActor):
                 message.reply.set(None)
 
     def _start(self, room: str, refs: int) -> _RoomEntry:
-        actor = Room(room, self._mailbox_size, self._retention, inline=self._inline(room))
+        mailbox = None if self._inline(room) else self._mailbox_size
+        actor = Room(room, mailbox, self._retention)
         entry = self._rooms[room] = _RoomEntry(actor, refs)
         self._start_room(actor)
         if self.backplane is not None:

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from roomcast.actors.base import MailboxActor, Reply
+from roomcast.actors.base import MessageActor, Reply
 from roomcast.actors.streams import BackplaneUnavailable, Numbered
 from roomcast.protocol import (
     CloseCode,
@@ -168,7 +168,7 @@ class _FanOut:
     connections: int = 0
 
 
-class Room(MailboxActor):
+class Room(MessageActor):
     """Also the room's history: every frame gets the next `offset` in this room's
     `epoch` (on this node, or in Redis in a cluster), and the last frames are kept for
     clients that reconnect."""
@@ -178,14 +178,12 @@ class Room(MailboxActor):
     def __init__(
         self,
         name: str,
-        mailbox_size: int,
+        mailbox_size: int | None,
         retention: Retention | None = None,
-        *,
-        inline: bool = False,
     ) -> None:
-        # Inline (a personal room, see Registry): no task of its own, and its fan-outs
-        # neither defer nor yield, so that handling a message never waits.
-        super().__init__(f"room {name}", mailbox_size, inline=inline)
+        # `mailbox_size` None: inline (a personal room, see Registry): no task of its
+        # own, and its fan-outs neither defer nor yield, so handling never waits.
+        super().__init__(f"room {name}", mailbox_size)
         self.room = name
         self.numbered = name != LOBBY  # broadcasts are live only
         self.retention = retention or Retention()

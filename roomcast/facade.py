@@ -142,27 +142,16 @@ class NotificationService:
         presence) on the others. Raises BackplaneUnavailable, after delivering here,
         when the other nodes could not be reached."""
         delivery = await self._registry.publish(room, frame)
-        backplane = self._registry.backplane
-        if backplane is None:
-            return delivery.user_ids
-        return delivery.user_ids | backplane.view.room_members(room)
+        return delivery.user_ids | self._registry.members_elsewhere(room)
 
     def _has_user(self, user_id: UserId) -> bool:
-        if self._registry.connections_of(user_id):
-            return True
-        backplane = self._registry.backplane
-        return backplane is not None and backplane.view.has_user(user_id)
+        return self._registry.is_connected(user_id)
 
     def _users(self) -> set[UserId]:
-        users = set(self._registry.users)
-        backplane = self._registry.backplane
-        return users | backplane.view.users() if backplane is not None else users
+        return self._registry.connected_users()
 
     def _members(self, room_name: str) -> set[UserId]:
-        room = self._registry.room(room_name)
-        members = room.member_users() if room is not None else set()
-        backplane = self._registry.backplane
-        return members | backplane.view.room_members(room_name) if backplane else members
+        return self._registry.room_members(room_name)
 
     @_either
     async def notify_user(

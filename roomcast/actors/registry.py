@@ -138,6 +138,27 @@ class Registry(MessageActor):
     def room_names(self) -> list[str]:
         return list(self._rooms)
 
+    # Who is where, on this node and (by the cluster's presence) on the others: what
+    # the facade asks. Synchronous reads, as above.
+
+    def is_connected(self, user_id: UserId) -> bool:
+        if self.connections_of(user_id):
+            return True
+        return self.backplane is not None and self.backplane.view.has_user(user_id)
+
+    def connected_users(self) -> set[UserId]:
+        users = set(self.users)
+        return users | self.backplane.view.users() if self.backplane is not None else users
+
+    def room_members(self, name: str) -> set[UserId]:
+        room = self.room(name)
+        members = room.member_users() if room is not None else set()
+        return members | self.members_elsewhere(name)
+
+    def members_elsewhere(self, name: str) -> set[UserId]:
+        """Users with a connection in room `name` on the other nodes."""
+        return self.backplane.view.room_members(name) if self.backplane is not None else set()
+
     def all_connections(self) -> list[Member]:
         return [c for conns in self.users.values() for c in conns.values()]
 

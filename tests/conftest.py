@@ -204,3 +204,13 @@ async def reconnect_at_random(
                 last_offset = frame["offset"]
                 position = {"offset": frame["offset"], "epoch": frame["epoch"]}
     return received, reconnects
+
+
+def crash_at_next_frame(connection: Any, error: BaseException) -> None:
+    """Fault injection (a test seam with no cost in the service): the connection
+    raises `error` when it handles its client's next frame."""
+
+    async def crash(frame: Any) -> None:
+        raise error
+
+    connection._handle = crash

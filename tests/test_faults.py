@@ -9,10 +9,10 @@ import trio
 from trio_websocket import ConnectionClosed
 
 from roomcast import CloseCode, NotificationService
-from roomcast.actors.base import ActorCrashed, Crash, Reply
+from roomcast.actors.base import ActorCrashed, Crash, Reply, accept_crashes
 from roomcast.actors.registry import JoinRoom
 
-from .conftest import connect, eventually, running
+from .conftest import connect, crash_at_next_frame, eventually, running
 
 
 class InjectedFault(Exception):
@@ -34,7 +34,7 @@ async def test_connection_crash_closes_only_that_connection_with_1011(service):
         await victim.request({"type": "join_room", "room": "r"})
         await other.request({"type": "join_room", "room": "r"})
         (conn,) = service.registry.connections_of(1).values()
-        conn.fault = InjectedFault("injected")
+        crash_at_next_frame(conn, InjectedFault("injected"))
         await victim.send({"type": "text", "data": "boom"})
         assert await closed_code(victim) == CloseCode.INTERNAL_ERROR
         await eventually(lambda: not NotificationService.is_user_connected(1), timeout=5)
@@ -50,6 +50,7 @@ async def test_room_crash_restarts_with_members_intact(service):
         await b.request({"type": "join_room", "room": "r"})
         room = service.registry.room("r")
         reply: Reply[None] = Reply()
+        accept_crashes(room)
         await room.send(Crash(InjectedFault("injected"), reply))
         try:
             await reply.wait()
@@ -134,6 +135,7 @@ async def test_restarts_past_the_intensity_stop_the_service_cleanly():
             async with connect(service, 1) as a, connect(service, 2) as b:
                 await a.request({"type": "join_room", "room": "r"})
                 room = service.registry.room("r")
+                accept_crashes(room)
                 for _ in range(3):
                     await room.send(Crash(InjectedFault("injected")))
                 for client in (a, b):
@@ -162,6 +164,7 @@ async def test_inline_registry_crash_fails_that_message_only_and_keeps_its_state
     async with connect(service, 1) as a:
         await a.request({"type": "join_room", "room": "r"})
         reply: Reply[None] = Reply()
+        accept_crashes(service.registry)
         await service.registry.send(Crash(InjectedFault("injected"), reply))
         with pytest.raises(ActorCrashed):
             await reply.wait()

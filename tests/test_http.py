@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from roomcast import CloseCode, Service
-from roomcast.actors.base import Crash
+from roomcast.actors.base import Crash, accept_crashes
 
 from .cluster import needs_redis, redis_server
 from .conftest import connect, eventually, running, token_for
@@ -164,6 +164,7 @@ async def test_metrics_count_handshake_failures_closes_drops_and_restarts():
         # A room crashes once and is restarted.
         async with connect(service, 3):
             room = service.registry.room("user_3")
+            accept_crashes(room)
             await room.send(Crash(RuntimeError("injected by test_http")))
 
         async def counted() -> bool:

@@ -9,7 +9,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
-from .conftest import connect, running, token_for, ws_url
+from .conftest import connect, crash_at_next_frame, running, token_for, ws_url
 from .test_faults import InjectedFault, closed_code
 
 
@@ -30,7 +30,7 @@ async def test_connection_events_are_logged_with_an_id_and_no_token(caplog):
                 pass
         async with connect(service, 3) as crashing:
             (conn,) = service.registry.connections_of(3).values()
-            conn.fault = InjectedFault("injected")
+            crash_at_next_frame(conn, InjectedFault("injected"))
             await crashing.send({"type": "text", "data": "boom"})
             await closed_code(crashing)
         async with connect(service, 4, message_queue_size=1):

@@ -65,10 +65,24 @@ class Reply(Generic[T]):
 
 @attrs.define
 class Crash:
-    """Fault injection: the actor raises `error` when it handles this message."""
+    """Fault injection: an actor armed with `accept_crashes` raises `error` when it
+    handles this message (and its `reply` fails, as any request's would)."""
 
     error: BaseException
     reply: Reply[Any] | None = None
+
+
+def accept_crashes(actor: MessageActor) -> None:
+    """A test seam: from now on `actor` raises on a `Crash` message. It costs nothing
+    to an actor never armed: the runners do not look for `Crash` messages."""
+    handle = actor.handle
+
+    async def handle_or_crash(message: Any) -> None:
+        if isinstance(message, Crash):
+            raise message.error
+        await handle(message)
+
+    actor.handle = handle_or_crash  # type: ignore[method-assign]
 
 
 class Actor:
@@ -204,8 +218,6 @@ class Mailbox:
             if message is None:
                 continue
             try:
-                if isinstance(message, Crash):
-                    raise message.error
                 await actor.handle(message)
             except BaseException:
                 actor.on_crash(message)
@@ -279,8 +291,6 @@ class Inline:
                 if message is _TICK:
                     await actor.tick()
                     continue
-                if isinstance(message, Crash):
-                    raise message.error
                 await actor.handle(message)
             except Exception:
                 actor.on_crash(message)

@@ -85,7 +85,6 @@ class Connection:
         self.rooms: dict[str, None] = {}  # joined rooms, in join order (an ordered set)
         self.close_code = CloseCode.NORMAL
         self.close_reason = "bye"
-        self.fault: BaseException | None = None  # fault injection: raised at the next frame
         self._scope = trio.CancelScope()
         # Frames published to this connection before its welcome went out: the welcome
         # is sent only once the connection is registered, and must still come first.
@@ -160,8 +159,6 @@ class Connection:
                 text = await self.ws.get_message()
             except ConnectionClosed:
                 return
-            if self.fault is not None:
-                raise self.fault
             try:
                 if not self._policing.admit(trio.current_time()):
                     raise ProtocolError.rate_limited()

@@ -196,7 +196,7 @@ class Room(MessageActor):
         self._releasing: deque[tuple[Released, Reply[Delivery] | None]] = deque()
         # Called when a user appears in or leaves the room (the backplane's presence).
         self.on_presence_change: Callable[[], None] | None = None
-        self.fault_after: int | None = None  # fault injection: crash after N+1 members
+        self.fault_after: int | None = None  # test seam: the next fan-out crashes after N+1
         # In a cluster the history lives in Redis (None: on this node).
         self.cluster: ClusterHistory | None = None
         self.holdback = HoldBack(GAP_WAIT_SECONDS)
@@ -344,7 +344,10 @@ class Room(MessageActor):
         # A snapshot: members joining or leaving meanwhile cannot disturb it.
         snapshot = list(self.members.values())
         later = len(snapshot) > WRITE_NOW_UP_TO and not self.inline
-        return _FanOut(reply, frame, iter(snapshot), later, kept)
+        pending: Iterator[Member] = iter(snapshot)
+        if self.fault_after is not None:  # a test seam: checked per publish, not member
+            pending, self.fault_after = _CrashAfter(pending, self.fault_after), None
+        return _FanOut(reply, frame, pending, later, kept)
 
     async def _continue_fan_out(self) -> None:
         fan_out = self._fan_out
@@ -366,8 +369,6 @@ class Room(MessageActor):
                 fan_out.connections += 1
                 if later:
                     unflushed[member.id] = member
-            if self.fault_after is not None:
-                self._count_down_fault()
             if may_yield and count % 16 == 0 and perf_counter() >= deadline:
                 # This room's own next frame still waits: its order holds.
                 await trio.lowlevel.checkpoint()
@@ -507,9 +508,25 @@ class Room(MessageActor):
         if self.on_presence_change is not None:
             self.on_presence_change()
 
-    def _count_down_fault(self) -> None:
-        assert self.fault_after is not None
-        if self.fault_after <= 0:
-            self.fault_after = None
-            raise RuntimeError(f"injected fault in {self.name} mid-fan-out")
-        self.fault_after -= 1
+
+class _CrashAfter:
+    """Fault injection (`Room.fault_after`): the room's fan-out loop crashes once after
+    `after` + 1 members had the frame, then goes on where it was (the restarted room
+    finishes the fan-out from here)."""
+
+    __slots__ = ("_after", "_members")
+
+    def __init__(self, members: Iterator[Member], after: int) -> None:
+        self._members = members
+        self._after: int | None = after + 1
+
+    def __iter__(self) -> _CrashAfter:
+        return self
+
+    def __next__(self) -> Member:
+        if self._after is not None:
+            if self._after <= 0:
+                self._after = None
+                raise RuntimeError("injected fault in a room mid-fan-out")
+            self._after -= 1
+        return next(self._members)

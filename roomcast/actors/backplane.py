@@ -466,7 +466,7 @@ class Backplane(Actor):
     async def _check_rooms(self) -> None:
         for name in list(self._wanted):
             room = self._registry.room(name)
-            if room is not None and room.numbered:
+            if room is not None and room.positioned:
                 with contextlib.suppress(trio.ClosedResourceError, trio.EndOfChannel,
                                          trio.BrokenResourceError):
                     await room.send(Check())

@@ -145,7 +145,8 @@ class Connection:
             with self._scope:
                 # Registered first: once a client has its welcome, it is reachable. The
                 # personal room sends the welcome, then what this client missed.
-                await self.registry.call(Connect(self, Reply(), self._welcome, self.resume_from))
+                greeting = Connect(self, Reply(), self._welcome_frame, self.resume_from)
+                await self.registry.call(greeting)
                 await self._read_loop()
         finally:
             # Cancellation cannot leave the registry pointing at a dead connection: the
@@ -188,7 +189,7 @@ class Connection:
         elif frame.type == MessageType.REFRESH_TOKEN:
             await self._refresh(frame.data)
 
-    def _welcome(self, recovery: Recovery) -> bytes:
+    def _welcome_frame(self, recovery: Recovery) -> bytes:
         data: dict[str, Any] = {"user_id": self.user_id, "rooms": [self.personal_room]}
         if self.resume_from is not None:
             data.update(position_data(recovery))

@@ -63,7 +63,7 @@ class Cluster(ClusterHistory, Protocol):
 class Connect:
     connection: Member
     reply: Reply[None]
-    welcome: Callable[[Recovery], bytes]  # the welcome, built once the room answers
+    build_welcome: Callable[[Recovery], bytes]  # builds the welcome once the room answers
     position: Position | None = None  # where the client got to in its personal room
 
 
@@ -225,8 +225,9 @@ class Registry(MessageActor):
             (await self._lobby()).enter_lobby(connection)
             # The reply waits for the personal room: once the client is told it is
             # connected, `get_room_members("user_U")` already lists it.
-            welcome = Join(connection, message.reply, message.position, message.welcome, True)
-            await self._join(welcome, personal_room(connection.user_id))
+            greeting = Join(connection, message.reply, message.position, message.build_welcome,
+                            is_welcome=True)
+            await self._join(greeting, personal_room(connection.user_id))
         elif isinstance(message, JoinRoom):
             join = Join(connection, message.reply, message.position, message.answer)
             await self._join(join, message.room)

@@ -127,7 +127,7 @@ class Join:
     # Builds the join's answer frame from its Recovery; the room sends it itself, so
     # that the answer, the recovered frames and new frames cannot be reordered.
     answer: Callable[[Recovery], bytes] | None = None
-    welcome: bool = False  # the answer is the connection's welcome (its personal room)
+    is_welcome: bool = False  # the answer is the connection's welcome (its personal room)
 
 
 @attrs.define
@@ -185,7 +185,7 @@ class Room(MessageActor):
         # own, and its fan-outs neither defer nor yield, so handling never waits.
         super().__init__(f"room {name}", mailbox_size)
         self.room = name
-        self.numbered = name != LOBBY  # broadcasts are live only
+        self.positioned = name != LOBBY  # its frames carry positions; broadcasts do not
         self.retention = retention or Retention()
         # New with every actor: a room forgotten and started again has a new history.
         self.log = RoomLog(new_epoch(time.time(), secrets.token_hex(4)), self.retention,
@@ -325,7 +325,7 @@ class Room(MessageActor):
 
     def _number(self, body: bytes) -> tuple[bytes, Kept | None]:
         """Number a frame here: a lone node, or a cluster node while Redis is away."""
-        if not self.numbered:
+        if not self.positioned:
             return text_frame(body), None
         now = trio.current_time()
         if self._local_epoch_stale:
@@ -452,13 +452,13 @@ class Room(MessageActor):
                 recovery = None  # Redis just went away: what this node knows, honestly
         if recovery is None:
             recovery, missed = self.log.recover(
-                join.position, trio.current_time(), offline=join.welcome
+                join.position, trio.current_time(), offline=join.is_welcome
             )
         assert join.answer is not None
         answer = join.answer(recovery)
         connection = join.connection
         self.metrics.answered(answer, missed)
-        if join.welcome:
+        if join.is_welcome:
             connection.deliver_welcome(answer, missed)
         else:
             for frame in (answer, *missed):
@@ -491,7 +491,7 @@ class Room(MessageActor):
             recovery, missed = recover_from_stretch(position, stretch, upto, epoch,
                                                     self.retention, time.time())
         frames = [text_frame(f) for f in missed]
-        if join.welcome:
+        if join.is_welcome:
             # What reached nobody while the user was away, for a client that asks:
             # taken once (the frames the recovery already gave are not given twice),
             # after the answer, even when that refused the position.

@@ -125,6 +125,9 @@ class Numbered:
 
 
 class Streams:
+    """A room's history in Redis, through the Lua scripts above: its sequence, its
+    stream of numbered frames, and the pending lists of users who were away."""
+
     def __init__(self, prefix: str, size: int, ttl: float) -> None:
         self._tag = "{" + prefix + "}"
         self._size = size

@@ -60,6 +60,7 @@ case "$cmd" in
         need_redis
         need_chromium
         .venv/bin/ruff check .
+        .venv/bin/mypy
         exec .venv/bin/pytest "$@"
         ;;
     *)

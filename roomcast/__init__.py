@@ -1,6 +1,6 @@
 """roomcast: real-time WebSocket rooms and notifications, as a Trio actor system."""
 
-from roomcast.actors.backplane import BackplaneUnavailable
+from roomcast.actors.streams import BackplaneUnavailable
 from roomcast.auth import Authenticator, AuthError, Principal, mint_token
 from roomcast.config import Config
 from roomcast.facade import NotificationService, ServiceNotRunning

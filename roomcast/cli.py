@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 import trio
 
-from roomcast.actors.backplane import BackplaneUnavailable
+from roomcast.actors.streams import BackplaneUnavailable
 from roomcast.auth import Authenticator, ConfigError, JwtAuthenticator, mint_token
 from roomcast.config import Config
 from roomcast.protocol import NotificationLevel

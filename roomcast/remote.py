@@ -21,7 +21,6 @@ import anyio
 
 from roomcast.actors.backplane import (
     REDIS_ERRORS,
-    BackplaneUnavailable,
     ClusterView,
     Keys,
     live_nodes,
@@ -31,7 +30,7 @@ from roomcast.actors.backplane import (
     redis_client,
 )
 from roomcast.actors.room import LOBBY
-from roomcast.actors.streams import Streams
+from roomcast.actors.streams import BackplaneUnavailable, Streams
 from roomcast.config import Config
 from roomcast.facade import NotificationService
 from roomcast.protocol import UserId, personal_room_owner

@@ -10,12 +10,12 @@ from typing import Any
 
 import trio
 
-from roomcast.actors.backplane import BackplaneUnavailable
 from roomcast.actors.base import ActorCrashed, Reply
 from roomcast.actors.keeper import Keeper
 from roomcast.actors.outbox import Outbox
 from roomcast.actors.registry import Connect, Disconnect, JoinRoom, LeaveRoom, Registry
 from roomcast.actors.room import LOBBY
+from roomcast.actors.streams import BackplaneUnavailable
 from roomcast.actors.websocket import ConnectionClosed, WebSocket
 from roomcast.auth import Authenticator, AuthError, Principal
 from roomcast.config import Config

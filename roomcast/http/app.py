@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from roomcast.actors.backplane import BackplaneUnavailable
+from roomcast.actors.streams import BackplaneUnavailable
 from roomcast.auth import ConfigError, mint_token
 from roomcast.http import openapi
 from roomcast.http.asgi import (

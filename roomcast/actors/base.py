@@ -64,10 +64,13 @@ class Actor:
 
     name: str
     metrics: Metrics = UNCOUNTED  # the service's, given by the supervisor that starts it
-    inline = False  # see MailboxActor
     tick_interval: float | None = None  # when set, `tick` runs that often
     # Told of an inline actor's crashes (the supervisor's policy counts them).
-    on_inline_crash: Callable[[Actor], None] | None = None
+    on_inline_crash: Callable[[MailboxActor], None] | None = None
+
+    @property
+    def inline(self) -> bool:  # see MailboxActor
+        return False
 
     async def run(self) -> None:
         raise NotImplementedError
@@ -100,7 +103,7 @@ class MailboxActor(Actor):
         if not inline:
             self._mailbox, self._inbox = trio.open_memory_channel[Any](mailbox_size)
 
-    @property  # type: ignore[override]
+    @property
     def inline(self) -> bool:
         return self._queue is not None
 

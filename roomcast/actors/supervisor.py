@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import trio
 
-from roomcast.actors.base import Actor
+from roomcast.actors.base import Actor, MailboxActor
 from roomcast.metrics import UNCOUNTED, Metrics
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class Supervisor:
                 return  # no task at all
         self._nursery.start_soon(self._supervise, actor, name=actor.name)
 
-    def _inline_crashed(self, actor: Actor) -> None:
+    def _inline_crashed(self, actor: MailboxActor) -> None:
         """An inline actor crashed (called in its except block): the same policy."""
         log.exception("actor crashed: %s", actor.name)
         if self._too_many_restarts(actor):

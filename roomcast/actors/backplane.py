@@ -30,8 +30,8 @@ import contextlib
 import json
 import logging
 import secrets
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 
 import anyio
 import attrs
@@ -55,6 +55,9 @@ if TYPE_CHECKING:
     from roomcast.actors.registry import Registry
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 # What a lost or refused Redis connection raises, from coredis or the socket below it.
 REDIS_ERRORS = (
@@ -320,7 +323,7 @@ class Backplane(Actor):
     async def take_pending(self, user: UserId) -> tuple[list[bytes], bool]:
         return await self._redis(self.streams.take_pending, user)
 
-    async def _redis(self, operation: Any, *args: Any) -> Any:
+    async def _redis(self, operation: Callable[[Any, *Ts], Awaitable[T]], *args: *Ts) -> T:
         if self._client is None:
             raise BackplaneUnavailable("the backplane has not connected to Redis yet")
         try:
@@ -424,7 +427,7 @@ class Backplane(Actor):
         if not channels:
             return
         with trio.move_on_after(1.0):
-            with contextlib.suppress(REDIS_ERRORS):
+            with contextlib.suppress(*REDIS_ERRORS):
                 await self._pubsub.unsubscribe(*channels)
                 if self.cluster_history:
                     # The last local member left: the room's epoch lives `history_ttl`

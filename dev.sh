@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Developer entry point. `./dev.sh serve` runs the service in demo mode (the demo page
 # on http://127.0.0.1:8080/) with a dev secret and a dev API key;
-# `./dev.sh test` runs every test. Both set up .venv on first use (and again
-# whenever pyproject.toml changes), so a fresh machine needs nothing else.
+# `./dev.sh test` runs ruff, mypy (strict, on roomcast/), then every test. Both set up
+# .venv on first use (and again whenever pyproject.toml changes), so a fresh machine
+# needs nothing else.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -60,6 +61,7 @@ case "$cmd" in
         need_redis
         need_chromium
         .venv/bin/ruff check .
+        .venv/bin/mypy
         exec .venv/bin/pytest "$@"
         ;;
     *)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextvars
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
 from roomcast.actors.registry import Registry
 from roomcast.actors.room import LOBBY
@@ -29,7 +29,8 @@ from roomcast.protocol import (
 )
 from roomcast.protocol import ProtocolError as _ProtocolError
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class ServiceNotRunning(RuntimeError):
@@ -48,20 +49,24 @@ def look_elsewhere(find: Callable[[], NotificationService | None]) -> None:
     _elsewhere.append(find)
 
 
-class _either:
+class _either(Generic[P, R]):
     """A method callable on an instance, or on the class: then it is bound to the
     service running in the caller's context."""
 
-    def __init__(self, function: F) -> None:
+    def __init__(self, function: Callable[Concatenate[NotificationService, P], R]) -> None:
         self._function = function
+        # the descriptor takes the method's name and docstring; typeshed wants a callable
         functools.update_wrapper(self, function)  # type: ignore[arg-type]
 
-    def __get__(self, instance: Any, owner: type) -> Any:
+    def __get__(
+        self, instance: NotificationService | None, owner: type[NotificationService]
+    ) -> Callable[P, R]:
         if instance is not None:
-            return self._function.__get__(instance, owner)
+            bound: Callable[P, R] = self._function.__get__(instance, owner)
+            return bound
 
         @functools.wraps(self._function)
-        def on_current_service(*args: Any, **kwargs: Any) -> Any:
+        def on_current_service(*args: P.args, **kwargs: P.kwargs) -> R:
             return self._function(owner.current(), *args, **kwargs)
 
         return on_current_service

@@ -21,7 +21,6 @@ import anyio
 
 from roomcast.actors.backplane import (
     REDIS_ERRORS,
-    BackplaneUnavailable,
     ClusterView,
     Keys,
     live_nodes,
@@ -31,7 +30,7 @@ from roomcast.actors.backplane import (
     redis_client,
 )
 from roomcast.actors.room import LOBBY
-from roomcast.actors.streams import Streams
+from roomcast.actors.streams import BackplaneUnavailable, Streams
 from roomcast.config import Config
 from roomcast.facade import NotificationService, look_elsewhere
 from roomcast.protocol import UserId, personal_room_owner
@@ -59,6 +58,8 @@ class RemoteNotificationService(NotificationService):
     @classmethod
     def from_config(cls, config: Config) -> RemoteNotificationService:
         """The service's own Redis settings: same keys, same history limits."""
+        if config.redis_url is None:
+            raise ValueError("the configuration has no redis_url")
         return cls(config.redis_url, config.redis_prefix, config.redis_sharded,
                    config.history_size, config.history_ttl)
 
@@ -157,25 +158,25 @@ class SyncNotificationService:
         return remote
 
     @classmethod
-    def _call(cls, name: str, *args: Any, **kwargs: Any) -> Any:
-        method = getattr(cls._remote(), name)
-        return _run_in_thread(lambda: method(*args, **kwargs))
+    def _call(cls, call: Callable[[RemoteNotificationService], Awaitable[T]]) -> T:
+        remote = cls._remote()
+        return _run_in_thread(lambda: call(remote))
 
     @classmethod
     def notify_user(cls, *args: Any, **kwargs: Any) -> bool:
-        return cls._call("notify_user", *args, **kwargs)
+        return cls._call(lambda remote: remote.notify_user(*args, **kwargs))
 
     @classmethod
     def notify_room(cls, *args: Any, **kwargs: Any) -> int:
-        return cls._call("notify_room", *args, **kwargs)
+        return cls._call(lambda remote: remote.notify_room(*args, **kwargs))
 
     @classmethod
     def broadcast(cls, *args: Any, **kwargs: Any) -> int:
-        return cls._call("broadcast", *args, **kwargs)
+        return cls._call(lambda remote: remote.broadcast(*args, **kwargs))
 
     @classmethod
     def notify_user_in_room(cls, *args: Any, **kwargs: Any) -> bool:
-        return cls._call("notify_user_in_room", *args, **kwargs)
+        return cls._call(lambda remote: remote.notify_user_in_room(*args, **kwargs))
 
     @classmethod
     def is_user_connected(cls, user_id: UserId) -> bool:

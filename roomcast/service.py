@@ -54,6 +54,7 @@ class Service:
     metrics: Metrics = attrs.field(repr=False)
     _scope: trio.CancelScope
     http_port: int | None = None  # None: no HTTP port (http_port = -1)
+    backplane: Backplane | None = None  # with a Redis URL: this node's link to the others
 
     @property
     def ready(self) -> bool:
@@ -63,7 +64,7 @@ class Service:
     def unready_reasons(self) -> list[str]:
         """Why the node is not ready (`/readyz` shows them); empty when it is."""
         reasons = ["draining"] if self.gateway.draining else []
-        backplane = self.registry.backplane
+        backplane = self.backplane
         if backplane is not None and not backplane.healthy:
             reasons.append("redis_unavailable")
         return reasons
@@ -97,8 +98,8 @@ async def open_service(
                 service.notifications._unbind(token)
                 with trio.CancelScope(shield=True):
                     await service.gateway.drain(config.shutdown_timeout)
-                    if service.registry.backplane is not None:
-                        await service.registry.backplane.leave_cluster()
+                    if service.backplane is not None:
+                        await service.backplane.leave_cluster()
                 service._scope.cancel()
     except* ServiceFailed as group:
         raise group.exceptions[0] from None
@@ -133,9 +134,10 @@ async def _run(
             keeper = Keeper(config.ping_interval, config.ping_timeout, config.jwt_leeway)
             supervisor.start(registry)
             supervisor.start(keeper)
+            backplane = None
             if config.redis_url:
-                registry.backplane = Backplane(config, registry)
-                supervisor.start(registry.backplane)
+                backplane = registry.backplane = Backplane(config, registry)
+                supervisor.start(backplane)
             gateway = Gateway(config, registry, keeper, authenticate)
             notifications = NotificationService(registry)
             # Connection tasks inherit the context, so the facade finds this service.
@@ -145,7 +147,8 @@ async def _run(
             port = listeners[0].socket.getsockname()[1]
             log.info("roomcast listening on ws://%s:%d%s", config.host, port, config.path)
             service = Service(
-                config, port, notifications, registry, gateway, supervisor, metrics, scope
+                config, port, notifications, registry, gateway, supervisor, metrics, scope,
+                backplane=backplane,
             )
             for port in ports:
                 # In this nursery: it stops with the actors, after the drain.

@@ -30,8 +30,8 @@ import contextlib
 import json
 import logging
 import secrets
-from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Protocol, TypeVar, TypeVarTuple
 
 import anyio
 import attrs
@@ -63,6 +63,9 @@ class Directory(Protocol):
     def room_names(self) -> list[str]: ...
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 # What a lost or refused Redis connection raises, from coredis or the socket below it.
 REDIS_ERRORS = (
@@ -320,7 +323,7 @@ class Backplane(Actor):
     async def take_pending(self, user: UserId) -> tuple[list[bytes], bool]:
         return await self._redis(self.streams.take_pending, user)
 
-    async def _redis(self, operation: Any, *args: Any) -> Any:
+    async def _redis(self, operation: Callable[[Any, *Ts], Awaitable[T]], *args: *Ts) -> T:
         if self._client is None:
             raise BackplaneUnavailable("the backplane has not connected to Redis yet")
         try:
@@ -424,7 +427,7 @@ class Backplane(Actor):
         if not channels:
             return
         with trio.move_on_after(1.0):
-            with contextlib.suppress(REDIS_ERRORS):
+            with contextlib.suppress(*REDIS_ERRORS):
                 await self._pubsub.unsubscribe(*channels)
                 if self.cluster_history:
                     # The last local member left: the room's epoch lives `history_ttl`

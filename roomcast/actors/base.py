@@ -90,10 +90,14 @@ class Actor:
 
     name: str
     metrics: Metrics = UNCOUNTED  # the service's, given by the supervisor that starts it
-    inline = False  # runs in its senders' tasks (see Inline)
     tick_interval: float | None = None  # when set, `tick` runs that often
     # Told of an inline actor's crashes (the supervisor's policy counts them).
     on_inline_crash: Callable[[Actor], None] | None = None
+
+    @property
+    def inline(self) -> bool:
+        """Runs in its senders' tasks (see `Inline`)."""
+        return False
 
     async def run(self) -> None:
         raise NotImplementedError
@@ -117,7 +121,7 @@ class MessageActor(Actor):
             Inline(self) if mailbox_size is None else Mailbox(self, mailbox_size)
         )
 
-    @property  # type: ignore[override]
+    @property
     def inline(self) -> bool:
         return isinstance(self._runner, Inline)
 

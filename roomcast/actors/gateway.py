@@ -16,12 +16,13 @@ import re
 from urllib.parse import parse_qs, urlsplit
 
 import trio
+from wsproto.events import Request
 
 from roomcast.actors.connection import Connection, next_connection_id
 from roomcast.actors.keeper import Keeper
 from roomcast.actors.outbox import Outbox
 from roomcast.actors.registry import Registry
-from roomcast.actors.websocket import Handshake, Request
+from roomcast.actors.websocket import Handshake
 from roomcast.auth import Authenticator, AuthError, Principal
 from roomcast.config import Config
 from roomcast.protocol import CloseCode, Position, ProtocolError, position_from

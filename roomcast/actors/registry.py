@@ -196,7 +196,8 @@ class Registry(MessageActor):
             except trio.BrokenResourceError:
                 return NOBODY  # the service has stopped
         try:
-            return await actor.call(Publish(body, Reply(), numbered))
+            delivery: Delivery = await actor.call(Publish(body, Reply(), numbered))
+            return delivery
         except (trio.ClosedResourceError, trio.BrokenResourceError, trio.EndOfChannel):
             return NOBODY  # the room emptied and stopped while we looked it up
 
@@ -234,8 +235,8 @@ class Registry(MessageActor):
         elif isinstance(message, LeaveRoom):
             await self._leave(connection, message.room, message.reply)
         else:
-            conns = self.users.get(connection.user_id)
-            if conns is not None and conns.pop(connection.id, None) is not None and not conns:
+            theirs = self.users.get(connection.user_id)
+            if theirs is not None and theirs.pop(connection.id, None) is not None and not theirs:
                 del self.users[connection.user_id]
                 self._presence_changed()
             await self._leave_lobby(connection)

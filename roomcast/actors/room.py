@@ -443,6 +443,7 @@ class Room(MessageActor):
 
     async def _answer(self, join: Join) -> None:
         """Send the join's answer, then what the client missed, before any new frame."""
+        missed: list[bytes]
         recovery, missed = None, []
         cluster = self.cluster
         if cluster is not None and cluster.cluster_history:
@@ -485,6 +486,7 @@ class Room(MessageActor):
         epoch, upto = holdback.cursor
         if position is None:
             return Recovery(upto, epoch), []
+        missed: list[bytes]
         if after is None:
             recovery, missed = Recovery(upto, epoch), []
         else:

@@ -11,6 +11,7 @@ after the frames queued before it.
 from __future__ import annotations
 
 import contextlib
+from typing import cast
 
 import attrs
 import trio
@@ -127,7 +128,7 @@ class WebSocket:
         self._outbox = outbox
         self._frames = frames
         self._limit = max_message_size
-        self._parts: list[str | bytes] = []  # the fragments of the message being read
+        self._parts: list[str | bytes | bytearray] = []  # the fragments of the message being read
         self._size = 0  # its size so far, in bytes
         # Set as soon as either side starts the closing handshake (or the stream ends):
         # no message is read, and nothing is queued but the closing frames, after that.
@@ -165,8 +166,9 @@ class WebSocket:
             return None
         parts, self._parts, self._size = self._parts, [], 0
         if isinstance(data, str):
-            return parts[0] if len(parts) == 1 else "".join(parts)  # type: ignore[arg-type]
-        return b"".join(parts)  # type: ignore[arg-type]  # bytes, never wsproto's bytearray
+            texts = cast("list[str]", parts)  # one message's parts: all text or all binary
+            return texts[0] if len(texts) == 1 else "".join(texts)
+        return b"".join(cast("list[bytes | bytearray]", parts))  # bytes, never a bytearray
 
     def _peer_closed(self, event: CloseConnection) -> None:
         if self._frames.state is ConnectionState.REMOTE_CLOSING:

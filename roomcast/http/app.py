@@ -31,6 +31,7 @@ from roomcast.http import openapi
 from roomcast.http.asgi import (
     Handler,
     HttpError,
+    HttpScope,
     Receive,
     Request,
     Response,
@@ -117,9 +118,9 @@ class HttpApp:
             head = scope["method"] == "HEAD"
             await send_response(send, await self._respond(scope, receive), head=head)
         else:  # a WebSocket on the HTTP port: the WebSocket port is elsewhere
-            await send({"type": "websocket.close", "code": 1008})
+            await send({"type": "websocket.close", "code": 1008, "reason": None})
 
-    async def _respond(self, scope: Scope, receive: Receive) -> Response:
+    async def _respond(self, scope: HttpScope, receive: Receive) -> Response:
         try:
             request = await read_request(scope, receive, self._config.max_message_size)
             handler, params = self._route(request)

@@ -11,10 +11,13 @@ from typing import Any
 from urllib.parse import unquote
 
 import attrs
+from hypercorn import typing as asgi_types
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+# ASGI's scope and messages, as hypercorn (which serves the app) types them
+Scope = asgi_types.Scope
+HttpScope = asgi_types.HTTPScope
+Receive = asgi_types.ASGIReceiveCallable
+Send = asgi_types.ASGISendCallable
 
 JSON = "application/json"
 
@@ -72,7 +75,7 @@ class Request:
         return body
 
 
-async def read_request(scope: Scope, receive: Receive, limit: int) -> Request:
+async def read_request(scope: HttpScope, receive: Receive, limit: int) -> Request:
     """The whole request; a body over `limit` bytes is a 413."""
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
     raw = scope.get("raw_path") or scope["path"].encode()
@@ -80,8 +83,8 @@ async def read_request(scope: Scope, receive: Receive, limit: int) -> Request:
     size, more = 0, True
     while more:
         message = await receive()
-        if message["type"] == "http.disconnect":
-            break
+        if message["type"] != "http.request":
+            break  # http.disconnect
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -100,7 +103,8 @@ async def send_response(send: Send, response: Response, *, head: bool = False) -
         *((k.lower().encode(), v.encode()) for k, v in response.headers),
     ]
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    await send({"type": "http.response.body", "body": b"" if head else response.body})
+    await send({"type": "http.response.body", "body": b"" if head else response.body,
+                "more_body": False})
 
 
 async def lifespan(receive: Receive, send: Send) -> None:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Developer entry point. `./dev.sh serve` runs the service in demo mode (the demo page
 # on http://127.0.0.1:8080/) with a dev secret and a dev API key;
-# `./dev.sh test` runs ruff, mypy (strict, on roomcast/), then every test. Both set up
+# `./dev.sh test` runs ruff, mypy (strict, on roomcast/), the layer contracts
+# (lint-imports), then every test. Both set up
 # .venv on first use (and again whenever pyproject.toml changes), so a fresh machine
 # needs nothing else.
 set -euo pipefail
@@ -62,6 +63,7 @@ case "$cmd" in
         need_chromium
         .venv/bin/ruff check .
         .venv/bin/mypy
+        .venv/bin/lint-imports --no-cache
         exec .venv/bin/pytest "$@"
         ;;
     *)

@@ -173,7 +173,7 @@ def redis_cluster(masters: int = 3) -> Iterator[str]:
                                       capture_output=True, text=True).stdout
                 if "cluster_state:ok" in info:
                     break
-                time.sleep(0.1)
+                time.sleep(0.1)  # the poll interval of a wait for the cluster (a subprocess)
             else:
                 raise RuntimeError("the Redis cluster did not come up")
             yield f"redis://127.0.0.1:{ports[0]}/0"
@@ -209,5 +209,5 @@ def _wait_for_ping(port: int) -> None:
                 if s.recv(16).startswith(b"+PONG"):
                     return
         except OSError:
-            time.sleep(0.05)
+            time.sleep(0.05)  # the poll interval of a wait for redis-server (a subprocess)
     raise RuntimeError(f"redis-server on {port} did not start")

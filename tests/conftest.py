@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
+import trio.testing
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from roomcast import Config, Service, mint_token, open_service
@@ -60,10 +61,19 @@ async def eventually(condition: Callable[[], Any], timeout: float = 10.0) -> Non
                 failure = None
             except AssertionError as error:
                 failure = error
-            await trio.sleep(0.01)
+            await trio.sleep(0.01)  # the poll interval of a wait on the condition
     if failure is not None:
         raise failure
     raise AssertionError(f"still false after {timeout} s: {condition!r}")
+
+
+@pytest.fixture
+def jumping_clock() -> trio.testing.MockClock:
+    """Trio's clock for a test over real sockets that needs time to pass for the service
+    (retention, a token's deadline, an absence): it runs at real speed, so the sockets'
+    timeouts behave, and `jumping_clock.jump(seconds)` makes that much Trio time pass at
+    once for every actor, instead of a sleep."""
+    return trio.testing.MockClock(rate=1.0)
 
 
 @pytest.fixture

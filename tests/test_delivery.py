@@ -43,7 +43,9 @@ async def forgotten(node: Any, user: int) -> None:
 
 
 @pytest.mark.parametrize("published", [0, 3], ids=["nothing_published", "all_seen"])
-async def test_a_room_recovers_after_its_last_member_was_away_a_second(deployment, published):
+async def test_a_room_recovers_after_its_last_member_was_away_a_second(
+    deployment, published, jumping_clock,
+):
     """The room's last member leaves and comes back a second later (well within
     history_ttl) with the position it was given (`{"recover": true}` first): recovered,
     not epoch_changed, nothing replayed, and the next frame follows on."""
@@ -58,7 +60,7 @@ async def test_a_room_recovers_after_its_last_member_was_away_a_second(deploymen
             for frame in await client.frames(published):
                 position = {"offset": frame["offset"], "epoch": frame["epoch"]}
         await forgotten(node, 1)
-        await trio.sleep(1.0)  # away for a second
+        jumping_clock.jump(1.0)  # away for a second
         async with connect(node, 1) as again:
             answer = await again.request({"type": "join_room", "room": ROOM, "data": position})
             assert answer["data"].get("recovered") is True, answer
@@ -72,7 +74,9 @@ async def test_a_room_recovers_after_its_last_member_was_away_a_second(deploymen
 
 
 @pytest.mark.parametrize("published", [0, 2], ids=["nothing_published", "all_seen"])
-async def test_the_personal_room_recovers_through_the_url_after_a_second(deployment, published):
+async def test_the_personal_room_recovers_through_the_url_after_a_second(
+    deployment, published, jumping_clock,
+):
     async with deployment() as node:
         async with connect(node, 4, query="&recover=1") as tab:
             position = (tab.welcome["data"]["offset"], tab.welcome["data"]["epoch"])
@@ -81,7 +85,7 @@ async def test_the_personal_room_recovers_through_the_url_after_a_second(deploym
             for frame in await tab.frames(published):
                 position = (frame["offset"], frame["epoch"])
         await forgotten(node, 4)
-        await trio.sleep(1.0)
+        jumping_clock.jump(1.0)  # away for a second
         async with connect(node, 4, query=position_query(*position)) as again:
             welcome = again.welcome["data"]
             assert welcome.get("recovered") is True, welcome

@@ -14,7 +14,7 @@ from examples import (
 )
 from roomcast import NotificationService
 
-from .conftest import connect, running
+from .conftest import connect, eventually, running
 
 
 async def test_upload_file_notifies_every_tab_of_the_uploader_only():
@@ -154,9 +154,7 @@ async def test_notify_if_online_after_the_last_tab_closed():
         assert await notify_if_online.notify_if_online(7, "Later", db) is False
         assert db == [{"user_id": 7, "message": "Later"}]
 
-        with trio.fail_after(5):
-            while NotificationService.is_user_connected(7):
-                await trio.sleep(0.01)
+        await eventually(lambda: not NotificationService.is_user_connected(7), timeout=5)
         assert await notify_if_online.notify_if_online(7, "Even later", db) is False
         assert db[-1] == {"user_id": 7, "message": "Even later"}
 

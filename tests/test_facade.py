@@ -621,7 +621,7 @@ async def test_welcome_stays_first_while_notifications_race_the_connection(servi
         while True:
             await NotificationService.notify_user(3, "early")
             await NotificationService.broadcast("early broadcast")
-            await trio.sleep(0)
+            await trio.sleep(0)  # a checkpoint (no time passes): let the service run
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(spam)

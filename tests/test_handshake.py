@@ -415,7 +415,7 @@ async def test_custom_authenticator_principal():
 
     async def authenticate(token: str) -> Principal | None:
         seen.append(token)
-        await trio.sleep(0)
+        await trio.sleep(0)  # a checkpoint (no time passes): an authenticator that awaits
         return Principal(user_id="bob") if token == "letmein" else None
 
     async with with_authenticator(authenticate) as service:

@@ -10,11 +10,13 @@ import time
 
 import pytest
 import trio
+import trio.testing
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
 from roomcast import CloseCode
+from roomcast.protocol.wsframe import PING_FRAME
 
-from .conftest import close_code, connect, running, token_for, ws_url
+from .conftest import close_code, connect, eventually, running, token_for, ws_url
 
 
 async def _refused(url: str, **kwargs) -> ConnectionRejected:
@@ -91,7 +93,17 @@ async def test_silent_client_is_pinged_then_closed_with_4000():
 async def test_client_that_answers_pings_stays_connected():
     async with running(ping_interval=0.2, ping_timeout=0.2) as service:
         async with connect(service, 1) as client:
-            await trio.sleep(1.2)  # several intervals; trio-websocket answers each ping
+            (connection,) = service.registry.connections_of(1).values()
+            deliver, pings = connection.deliver, []
+
+            def counting(frame: bytes) -> bool:
+                pings.extend([frame] if frame == PING_FRAME else [])
+                return deliver(frame)
+
+            connection.deliver = counting
+            # Several intervals: a ping unanswered within ping_timeout would have been a
+            # 4000, not another ping (trio-websocket answers each one).
+            await eventually(lambda: len(pings) >= 4)
             assert (await client.request({"type": "text", "data": "x"}))["message"] == "Echo: x"
 
 
@@ -107,12 +119,13 @@ async def test_connection_closed_with_4001_when_its_token_expires():
         assert time.monotonic() - started >= 1.5
 
 
-async def test_refresh_token_moves_the_expiry():
+async def test_refresh_token_moves_the_expiry(jumping_clock):
     async with running(jwt_leeway=0.0) as service:
         async with connect(service, 1, token=token_for(1, ttl=2)) as client:
             reply = await client.request({"type": "refresh_token", "data": token_for(1, ttl=60)})
             assert reply["message"] == "Token refreshed"
-            await trio.sleep(3.2)  # past the first token's expiry
+            jumping_clock.jump(3.2)  # past the first token's expiry, on the keeper's clock
+            await trio.testing.wait_all_tasks_blocked()  # the keeper has looked
             assert (await client.request({"type": "text", "data": "x"}))["message"] == "Echo: x"
 
 

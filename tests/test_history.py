@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import trio
 from trio_websocket import open_websocket_url
 
 from .conftest import connect, eventually, reconnect_at_random, running, token_for, ws_url
@@ -135,7 +134,7 @@ async def test_an_old_epoch_is_refused_honestly(service):
         await client.nothing_within(0.1)
 
 
-async def test_positions_past_the_retention_are_refused_too_many_or_too_old():
+async def test_positions_past_the_retention_are_refused_too_many_or_too_old(jumping_clock):
     async with running(history_size=3, history_ttl=0.5) as service:
         async with connect(service, 1) as client:
             await client.request({"type": "join_room", "room": "r"})
@@ -147,7 +146,7 @@ async def test_positions_past_the_retention_are_refused_too_many_or_too_old():
             async with connect(service, 1) as other:
                 reply = await other.request({"type": "join_room", "room": "r", "data": position})
                 assert (reply["data"]["recovered"], reply["data"]["reason"]) == (False, "too_many")
-            await trio.sleep(0.7)  # everything is older than the retention now
+            jumping_clock.jump(0.7)  # everything is older than the retention now
             latest = {"offset": first["offset"] + 4, "epoch": first["epoch"]}
             async with connect(service, 1) as late:
                 reply = await late.request({"type": "join_room", "room": "r", "data": latest})

@@ -83,7 +83,7 @@ async def settle(baseline: Counter[str], timeout: float = 5.0) -> None:
     try:
         with trio.fail_after(timeout):
             while len(live_tasks()) != expected:
-                await trio.sleep(0.01)
+                await trio.sleep(0.01)  # the poll interval of a wait on the condition
     except trio.TooSlowError:
         now = task_names()
         raise AssertionError(
@@ -125,7 +125,7 @@ async def quiet(service: Service) -> None:
     """No socket open, no room alive, every task asleep."""
     with trio.fail_after(5):
         while service.gateway.open_sockets or service.registry.room_names():
-            await trio.sleep(0.01)
+            await trio.sleep(0.01)  # the poll interval of a wait on the condition
     await trio.testing.wait_all_tasks_blocked(cushion=0.02)
 
 
@@ -357,12 +357,17 @@ async def test_slowloris_handshake_is_dropped_after_the_timeout():
         request = handshake_bytes(token_for(1))
         cut_off: list[float] = []
 
+        dripped = 0
+
         async def drip(client: RawClient) -> None:
+            nonlocal dripped
             started = trio.current_time()
             try:
                 for byte in request:
                     await client.send(bytes([byte]))
-                    await trio.sleep(0.05)  # a byte a second, scaled down
+                    dripped += 1
+                    # A byte a second, scaled down: a peer trickling over real TCP.
+                    await trio.sleep(0.05)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             cut_off.append(trio.current_time() - started)
@@ -377,7 +382,7 @@ async def test_slowloris_handshake_is_dropped_after_the_timeout():
                 client = await RawClient.open(a.port)
                 nursery.start_soon(drip, client)
                 nursery.start_soon(watch, client)
-            await trio.sleep(0.2)
+            await eventually(lambda: dripped >= 5 * 3)  # every drip under way
             await assert_healthy(a.service)  # while the drips go on
         # Dropped after about handshake_timeout, far from the whole request's 0.05 s/byte.
         assert len(cut_off) == 5 and max(cut_off) < 1.5, cut_off
@@ -682,7 +687,7 @@ async def test_fragmented_text_message_is_reassembled():
             if n % 3 == 0:  # ... and the fragments may come one TCP segment each
                 for frame in frames:
                     await client.send(frame)
-                    await trio.sleep(0)
+                    await trio.sleep(0)  # a checkpoint: one TCP segment each
             else:
                 await client.send(b"".join(frames))
             while True:
@@ -728,9 +733,8 @@ async def test_oversized_messages_close_with_1009(attack):
             assert await client_close_code(client, 2.0) == CloseCode.MESSAGE_TOO_BIG
             await client.aclose()
             # The room lost the member; the other member did not notice anything.
-            with trio.fail_after(2):
-                while a.service.notifications.get_room_members("r") != {2}:
-                    await trio.sleep(0.01)
+            await eventually(lambda: a.service.notifications.get_room_members("r") == {2},
+                             timeout=2)
             assert await a.service.notifications.notify_room("r", "still") == 1
             assert (await bystander.recv())["message"] == "still"
 
@@ -770,7 +774,7 @@ async def test_flood_past_the_rate_limit_while_a_bystander_gets_its_notification
                 for i in range(50):
                     assert await service.notifications.notify_user(2, f"user {i}")
                     assert await service.notifications.notify_room("news", f"room {i}") == 1
-                    await trio.sleep(0.002)
+                    await trio.sleep(0.002)  # pacing: the notifications spread over the flood
             # Every notification, in order, while the flood was refused and closed.
             assert [m for m in got if m.startswith("user")] == [f"user {i}" for i in range(50)]
             assert [m for m in got if m.startswith("room")] == [f"room {i}" for i in range(50)]
@@ -867,7 +871,7 @@ async def test_abrupt_drops_during_a_fan_out_lose_nothing_for_the_others():
                 await service.notifications.notify_room("fan", str(published))
                 published += 1
                 if published % 5 == 0:
-                    await trio.sleep(0)
+                    await trio.sleep(0)  # a checkpoint: let the others run
             await service.notifications.notify_room("fan", "end")
 
         async def receive_all(client: Any, out: list[str]) -> None:
@@ -886,7 +890,7 @@ async def test_abrupt_drops_during_a_fan_out_lose_nothing_for_the_others():
                     await client.frame()
                 if rng.random() < 0.5:
                     await client.send(client_frame(OP_TEXT, b'{"type": "te'))  # half a message
-                await trio.sleep(rng.random() * 0.01)
+                await trio.sleep(rng.random() * 0.01)  # drop at a random moment of the fan-out
                 await (client.reset() if i % 2 else client.aclose())
             except PeerClosed:  # the service may not be the one waiting here
                 pass
@@ -911,9 +915,7 @@ async def test_abrupt_drops_during_a_fan_out_lose_nothing_for_the_others():
             assert published > 100
             for out in results:
                 assert out == [str(i) for i in range(published)]
-            with trio.fail_after(5):
-                while service.gateway.open_sockets != 3:
-                    await trio.sleep(0.01)
+            await eventually(lambda: service.gateway.open_sockets == 3, timeout=5)
             members = service.notifications.get_room_members
             await eventually(lambda: members("fan") == {1, 2, 3}, timeout=2)
             await eventually(
@@ -941,14 +943,15 @@ async def test_slow_readers_flooding_joins_while_their_room_fans_out_leave_no_ro
             big = "z" * 4000
             while not stop.is_set():
                 await service.notifications.notify_room("hot", big)
-                await trio.sleep(0)
+                await trio.sleep(0)  # a checkpoint: let the others run
 
         async def slow_reader(i: int) -> None:
             client = await RawClient.upgraded(a.port, 200 + i)
             await client.request({"type": "join_room", "room": "hot"})
             with suppress(trio.BrokenResourceError):
                 await client.send(frames)  # and never read
-            await trio.sleep(0.3)
+            # Unread until the service has cut us off (reading would relieve the outbox).
+            await eventually(lambda: not service.registry.connections_of(200 + i))
             # The 4009 closing frame, unless the reset (the service closes with our
             # flood unread) overtook it.
             codes.append(await client_close_code(client, 5.0))
@@ -969,7 +972,7 @@ async def test_slow_readers_flooding_joins_while_their_room_fans_out_leave_no_ro
 async def test_refresh_floods_and_reconnects_leave_nothing_in_the_keeper():
     async with arena(rate_limit=1e9, rate_burst=10**9) as a:
         keeper = a.service.gateway._keeper
-        before = len(keeper._expiries)
+        before = len(keeper.deadlines._expiries)
         fresh = token_for(1, ttl=86_400)
         async with connect(a.service, 1) as client:
             for _ in range(200):
@@ -980,4 +983,4 @@ async def test_refresh_floods_and_reconnects_leave_nothing_in_the_keeper():
             (await RawClient.upgraded(a.port, 300 + i)).stream.socket.close()
         await a.check()
         await eventually(lambda: not keeper.connections, timeout=2)
-        assert len(keeper._expiries) <= before, (len(keeper._expiries), before)
+        assert len(keeper.deadlines._expiries) <= before, (len(keeper.deadlines._expiries), before)

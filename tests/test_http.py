@@ -67,7 +67,7 @@ async def test_readyz_turns_503_during_a_drain_while_healthz_stays_200():
     async with http_service() as (service, client), connect(service, 1):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(service.gateway.drain, 5.0)
-            await trio.sleep(0)
+            await eventually(lambda: service.gateway.draining)
             response = await client.get("/readyz")
             assert response.status_code == 503
             assert response.json() == {"ready": False, "reasons": ["draining"]}

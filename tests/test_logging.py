@@ -6,10 +6,9 @@ import logging
 import re
 
 import pytest
-import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
-from .conftest import connect, crash_at_next_frame, running, token_for, ws_url
+from .conftest import connect, crash_at_next_frame, eventually, running, token_for, ws_url
 from .test_faults import InjectedFault, closed_code
 
 
@@ -36,7 +35,7 @@ async def test_connection_events_are_logged_with_an_id_and_no_token(caplog):
         async with connect(service, 4, message_queue_size=1):
             for _ in range(200):
                 await service.notifications.notify_user(4, "x" * 1000)
-            await trio.sleep(1.0)
+            await eventually(lambda: "slow consumer" in caplog.text)
     lines = _lines(caplog)
     text = "\n".join(lines)
     assert re.search(r"conn \d+ user=1 connected from ", text)

@@ -9,6 +9,8 @@ import trio
 
 from roomcast.actors.outbox import Outbox
 
+from .conftest import eventually
+
 
 async def _pair(limit: int = 1 << 20):
     a, b = trio.socket.socketpair()
@@ -31,11 +33,13 @@ async def test_frames_arrive_whole_and_in_order_through_backlog_and_send_all():
     outbox, peer = await _pair()
     frames = [bytes([i % 251]) * (1000 + i) for i in range(300)]  # ~450 KB >> buffers
     received = b""
+    done = trio.Event()
 
     async def read_all() -> None:
         nonlocal received
-        await trio.sleep(0.1)  # let a backlog build up first
+        await eventually(lambda: outbox.backlog_bytes > 0)  # a backlog builds up first
         received = await _read_exactly(peer, sum(map(len, frames)))
+        done.set()
 
     async with trio.open_nursery() as nursery:
         outbox.writers = nursery
@@ -49,8 +53,7 @@ async def test_frames_arrive_whole_and_in_order_through_backlog_and_send_all():
                 assert outbox.write_nowait(frame)
             backlogged = backlogged or outbox.backlog_bytes > 0
         with trio.fail_after(10):
-            while not received:
-                await trio.sleep(0.01)
+            await done.wait()
         nursery.cancel_scope.cancel()
     assert backlogged  # the kernel could not take it all at once
     assert received == b"".join(frames)

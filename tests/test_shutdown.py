@@ -23,15 +23,15 @@ async def test_leaving_open_service_closes_every_client_with_1001():
             async with trio.open_nursery() as nursery:
                 codes: list[int] = []
 
-                async def wait_close(client):
+                async def wait_close(client, task_status=trio.TASK_STATUS_IGNORED):
+                    task_status.started()
                     try:
                         await client.ws.get_message()
                     except ConnectionClosed as closed:
                         codes.append(closed.reason.code)
 
                 for client in (a, b, c):
-                    nursery.start_soon(wait_close, client)
-                await trio.sleep(0.05)
+                    await nursery.start(wait_close, client)
                 with trio.fail_after(5):
                     await service.gateway.drain(5.0)
             assert codes == [CloseCode.GOING_AWAY] * 3

@@ -95,6 +95,16 @@ class Connection:
     def __repr__(self) -> str:
         return f"<connection {self.id} user={self.user_id!r}>"
 
+    @property
+    def last_received(self) -> float:
+        """When the socket last received a byte (Trio time): the keeper's heartbeat."""
+        return self.outbox.last_received
+
+    @property
+    def expires_at(self) -> float | None:
+        """When the token expires (wall-clock seconds): the keeper's 4001."""
+        return self.principal.expires_at
+
     # what other actors may do ---------------------------------------------------------
 
     def deliver(self, frame: bytes, *, later: bool = False) -> bool:

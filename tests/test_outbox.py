@@ -6,10 +6,9 @@ import os
 import socket
 
 import trio
+import trio.testing
 
 from roomcast.actors.outbox import Outbox
-
-from .conftest import eventually
 
 
 async def _pair(limit: int = 1 << 20):
@@ -33,11 +32,13 @@ async def test_frames_arrive_whole_and_in_order_through_backlog_and_send_all():
     outbox, peer = await _pair()
     frames = [bytes([i % 251]) * (1000 + i) for i in range(300)]  # ~450 KB >> buffers
     received = b""
-    done = trio.Event()
+    done, written = trio.Event(), trio.Event()
 
     async def read_all() -> None:
         nonlocal received
-        await eventually(lambda: outbox.backlog_bytes > 0)  # a backlog builds up first
+        # Nothing is read until the writing side is stuck on the full kernel buffer
+        # (every other task blocked), or done: a backlog builds up first.
+        await trio.testing.wait_all_tasks_blocked()
         received = await _read_exactly(peer, sum(map(len, frames)))
         done.set()
 
@@ -52,6 +53,7 @@ async def test_frames_arrive_whole_and_in_order_through_backlog_and_send_all():
             else:
                 assert outbox.write_nowait(frame)
             backlogged = backlogged or outbox.backlog_bytes > 0
+        written.set()
         with trio.fail_after(10):
             await done.wait()
         nursery.cancel_scope.cancel()

@@ -12,6 +12,7 @@ import re
 import typing
 from typing import Any, TypeVar
 
+import attrs
 import cattrs
 from cattrs.errors import ForbiddenExtraKeysError
 from cattrs.gen import make_dict_structure_fn
@@ -71,6 +72,9 @@ def structure(value: Any, cls: type[T]) -> T:
     """`converter.structure`, raising the first broken rule as a plain TypeError or
     ValueError with the rule's own text (cattrs groups every error of a class): the
     same exception a direct call of the class would raise."""
+    if attrs.has(cls) and not isinstance(value, dict):
+        # cattrs would read a list or a string as an object with no keys.
+        raise TypeError(f"expected a JSON object, got {type(value).__name__}")
     try:
         return converter.structure(value, cls)
     except (cattrs.BaseValidationError, ForbiddenExtraKeysError) as exc:

@@ -23,6 +23,7 @@ from roomcast.protocol import (
     ClientFrame,
     ErrorCode,
     MessageType,
+    Position,
     ProtocolError,
     ServerFrame,
     decode,
@@ -31,6 +32,7 @@ from roomcast.protocol import (
     error_frame,
     message_text,
     normalize_user_id,
+    position_from,
     rules,
     text_frame,
     validate_room_name,
@@ -507,6 +509,32 @@ def test_a_notification_body_keeps_the_protocol_keys():
     body = json.loads(note.body(MessageType.ROOM_MESSAGE, "r"))
     assert body == {"type": "room_message", "message": "hi", "room": "r",
                     "data": {"k": 1, "level": "warning", "notification": True}}
+
+
+# join_room's data ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("data", "position"), [
+    (None, None), ({}, None), ({"recover": 1}, None), ({"recover": True}, Position()),
+    ({"offset": 0, "epoch": "e", "other": 1}, Position(offset=0, epoch="e")),
+    ({"offset": None, "epoch": None, "recover": True}, Position()),
+], ids=repr)
+def test_join_data_structures_to_a_position(data, position):
+    assert position_from(data) == position
+
+
+@pytest.mark.parametrize(("data", "why"), [
+    ([1], "join_room 'data' is an object"), ("x", "join_room 'data' is an object"),
+    ({"offset": 3}, "'epoch' is the string"), ({"epoch": "e"}, "'offset' is a whole number"),
+    ({"offset": -1, "epoch": "e"}, "'offset'"), ({"offset": True, "epoch": "e"}, "'offset'"),
+    ({"offset": 1.0, "epoch": "e"}, "'offset'"), ({"offset": 1, "epoch": ""}, "'epoch'"),
+    ({"offset": 1, "epoch": "x" * 65}, "'epoch'"), ({"offset": 1, "epoch": 5}, "'epoch'"),
+], ids=repr)
+def test_join_data_refused_with_the_rules_text(data, why):
+    with pytest.raises(ProtocolError) as info:
+        position_from(data)
+    assert info.value.code == ErrorCode.INVALID_MESSAGE
+    assert info.value.message.startswith(f"Invalid message format: {why}")
 
 
 # presence messages -----------------------------------------------------------------------

@@ -23,6 +23,7 @@ from roomcast.protocol.frames import (
     DATA_TYPES,
     ROOM_TYPES,
     ClientFrame,
+    JoinData,
     MessageType,
     Position,
     ServerFrame,
@@ -169,14 +170,10 @@ def position_from(data: Any) -> Position | None:
         return None
     if not isinstance(data, dict):
         raise ProtocolError.invalid("join_room 'data' is an object with 'offset' and 'epoch'")
-    offset, epoch = data.get("offset"), data.get("epoch")
-    if offset is None and epoch is None:
-        return Position() if data.get("recover") is True else None
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise ProtocolError.invalid("'offset' is a whole number, 0 or more")
-    if not isinstance(epoch, str) or not 0 < len(epoch) <= 64:
-        raise ProtocolError.invalid("'epoch' is the string the service gave")
-    return Position(offset=offset, epoch=epoch)
+    try:
+        return structure(data, JoinData).position()
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError.invalid(str(exc)) from None
 
 
 def encode_body(frame: ServerFrame) -> bytes:

@@ -18,16 +18,15 @@ from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 from roomcast.actors.registry import Registry
 from roomcast.actors.room import LOBBY
 from roomcast.protocol import (
+    Broadcast,
     MessageType,
     NotificationLevel,
-    ServerFrame,
+    RoomNotification,
     UserId,
-    encode_body,
-    normalize_user_id,
+    UserNotification,
     personal_room,
-    validate_room_name,
+    user_id_or_none,
 )
-from roomcast.protocol import ProtocolError as _ProtocolError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -70,41 +69,6 @@ class _either(Generic[P, R]):
             return self._function(owner.current(), *args, **kwargs)
 
         return on_current_service
-
-
-def _user(user_id: Any) -> UserId:
-    try:
-        return normalize_user_id(user_id)
-    except ValueError as exc:
-        raise ValueError(f"invalid user id {user_id!r}: {exc}") from None
-
-
-def _room(room_name: Any) -> str:
-    if not isinstance(room_name, str):
-        raise TypeError("room_name must be a string")
-    try:
-        return validate_room_name(room_name)
-    except _ProtocolError:
-        raise ValueError(f"invalid room name {room_name!r}") from None
-
-
-def notification_frame(
-    type_: MessageType,
-    message: str,
-    level: NotificationLevel | str,
-    data: dict[str, Any] | None,
-    room: str | None = None,
-) -> bytes:
-    """The frame of a facade call, encoded once for all its recipients (the room adds
-    its position and frames it, once)."""
-    if not isinstance(message, str):
-        raise TypeError("message must be a string")
-    if data is not None and not isinstance(data, dict):
-        raise TypeError("data must be a dict or None")
-    level = NotificationLevel(level)
-    # The two protocol keys win over the caller's keys of the same name.
-    payload = {**(data or {}), "level": level.value, "notification": True}
-    return encode_body(ServerFrame(type=type_, message=message, data=payload, room=room))
 
 
 class NotificationService:
@@ -170,9 +134,9 @@ class NotificationService:
         got it now. The frame is also kept in the personal room's history (for
         `history_ttl`), and replayed to a client that reconnects asking for what it
         missed (a position or `recover=1`); a plain client is not sent it later."""
-        uid = _user(user_id)
-        frame = notification_frame(MessageType.INFO, message, level, data)
-        return bool(await self._publish(personal_room(uid), frame))
+        note = UserNotification(message, level, data, user_id=user_id)
+        frame = note.body(MessageType.INFO)
+        return bool(await self._publish(personal_room(note.user_id), frame))
 
     @_either
     async def notify_room(
@@ -183,9 +147,9 @@ class NotificationService:
         data: dict[str, Any] | None = None,
     ) -> int:
         """Every connection in the room gets a `room_message`; returns distinct users."""
-        room = _room(room_name)
-        frame = notification_frame(MessageType.ROOM_MESSAGE, message, level, data, room)
-        return len(await self._publish(room, frame))
+        note = RoomNotification(message, level, data, room=room_name)
+        frame = note.body(MessageType.ROOM_MESSAGE, note.room)
+        return len(await self._publish(note.room, frame))
 
     @_either
     async def broadcast(
@@ -195,7 +159,7 @@ class NotificationService:
         data: dict[str, Any] | None = None,
     ) -> int:
         """Every connection gets a `broadcast`; returns distinct users reached."""
-        frame = notification_frame(MessageType.BROADCAST, message, level, data)
+        frame = Broadcast(message, level, data).body(MessageType.BROADCAST)
         return len(await self._publish(LOBBY, frame))
 
     @_either
@@ -207,17 +171,14 @@ class NotificationService:
         data: dict[str, Any] | None = None,
     ) -> bool:
         """As `notify_room` on the user's personal room; True if anyone was reached."""
-        room = personal_room(_user(user_id))
-        frame = notification_frame(MessageType.ROOM_MESSAGE, message, level, data, room)
-        return bool(await self._publish(room, frame))
+        note = UserNotification(message, level, data, user_id=user_id)
+        room = personal_room(note.user_id)
+        return bool(await self._publish(room, note.body(MessageType.ROOM_MESSAGE, room)))
 
     @_either
     def is_user_connected(self, user_id: UserId) -> bool:
-        try:
-            uid = normalize_user_id(user_id)
-        except ValueError:
-            return False
-        return self._has_user(uid)
+        uid = user_id_or_none(user_id)
+        return uid is not None and self._has_user(uid)
 
     @_either
     def get_connected_users(self) -> set[UserId]:

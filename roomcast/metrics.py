@@ -16,7 +16,7 @@ from collections import Counter
 
 import attrs
 
-from roomcast.protocol import MessageType
+from roomcast.protocol.wsframe import frame_type
 
 # Seconds a room actor spends on one publish: from microseconds (a few members) to
 # tens of milliseconds (tens of thousands).
@@ -24,17 +24,6 @@ FAN_OUT_BUCKETS = (
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005,
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 )
-_TYPES = {t.value.encode(): t.value for t in MessageType}
-_TYPE_KEY = b'{"type":"'
-
-
-def frame_type(frame: bytes) -> str:
-    """The `type` of a prebuilt server frame (every frame is encoded with `type` first),
-    so that a room can count what it fans out without being told."""
-    length = frame[1] & 0x7F if len(frame) > 1 else 0
-    start = 2 + {126: 2, 127: 8}.get(length, 0) + len(_TYPE_KEY)
-    end = frame.find(b'"', start, start + 16)
-    return _TYPES.get(frame[start:end], "other") if end > 0 else "other"
 
 
 @attrs.define

@@ -8,7 +8,9 @@ holds `decode` to its contract: whatever the input, a `ClientFrame` or a
 from __future__ import annotations
 
 import json
+import re
 import struct
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +23,7 @@ from roomcast.protocol import (
     ClientFrame,
     ErrorCode,
     MessageType,
+    Position,
     ProtocolError,
     ServerFrame,
     decode,
@@ -29,9 +32,19 @@ from roomcast.protocol import (
     error_frame,
     message_text,
     normalize_user_id,
+    position_from,
+    rules,
     text_frame,
     validate_room_name,
 )
+from roomcast.protocol.notification import (
+    Broadcast,
+    Notification,
+    RoomNotification,
+    UserNotification,
+    notification_request,
+)
+from roomcast.protocol.wsframe import frame_type
 
 ROOM_TYPES = {"join_room", "leave_room", "room_message"}
 DATA_TYPES = {"text", "room_message", "broadcast"}
@@ -371,6 +384,196 @@ def test_int_and_digit_string_name_the_same_user():
 def test_normalize_user_id_refuses(value):
     with pytest.raises(ValueError):
         normalize_user_id(value)
+
+
+# one definition per rule ---------------------------------------------------------------
+
+
+def test_the_openapi_patterns_are_the_rules():
+    from roomcast.config import Config
+    from roomcast.http import openapi
+
+    schemas = openapi.document(Config())["components"]["schemas"]
+    assert schemas["RoomName"]["pattern"] == rules.ROOM_NAME_PATTERN
+    text, integer = schemas["UserId"]["anyOf"][1], schemas["UserId"]["anyOf"][0]
+    assert text["pattern"] == rules.USER_ID_TEXT_PATTERN
+    assert integer["maximum"] == rules.MAX_INT_USER_ID
+
+
+def test_the_js_client_checks_room_names_by_the_same_pattern():
+    source = (Path(rules.__file__).parents[1] / "web" / "roomcast.js").read_text()
+    assert f"export const ROOM_NAME = /{rules.ROOM_NAME_PATTERN}/;" in source
+
+
+def test_the_protocol_error_states_the_rule():
+    assert ProtocolError.invalid_room().message.endswith(rules.ROOM_NAME_RULE)
+
+
+@given(st.text(alphabet=ROOM_CHARS + " /*é\n", max_size=110))
+def test_room_name_pattern_and_validators_agree(name):
+    allowed = re.fullmatch(rules.ROOM_NAME_PATTERN, name) is not None
+    try:
+        rules.room_name(name)
+        accepted = True
+    except ValueError as exc:
+        assert str(exc) == f"Invalid room name: {rules.ROOM_NAME_RULE}"
+        accepted = False
+    assert accepted is allowed
+    try:
+        validate_room_name(name)
+        assert allowed
+    except ProtocolError:
+        assert not allowed
+
+
+@given(st.text(alphabet=ROOM_CHARS + " /*é", max_size=100))
+def test_user_id_text_pattern_and_normalize_agree(text):
+    """A string the OpenAPI document allows names a user, and one it refuses does not
+    (a digit string names an int user; up to 40 digits)."""
+    allowed = re.fullmatch(rules.USER_ID_TEXT_PATTERN, text) is not None
+    assert (rules.user_id_or_none(text) is not None) is allowed
+
+
+def test_room_name_refuses_non_strings_with_a_type_error():
+    for value in (None, 5, ["r"], b"r"):
+        with pytest.raises(TypeError, match="Invalid room name"):
+            rules.room_name(value)
+
+
+def test_user_id_errors_name_the_rule():
+    with pytest.raises(ValueError, match=r"^Invalid user id: "):
+        normalize_user_id(1.5)
+    assert rules.user_id_or_none("a b") is None
+    assert rules.user_id_or_none("007") == 7
+
+
+# notification arguments: one class for the facade and the HTTP API ---------------------
+
+BAD_ARGUMENTS = [
+    ({"message": 5}, TypeError, "'message' is required, a string"),
+    ({"message": None}, TypeError, "'message' is required, a string"),
+    ({"message": "m", "level": "loud"}, ValueError, "'level' is one of info, success, "
+                                                    "warning, error"),
+    ({"message": "m", "level": "INFO"}, ValueError, "'level' is one of"),
+    ({"message": "m", "level": ["info"]}, ValueError, "'level' is one of"),
+    ({"message": "m", "data": [1]}, TypeError, "'data' is an object or null"),
+    ({"message": "m", "data": "x"}, TypeError, "'data' is an object or null"),
+]
+
+
+@pytest.mark.parametrize(("fields", "error", "text"), BAD_ARGUMENTS, ids=repr)
+@pytest.mark.parametrize("target", [{"user_id": 1}, {"room": "r"}, {"broadcast": True}],
+                         ids=repr)
+def test_the_facade_and_the_http_body_refuse_alike(fields, error, text, target):
+    cls = {"user_id": UserNotification, "room": RoomNotification,
+           "broadcast": Broadcast}[next(iter(target))]
+    with pytest.raises(error) as built:  # as the facade builds it
+        cls(**fields, **target)
+    with pytest.raises(error) as structured:  # as the HTTP API structures its body
+        notification_request({**fields, **target})
+    assert str(built.value) == str(structured.value)
+    assert str(built.value).startswith(text)
+
+
+@pytest.mark.parametrize(("body", "error", "text"), [
+    ({"user_id": "a b", "message": "m"}, ValueError, "Invalid user id: "),
+    ({"user_id": None, "message": "m"}, ValueError, "Invalid user id: "),
+    ({"room": "*", "message": "m"}, ValueError, f"Invalid room name: {rules.ROOM_NAME_RULE}"),
+    ({"room": 5, "message": "m"}, TypeError, f"Invalid room name: {rules.ROOM_NAME_RULE}"),
+    ({"broadcast": False, "message": "m"}, ValueError, "'broadcast' must be true"),
+    ({"broadcast": True}, TypeError, "'message' is required, a string"),
+    ({"broadcast": True, "message": "m", "extra": 1, "zz": 2}, ValueError,
+     "Unknown field: 'extra'"),
+    ({"broadcast": True, "message": 5, "extra": 1}, ValueError, "Unknown field: 'extra'"),
+    ({"message": "m"}, ValueError, "Give exactly one of 'user_id', 'room' or 'broadcast'"),
+    ({"user_id": 1, "room": "r", "message": "m"}, ValueError, "Give exactly one of"),
+    ([1], TypeError, "The body must be a JSON object"),
+], ids=repr)
+def test_notification_requests_refused_with_the_rules_text(body, error, text):
+    with pytest.raises(error) as info:
+        notification_request(body)
+    assert str(info.value).startswith(text)
+
+
+def test_notification_requests_structure_to_their_form():
+    assert notification_request({"user_id": "007", "message": "m", "level": "success",
+                                 "data": {"k": 1}}) == UserNotification(
+        "m", "success", {"k": 1}, user_id=7)
+    assert notification_request({"room": "r", "message": "m", "data": None}) == (
+        RoomNotification("m", room="r"))
+    assert notification_request({"broadcast": True, "message": "m"}) == Broadcast("m")
+
+
+def test_a_notification_body_keeps_the_protocol_keys():
+    note = Notification("hi", "warning", {"level": "mine", "notification": 0, "k": 1})
+    body = json.loads(note.body(MessageType.ROOM_MESSAGE, "r"))
+    assert body == {"type": "room_message", "message": "hi", "room": "r",
+                    "data": {"k": 1, "level": "warning", "notification": True}}
+
+
+# join_room's data ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("data", "position"), [
+    (None, None), ({}, None), ({"recover": 1}, None), ({"recover": True}, Position()),
+    ({"offset": 0, "epoch": "e", "other": 1}, Position(offset=0, epoch="e")),
+    ({"offset": None, "epoch": None, "recover": True}, Position()),
+], ids=repr)
+def test_join_data_structures_to_a_position(data, position):
+    assert position_from(data) == position
+
+
+@pytest.mark.parametrize(("data", "why"), [
+    ([1], "join_room 'data' is an object"), ("x", "join_room 'data' is an object"),
+    ({"offset": 3}, "'epoch' is the string"), ({"epoch": "e"}, "'offset' is a whole number"),
+    ({"offset": -1, "epoch": "e"}, "'offset'"), ({"offset": True, "epoch": "e"}, "'offset'"),
+    ({"offset": 1.0, "epoch": "e"}, "'offset'"), ({"offset": 1, "epoch": ""}, "'epoch'"),
+    ({"offset": 1, "epoch": "x" * 65}, "'epoch'"), ({"offset": 1, "epoch": 5}, "'epoch'"),
+], ids=repr)
+def test_join_data_refused_with_the_rules_text(data, why):
+    with pytest.raises(ProtocolError) as info:
+        position_from(data)
+    assert info.value.code == ErrorCode.INVALID_MESSAGE
+    assert info.value.message.startswith(f"Invalid message format: {why}")
+
+
+# presence messages -----------------------------------------------------------------------
+
+
+def test_presence_round_trips_through_the_converter():
+    from roomcast.actors.backplane import Presence
+
+    presence = Presence({"b", "a", "10"}, {"r": {"z", "y"}})
+    data = presence.to_json()
+    assert data == {"users": ["10", "a", "b"], "rooms": {"r": ["y", "z"]}}
+    assert Presence.from_json(json.loads(json.dumps(data))) == presence
+    assert Presence.from_json({}) == Presence()
+
+
+@pytest.mark.parametrize("data", [[], None, "x", {"users": [1]}, {"rooms": []},
+                                  {"rooms": {"r": [None]}}], ids=repr)
+def test_a_malformed_presence_message_raises_what_the_subscriber_ignores(data):
+    from roomcast.actors.backplane import Presence
+
+    with pytest.raises((TypeError, ValueError)):
+        Presence.from_json(data)
+
+
+# frame_type -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536])
+@pytest.mark.parametrize("type_", list(MessageType))
+def test_frame_type_reads_every_type_past_every_header_size(type_, size):
+    frame = encode_frame(ServerFrame(type=type_, message="x" * size))
+    assert frame_type(frame) == type_.value
+
+
+@pytest.mark.parametrize("frame", [b"", b"\x81", b"\x89\x00", text_frame(b'{"type":"nope"}'),
+                                   text_frame(b"[]"), text_frame(b'{"type":"' + b"x" * 40)],
+                         ids=repr)
+def test_frame_type_of_anything_else_is_other(frame):
+    assert frame_type(frame) == "other"
 
 
 # text_frame -------------------------------------------------------------------------------

@@ -47,7 +47,14 @@ from coredis.retry import (
 from roomcast.actors.base import Actor, ActorCrashed, Reply
 from roomcast.actors.room import LOBBY, Check, Join, Publish, Room
 from roomcast.actors.streams import BackplaneUnavailable, Numbered, Streams
-from roomcast.protocol import UserId, is_personal_room, normalize_user_id, personal_room_owner
+from roomcast.protocol import (
+    UserId,
+    converter,
+    is_personal_room,
+    normalize_user_id,
+    personal_room_owner,
+    structure,
+)
 from roomcast.protocol.holdback import Fetch
 from roomcast.protocol.roomlog import Stretch
 
@@ -131,12 +138,15 @@ class Presence:
     rooms: dict[str, set[str]] = attrs.Factory(dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"users": sorted(self.users), "rooms": {r: sorted(m) for r, m in self.rooms.items()}}
+        """JSON-ready: sets as sorted lists (the protocol's converter)."""
+        result: dict[str, Any] = converter.unstructure(self)
+        return result
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Presence:
-        rooms = {r: set(m) for r, m in data.get("rooms", {}).items()}
-        return cls(set(data.get("users", [])), rooms)
+    def from_json(cls, data: Any) -> Presence:
+        """From `to_json`'s output; a missing key is empty. A malformed message raises
+        TypeError or ValueError."""
+        return structure(data, cls)
 
 
 def _user(text: str) -> UserId:

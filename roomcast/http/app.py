@@ -19,8 +19,9 @@ from __future__ import annotations
 import hmac
 import logging
 import re
+from collections.abc import Callable
 from importlib.resources import files
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -45,43 +46,61 @@ from roomcast.http.asgi import (
     send_response,
 )
 from roomcast.http.prometheus import CONTENT_TYPE, exposition, prometheus_registry
-from roomcast.protocol import NotificationLevel, UserId, normalize_user_id, validate_room_name
-from roomcast.protocol import ProtocolError as _ProtocolError
+from roomcast.protocol import (
+    Broadcast,
+    RoomNotification,
+    UserId,
+    UserNotification,
+    normalize_user_id,
+    notification_request,
+    room_name,
+    strict,
+    structure,
+)
 from roomcast.service import Service
 
 log = logging.getLogger(__name__)
 
 WEB = files("roomcast") / "web"
 JS = "text/javascript; charset=utf-8"
-_NOTIFICATION_KEYS = {"message", "level", "data"}
-_LEVELS = tuple(level.value for level in NotificationLevel)  # a tuple: `in` never hashes
 _HOST = re.compile(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]")
+T = TypeVar("T")
 
 
 def _sorted(users: set[UserId]) -> list[UserId]:
     return sorted(users, key=lambda u: (isinstance(u, str), u))
 
 
-def _user_id(value: Any) -> UserId:
+def _valid(rule: Callable[[Any], T], value: Any) -> T:
+    """A rule's value, or a 400 with the rule's own text."""
     try:
-        return normalize_user_id(value)
-    except ValueError as exc:
-        raise HttpError(400, f"Invalid user id: {exc}") from None
+        return rule(value)
+    except (TypeError, ValueError) as exc:
+        raise HttpError(400, str(exc)) from None
 
 
-def _room(value: Any) -> str:
-    try:
-        if isinstance(value, str):
-            return validate_room_name(value)
-    except _ProtocolError:
-        pass
-    raise HttpError(400, "Invalid room name: 1 to 100 of A-Z a-z 0-9 _ . : @ -")
+def _ttl(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+        1 <= value <= openapi.MAX_TTL
+    ):
+        raise ValueError(f"'ttl' is a number of seconds from 1 to {openapi.MAX_TTL}")
+    return value
 
 
-def _only(body: dict[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise HttpError(400, f"Unknown field: {unknown[0]!r}")
+def _scope(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError("'scope' is a string")
+    return value or None
+
+
+@strict
+@attrs.frozen
+class TokenRequest:
+    """The body of `POST /demo/token` (its schema: openapi.py's `/demo/token`)."""
+
+    user_id: UserId = attrs.field(converter=normalize_user_id)
+    scope: str | None = attrs.field(default=None, converter=_scope)
+    ttl: float = attrs.field(default=3600, converter=_ttl)
 
 
 class HttpApp:
@@ -176,33 +195,21 @@ class HttpApp:
 
     async def notify(self, request: Request) -> Response:
         self._authorize(request)
-        body = request.json_object()
-        targets = [key for key in ("user_id", "room", "broadcast") if key in body]
-        if len(targets) != 1:
-            raise HttpError(400, "Give exactly one of 'user_id', 'room' or 'broadcast'")
-        _only(body, {targets[0], *_NOTIFICATION_KEYS})
-        message, level, data = body.get("message"), body.get("level", "info"), body.get("data")
-        if not isinstance(message, str):
-            raise HttpError(400, "'message' is required, a string")
-        if level not in _LEVELS:
-            raise HttpError(400, "'level' is one of info, success, warning, error")
-        if data is not None and not isinstance(data, dict):
-            raise HttpError(400, "'data' is an object or null")
+        note = _valid(notification_request, request.json_object())
         facade = self._service.notifications
+        args = (note.message, note.level, note.data)
         try:
-            if targets[0] == "user_id":
-                uid = _user_id(body["user_id"])
-                return json_response({"delivered": await facade.notify_user(
-                    uid, message, level, data)})
-            if targets[0] == "room":
-                room = _room(body["room"])
-                return json_response({"users": await facade.notify_room(
-                    room, message, level, data)})
-            if body["broadcast"] is not True:
-                raise HttpError(400, "'broadcast' must be true")
-            return json_response({"users": await facade.broadcast(message, level, data)})
+            match note:
+                case UserNotification():
+                    return json_response({"delivered": await facade.notify_user(
+                        note.user_id, *args)})
+                case RoomNotification():
+                    return json_response({"users": await facade.notify_room(note.room, *args)})
+                case Broadcast():
+                    return json_response({"users": await facade.broadcast(*args)})
         except BackplaneUnavailable as exc:
             raise HttpError(503, str(exc)) from None
+        raise AssertionError(f"not a notification request: {note!r}")
 
     async def users(self, request: Request) -> Response:
         self._authorize(request)
@@ -210,13 +217,13 @@ class HttpApp:
 
     async def user(self, request: Request) -> Response:
         self._authorize(request)
-        uid = _user_id(request.params["user_id"])
+        uid = _valid(normalize_user_id, request.params["user_id"])
         connected = self._service.notifications.is_user_connected(uid)
         return json_response({"user_id": uid, "connected": connected})
 
     async def room_members(self, request: Request) -> Response:
         self._authorize(request)
-        room = _room(request.params["room"])
+        room = _valid(room_name, request.params["room"])
         members = self._service.notifications.get_room_members(room)
         return json_response({"room": room, "members": _sorted(members)})
 
@@ -236,20 +243,9 @@ class HttpApp:
         return serve_file
 
     async def demo_token(self, request: Request) -> Response:
-        body = request.json_object()
-        _only(body, {"user_id", "scope", "ttl"})
-        if "user_id" not in body:
-            raise HttpError(400, "'user_id' is required")
-        uid = _user_id(body["user_id"])
-        scope, ttl = body.get("scope"), body.get("ttl", 3600)
-        if scope is not None and not isinstance(scope, str):
-            raise HttpError(400, "'scope' is a string")
-        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not (
-            1 <= ttl <= openapi.MAX_TTL
-        ):
-            raise HttpError(400, f"'ttl' is a number of seconds from 1 to {openapi.MAX_TTL}")
+        body = _valid(lambda value: structure(value, TokenRequest), request.json_object())
         try:
-            token = mint_token(self._config, uid, ttl=ttl, scope=scope or None)
+            token = mint_token(self._config, body.user_id, ttl=body.ttl, scope=body.scope)
         except ConfigError:
             raise HttpError(503, "Demo tokens need a jwt_secret to sign with") from None
         return json_response({"token": token, "ws_url": self._ws_url(request)})

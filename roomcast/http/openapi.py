@@ -4,7 +4,8 @@ Written by hand next to the routes it describes (roomcast/http/app.py), and held
 them by tests/test_http_schema.py, which runs schemathesis against a live service:
 every documented status, content type and body is checked, and every request the
 schema forbids must be refused with a 4xx. The validation in app.py follows these
-schemas exactly (no extra keys, the same patterns and bounds).
+schemas exactly (no extra keys, the same patterns and bounds): the patterns and bounds
+of room names and user ids come from roomcast.protocol.rules, which the validators use.
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ from typing import Any
 
 from roomcast.config import Config
 from roomcast.protocol import NotificationLevel
+from roomcast.protocol.rules import MAX_INT_USER_ID, ROOM_NAME_PATTERN, USER_ID_TEXT_PATTERN
 
-MAX_INT_USER_ID = 10**40 - 1  # as roomcast.protocol.rules: an int id has 1 to 40 digits
-USER_ID_TEXT = r"^[A-Za-z0-9_.:@-]{1,95}$"
-ROOM_NAME = r"^[A-Za-z0-9_.:@-]{1,100}$"
 MAX_TTL = 86400
 
 
@@ -68,10 +67,10 @@ SCHEMAS: dict[str, Any] = {
     "Error": _object(["error"], error={"type": "string"}),
     "UserId": {"anyOf": [
         {"type": "integer", "minimum": 0, "maximum": MAX_INT_USER_ID},
-        {"type": "string", "pattern": USER_ID_TEXT},
+        {"type": "string", "pattern": USER_ID_TEXT_PATTERN},
     ], "description": "an integer, or a string; a string of digits names the same user as "
                       "that integer"},
-    "RoomName": {"type": "string", "pattern": ROOM_NAME},
+    "RoomName": {"type": "string", "pattern": ROOM_NAME_PATTERN},
     "UserNotification": _object(["user_id", "message"], user_id=_ref("UserId"),
                                 **_NOTIFICATION_FIELDS),
     "RoomNotification": _object(["room", "message"], room=_ref("RoomName"),
@@ -126,7 +125,7 @@ _PATHS: dict[str, Any] = {
     "/api/v1/users/{user_id}": {"get": {
         "summary": "is this user connected (the facade's is_user_connected)", **_SECURED,
         "parameters": [{"name": "user_id", "in": "path", "required": True,
-                        "schema": {"type": "string", "pattern": USER_ID_TEXT}}],
+                        "schema": {"type": "string", "pattern": USER_ID_TEXT_PATTERN}}],
         "responses": {"200": _json(_object(["user_id", "connected"], user_id=_ref("UserId"),
                                            connected={"type": "boolean"}), "the answer"),
                       "400": _error("not a valid user id"), **_API_ERRORS}}},

@@ -9,9 +9,13 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any
+import typing
+from typing import Any, TypeVar
 
+import attrs
 import cattrs
+from cattrs.errors import ForbiddenExtraKeysError
+from cattrs.gen import make_dict_structure_fn
 
 from roomcast.protocol.errors import ProtocolError
 from roomcast.protocol.frames import (
@@ -19,6 +23,7 @@ from roomcast.protocol.frames import (
     DATA_TYPES,
     ROOM_TYPES,
     ClientFrame,
+    JoinData,
     MessageType,
     Position,
     ServerFrame,
@@ -26,7 +31,12 @@ from roomcast.protocol.frames import (
 from roomcast.protocol.rules import compact_json, validate_room_name
 from roomcast.protocol.wsframe import text_frame
 
-converter = cattrs.Converter()
+T = TypeVar("T")
+
+# One converter for every boundary: client frames, HTTP bodies, presence messages.
+# An attrs field with a converter gets the raw value: the rule is the field's converter
+# (facade calls and structured bodies thus check the same way, with the same texts).
+converter = cattrs.Converter(prefer_attrib_converters=True)
 
 
 def _strict_str(value: Any, _: type) -> str:
@@ -39,6 +49,56 @@ def _strict_str(value: Any, _: type) -> str:
 converter.register_structure_hook(str, _strict_str)
 # The str hook would also catch this str subclass and leave a bare string in `type`.
 converter.register_structure_hook(MessageType, lambda value, _: MessageType(value))
+
+
+def _is_set_of_str(type_: Any) -> bool:
+    return typing.get_origin(type_) in (set, frozenset) and typing.get_args(type_) == (str,)
+
+
+# A set of strings travels as a sorted list: JSON has no sets, and equal sets should
+# encode equally.
+converter.register_unstructure_hook_func(_is_set_of_str, sorted)
+
+
+def strict(cls: type[T]) -> type[T]:
+    """Class decorator: structuring refuses keys that `cls` has no field for (an HTTP
+    body with an unknown key is an error, not silently ignored)."""
+    converter.register_structure_hook(
+        cls, make_dict_structure_fn(cls, converter, _cattrs_forbid_extra_keys=True)
+    )
+    return cls
+
+
+def structure(value: Any, cls: type[T]) -> T:
+    """`converter.structure`, raising the first broken rule as a plain TypeError or
+    ValueError with the rule's own text (cattrs groups every error of a class): the
+    same exception a direct call of the class would raise."""
+    if attrs.has(cls) and not isinstance(value, dict):
+        # cattrs would read a list or a string as an object with no keys.
+        raise TypeError(f"expected a JSON object, got {type(value).__name__}")
+    try:
+        return converter.structure(value, cls)
+    except (cattrs.BaseValidationError, ForbiddenExtraKeysError) as exc:
+        raise _first_error(exc) from None
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
+
+
+def _first_error(error: BaseException) -> TypeError | ValueError:
+    leaves = _leaves(error)
+    for leaf in leaves:  # unknown keys first, as a reader checks a form
+        if isinstance(leaf, ForbiddenExtraKeysError):
+            return ValueError(f"Unknown field: {sorted(leaf.extra_fields)[0]!r}")
+    leaf = leaves[0]
+    if isinstance(leaf, KeyError):
+        return ValueError(f"{leaf.args[0]!r} is required")
+    if isinstance(leaf, TypeError | ValueError):
+        return leaf
+    return ValueError(str(leaf))
 
 
 def _reject_constant(name: str) -> Any:
@@ -110,14 +170,10 @@ def position_from(data: Any) -> Position | None:
         return None
     if not isinstance(data, dict):
         raise ProtocolError.invalid("join_room 'data' is an object with 'offset' and 'epoch'")
-    offset, epoch = data.get("offset"), data.get("epoch")
-    if offset is None and epoch is None:
-        return Position() if data.get("recover") is True else None
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise ProtocolError.invalid("'offset' is a whole number, 0 or more")
-    if not isinstance(epoch, str) or not 0 < len(epoch) <= 64:
-        raise ProtocolError.invalid("'epoch' is the string the service gave")
-    return Position(offset=offset, epoch=epoch)
+    try:
+        return structure(data, JoinData).position()
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError.invalid(str(exc)) from None
 
 
 def encode_body(frame: ServerFrame) -> bytes:

@@ -85,6 +85,47 @@ class Position:
     epoch: str | None = None
 
 
+EPOCH_MAX = 64  # an epoch the service gives is shorter (roomlog.new_epoch)
+OFFSET_RULE = "'offset' is a whole number, 0 or more"
+EPOCH_RULE = "'epoch' is the string the service gave"
+
+
+def _offset(value: Any) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or value < 0):
+        raise ValueError(OFFSET_RULE)
+    return value
+
+
+def _epoch(value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not 0 < len(value) <= EPOCH_MAX):
+        raise ValueError(EPOCH_RULE)
+    return value
+
+
+def _is_true(value: Any) -> bool:
+    return value is True
+
+
+@attrs.frozen
+class JoinData:
+    """A `join_room` frame's `data`: the last position the client saw (`offset` and
+    `epoch`, both), or `recover: true` (nothing seen yet). Other keys are ignored."""
+
+    offset: int | None = attrs.field(default=None, converter=_offset)
+    epoch: str | None = attrs.field(default=None, converter=_epoch)
+    recover: bool = attrs.field(default=False, converter=_is_true)
+
+    def position(self) -> Position | None:
+        if self.offset is None and self.epoch is None:
+            return Position() if self.recover else None
+        if self.offset is None:
+            raise ValueError(OFFSET_RULE)
+        if self.epoch is None:
+            raise ValueError(EPOCH_RULE)
+        return Position(offset=self.offset, epoch=self.epoch)
+
+
 class RecoveryFailure(enum.StrEnum):
     """Why missed frames could not be recovered; the client should reload its state."""
 

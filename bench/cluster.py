@@ -12,16 +12,18 @@ processes (bench/cluster_node.py), each pinned to a core, and the clients here.
 - two publishers, cross node: two nodes, a room of N connections split over both, and
   `notify_room` called on each node at once (F frames each, neither waiting for the
   other); deliveries per second (2F x N over the time until the last client holds the
-  last frame), p50 / p99 from publish to receipt over every frame and client, and the
-  order each client saw: every client records each frame's (epoch, offset), and the
-  run counts clients whose order differs from the most common one, offset reversals
-  (an offset lower than the previous one in the same epoch), gaps (an offset more than
-  one past the previous one), frames missing or received twice, and frames numbered
-  differently at different clients. These are figures, not checks: the run goes on
-  whatever they are, and prints them in a block of their own.
+  last frame) and per CPU second of the nodes and Redis, p50 / p99 from publish to
+  receipt over every frame and client (flat out, that is mostly the backlog waiting for
+  the clients; `--pace-ms` spaces each publisher's frames), and the order each client
+  saw: every client records each frame's (epoch, offset), and the run counts clients
+  whose order differs from the most common one, offset reversals (an offset lower than
+  the previous one in the same epoch), gaps (an offset more than one past the previous
+  one), frames missing or received twice, and frames numbered differently at different
+  clients. These are figures, not checks: the run goes on whatever they are, and
+  prints them in a block of their own.
 
     .venv/bin/python bench/cluster.py [--clients 400] [--frames 200] [--samples 300]
-        [--repeat 3] [--only single,two-publishers] [--json PATH]
+        [--repeat 3] [--only single,two-publishers] [--pace-ms 0] [--json PATH]
 
 Setups: one node without Redis; one node with Redis; two nodes with Redis. On a
 2-core machine two nodes and the clients share the cores, so the two-node fan-out shows
@@ -65,6 +67,7 @@ class Node:
         )
         ws_port, control_port = self.process.stdout.readline().split()
         self.ws_port, self.control_port = int(ws_port), int(control_port)
+        self.redis_pid: int | None = None  # the Redis this node uses, if it is ours
 
     def stop(self) -> None:
         self.process.terminate()
@@ -84,8 +87,20 @@ def setup(kind: str):
         nodes = [Node(redis_url, core) for core in range(count)]
         for node in nodes:
             stack.callback(node.stop)
+            if redis_url:
+                node.redis_pid = redis.process.pid
         time.sleep(0.5 if redis_url else 0.1)  # presence and subscriptions settle
         yield nodes
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU seconds the processes have used so far (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 async def command(node: Node, line: str) -> float:
@@ -156,8 +171,10 @@ async def fan_out(nodes: list[Node], clients: int, frames: int) -> dict[str, flo
 TWO_PUBLISHERS = "two nodes, Redis, two publishers"
 
 
-async def publish_together(nodes: list[Node], room: str, frames: int) -> list[float]:
-    """`room ROOM frames 0 TAG` on every node at once: the control connections are open
+async def publish_together(
+    nodes: list[Node], room: str, frames: int, pace_ms: float = 0
+) -> list[float]:
+    """`room ROOM FRAMES PACE_MS TAG` on every node at once: the control connections are open
     before either command is written, and neither waits for the other's answer."""
     streams = [await trio.open_tcp_stream("127.0.0.1", node.control_port) for node in nodes]
     seconds = [math.nan] * len(nodes)
@@ -165,7 +182,7 @@ async def publish_together(nodes: list[Node], room: str, frames: int) -> list[fl
     async def one(index: int) -> None:
         stream = streams[index]
         async with stream:
-            await stream.send_all(f"room {room} {frames} 0 {index}\n".encode())
+            await stream.send_all(f"room {room} {frames} {pace_ms} {index}\n".encode())
             answer = b""
             while not answer.endswith(b"\n"):
                 answer += await stream.receive_some(100)
@@ -220,9 +237,10 @@ def order_figures(seen: list[list[tuple]], starts: list[tuple], expected: int) -
     }
 
 
-async def two_publishers(nodes: list[Node], clients: int, frames: int) -> dict:
+async def two_publishers(nodes: list[Node], clients: int, frames: int, pace_ms: float) -> dict:
     """A room of `clients` split over both nodes; `frames` notify_room calls on each
-    node at once. Never fails on what the clients see: it counts it."""
+    node at once (each `pace_ms` after the previous one; 0: as fast as it goes). Never
+    fails on what the clients see: it counts it."""
     room = "bench2p"
     expected = 2 * frames
     seen: list[list[tuple]] = [[] for _ in range(clients)]
@@ -262,11 +280,15 @@ async def two_publishers(nodes: list[Node], clients: int, frames: int) -> dict:
             nursery.start_soon(client, index)
         await all_ready.wait()
         await trio.sleep(0.5)  # presence settles
+        pids = [node.process.pid for node in nodes] + [nodes[0].redis_pid]
+        cpu_before, client_cpu_before = cpu_seconds(pids), time.process_time()
         started = time.perf_counter()
-        publish_seconds = await publish_together(nodes, room, frames)
+        publish_seconds = await publish_together(nodes, room, frames, pace_ms)
         with trio.move_on_after(30):  # frames lost for good: count them, do not hang
             await done.wait()
         nursery.cancel_scope.cancel()
+    server_cpu = cpu_seconds(pids) - cpu_before
+    client_cpu = time.process_time() - client_cpu_before
     complete = finished == clients
     ended = max(finished_at) if complete else time.perf_counter()
     elapsed = ended - started
@@ -277,6 +299,12 @@ async def two_publishers(nodes: list[Node], clients: int, frames: int) -> dict:
         "p50_ms": delays[len(delays) // 2] if delays else math.nan,
         "p99_ms": delays[int(len(delays) * 0.99)] if delays else math.nan,
         "publish_seconds_max": max(publish_seconds),
+        # the two nodes' and Redis's CPU from the publish command to the last receipt:
+        # steadier than wall time on a shared machine, and it leaves out the clients
+        "server_cpu_s": server_cpu,
+        "deliveries_per_server_cpu_s": sum(map(len, seen)) / server_cpu,
+        # this process's (the clients') CPU: near `seconds`, the clients were the bottleneck
+        "client_cpu_s": client_cpu,
         "clients_complete": finished,
     }
     row.update(order_figures(seen, starts, expected))
@@ -294,7 +322,9 @@ async def run(args: argparse.Namespace) -> list[dict]:
         with setup(kind) as nodes:
             row: dict = {"setup": kind}
             if kind == TWO_PUBLISHERS:
-                row["two publishers"] = await two_publishers(nodes, args.clients, args.frames)
+                row["two publishers"] = await two_publishers(
+                    nodes, args.clients, args.frames, args.pace_ms
+                )
             else:
                 row["latency same node"] = await latency(nodes[0], nodes[0], args.samples)
                 if len(nodes) > 1:
@@ -327,7 +357,7 @@ def summarize(runs: list[list[dict]]) -> list[dict]:
     return summary
 
 
-def report(summary: list[dict], clients: int, frames: int) -> str:
+def report(summary: list[dict], clients: int, frames: int, pace_ms: float = 0) -> str:
     def m(figure: dict) -> float:
         return figure["median"]
 
@@ -358,7 +388,9 @@ def report(summary: list[dict], clients: int, frames: int) -> str:
             lines.append("")
         lines += [
             f"two publishers, cross node: a room of {clients} over 2 nodes, {frames} frames "
-            f"from each node at once ({2 * frames * clients:,} deliveries a run)",
+            f"from each node at once"
+            + (f", {pace_ms:g} ms apart" if pace_ms else ", flat out")
+            + f" ({2 * frames * clients:,} deliveries a run)",
             "",
             "| figure | median | min | max |",
             "| --- | ---: | ---: | ---: |",
@@ -367,6 +399,10 @@ def report(summary: list[dict], clients: int, frames: int) -> str:
             ("deliveries_per_s", "deliveries/s", "{:,.0f}"),
             ("p50_ms", "latency p50 (ms)", "{:.2f}"),
             ("p99_ms", "latency p99 (ms)", "{:.2f}"),
+            ("server_cpu_s", "server CPU s (2 nodes + Redis)", "{:.2f}"),
+            ("deliveries_per_server_cpu_s", "deliveries per server CPU s", "{:,.0f}"),
+            ("seconds", "wall s", "{:.2f}"),
+            ("client_cpu_s", "client CPU s (this process)", "{:.2f}"),
         ):
             value = two[figure]
             lines.append(f"| {label} | " + " | ".join(
@@ -398,6 +434,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", default="single,two-publishers",
                         help="single (the three one-publisher setups), two-publishers")
+    parser.add_argument(
+        "--pace-ms", type=float, default=0,
+        help="two publishers: each waits this long before each publish (0: flat out, "
+        "so the latency is mostly the backlog of frames waiting for the clients)",
+    )
     parser.add_argument("--json", metavar="PATH",
                         help="also write every run's figures and the summary here")
     args = parser.parse_args()
@@ -410,10 +451,11 @@ def main() -> None:
     print(f"median of {args.repeat} runs (1-min load average at each setup: "
           + "; ".join(f"{row['setup']}: {', '.join(f'{x:.2f}' for x in row['loadavg_1min'])}"
                       for row in summary) + ")")
-    print(report(summary, args.clients, args.frames))
+    print(report(summary, args.clients, args.frames, args.pace_ms))
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"clients": args.clients, "frames": args.frames, "samples": args.samples,
+             "pace_ms": args.pace_ms,
              "runs": runs, "summary": summary}, indent=1) + "\n")
 
 

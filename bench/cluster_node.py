@@ -2,9 +2,11 @@
 port on which the benchmark asks this node's facade to publish.
 
     notify USER COUNT PACE_MS   -> COUNT notify_user calls, PACE_MS apart
-    room ROOM COUNT PACE_MS     -> COUNT notify_room calls
+    room ROOM COUNT PACE_MS [TAG]  -> COUNT notify_room calls
 Each notification carries `data.t`, the monotonic clock in ns when it was published
-(the clock is shared by the processes of one machine). The answer is `ok SECONDS`.
+(the clock is shared by the processes of one machine), and `data.seq`; with TAG also
+`data.p` = TAG, so that a client can tell two publishers' frames apart. The answer is
+`ok SECONDS`.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ async def control(stream: trio.SocketStream, service) -> None:
         buffer += chunk
         while b"\n" in buffer:
             line, buffer = buffer.split(b"\n", 1)
-            verb, target, count, pace_ms = line.decode().split()
+            verb, target, count, pace_ms, *tag = line.decode().split()
             started = time.perf_counter()
             for seq in range(int(count)):
                 if float(pace_ms) > 0:
                     await trio.sleep(float(pace_ms) / 1000)
                 data = {"t": time.monotonic_ns(), "seq": seq}
+                if tag:
+                    data["p"] = tag[0]
                 if verb == "notify":
                     await service.notifications.notify_user(int(target), "n", data=data)
                 else:

@@ -19,16 +19,8 @@ from typing import Any, TypeVar
 
 import anyio
 
-from roomcast.actors.backplane import (
-    REDIS_ERRORS,
-    ClusterView,
-    Keys,
-    live_nodes,
-    load_presence,
-    new_node_id,
-    publish_frame,
-    redis_client,
-)
+from roomcast.actors.backplane import REDIS_ERRORS, new_node_id, publish_frame, redis_client
+from roomcast.actors.presence import ClusterView, Keys, live_nodes, load_presence
 from roomcast.actors.room import LOBBY
 from roomcast.actors.streams import BackplaneUnavailable, Streams
 from roomcast.config import Config

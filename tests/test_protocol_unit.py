@@ -541,7 +541,7 @@ def test_join_data_refused_with_the_rules_text(data, why):
 
 
 def test_presence_round_trips_through_the_converter():
-    from roomcast.actors.backplane import Presence
+    from roomcast.actors.presence import Presence
 
     presence = Presence({"b", "a", "10"}, {"r": {"z", "y"}})
     data = presence.to_json()
@@ -553,7 +553,7 @@ def test_presence_round_trips_through_the_converter():
 @pytest.mark.parametrize("data", [[], None, "x", {"users": [1]}, {"rooms": []},
                                   {"rooms": {"r": [None]}}], ids=repr)
 def test_a_malformed_presence_message_raises_what_the_subscriber_ignores(data):
-    from roomcast.actors.backplane import Presence
+    from roomcast.actors.presence import Presence
 
     with pytest.raises((TypeError, ValueError)):
         Presence.from_json(data)

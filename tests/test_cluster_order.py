@@ -12,6 +12,7 @@ import contextlib
 import itertools
 from typing import Any
 
+import coredis
 import pytest
 import trio
 
@@ -241,8 +242,8 @@ async def test_a_room_idle_past_history_ttl_still_reaches_its_connected_members(
                 jumping_clock.jump(1.5)  # idle: past the retention of every frame
                 if node.config.redis_url:
                     # In a cluster the history is Redis's, expired by PEXPIRE on Redis's own
-                    # clock across the wire (no seam): real time must pass for it too.
-                    await trio.sleep(1.5)
+                    # clock: wait until Redis has forgotten the room and the tab's room.
+                    await _forgotten_by_redis(node, [ROOM, "user_7"])
                 for i in range(10):
                     await node.notifications.notify_room(ROOM, f"after {i}")
                 assert await node.notifications.notify_user(7, "personal 1") is True
@@ -299,3 +300,11 @@ async def test_a_node_started_while_redis_is_down_serves_then_joins_the_cluster(
     finally:
         server.stop()
 
+
+async def _forgotten_by_redis(node: Any, rooms: list[str]) -> None:
+    """Wait (polling Redis) until the rooms' epochs have expired there."""
+    keys = [f"{{{node.config.redis_prefix}}}:epoch:{room}" for room in rooms]
+    async with coredis.Redis.from_url(node.config.redis_url) as client:
+        with trio.fail_after(10):
+            while await client.exists(keys):
+                await trio.sleep(0.05)  # the poll interval of a wait on a condition

@@ -106,7 +106,7 @@ class NotificationService:
     # Where the answers come from: this node, plus the cluster's view when it has one.
     # A process that runs no service answers from Redis instead (roomcast.remote).
 
-    async def _publish(self, room: str, frame: bytes) -> set[UserId]:
+    async def _send(self, room: str, frame: bytes) -> set[UserId]:
         """Publish everywhere; the users reached, on this node and (by the cluster's
         presence) on the others. Raises BackplaneUnavailable, after delivering here,
         when the other nodes could not be reached."""
@@ -136,7 +136,7 @@ class NotificationService:
         missed (a position or `recover=1`); a plain client is not sent it later."""
         note = UserNotification(message, level, data, user_id=user_id)
         frame = note.body(MessageType.INFO)
-        return bool(await self._publish(personal_room(note.user_id), frame))
+        return bool(await self._send(personal_room(note.user_id), frame))
 
     @_either
     async def notify_room(
@@ -149,7 +149,7 @@ class NotificationService:
         """Every connection in the room gets a `room_message`; returns distinct users."""
         note = RoomNotification(message, level, data, room=room_name)
         frame = note.body(MessageType.ROOM_MESSAGE, note.room)
-        return len(await self._publish(note.room, frame))
+        return len(await self._send(note.room, frame))
 
     @_either
     async def broadcast(
@@ -160,7 +160,7 @@ class NotificationService:
     ) -> int:
         """Every connection gets a `broadcast`; returns distinct users reached."""
         frame = Broadcast(message, level, data).body(MessageType.BROADCAST)
-        return len(await self._publish(LOBBY, frame))
+        return len(await self._send(LOBBY, frame))
 
     @_either
     async def notify_user_in_room(
@@ -173,7 +173,7 @@ class NotificationService:
         """As `notify_room` on the user's personal room; True if anyone was reached."""
         note = UserNotification(message, level, data, user_id=user_id)
         room = personal_room(note.user_id)
-        return bool(await self._publish(room, note.body(MessageType.ROOM_MESSAGE, room)))
+        return bool(await self._send(room, note.body(MessageType.ROOM_MESSAGE, room)))
 
     @_either
     def is_user_connected(self, user_id: UserId) -> bool:

@@ -75,7 +75,7 @@ class RemoteNotificationService(NotificationService):
             view.nodes[node] = await load_presence(client, self._keys, node)
         return view
 
-    async def _publish(self, room: str, body: bytes) -> set[UserId]:
+    async def _send(self, room: str, body: bytes) -> set[UserId]:
         async def publish(client: Any) -> set[UserId]:
             view = await self._view(client)
             members = view.room_members(room)

@@ -271,7 +271,7 @@ def test_error_frames_follow_the_table(code):
         ErrorCode.INVALID_MESSAGE: ProtocolError.invalid("x"),
         ErrorCode.UNKNOWN_TYPE: ProtocolError.unknown_type("x"),
         ErrorCode.ROOM_REQUIRED: ProtocolError.room_required(),
-        ErrorCode.INVALID_ROOM: ProtocolError.invalid_room(),
+        ErrorCode.INVALID_ROOM: ProtocolError.invalid_room(rules.ROOM_NAME_RULE),
         ErrorCode.NOT_MEMBER: ProtocolError.not_member("r"),
         ErrorCode.FORBIDDEN: ProtocolError.forbidden("x"),
     }[code]
@@ -406,7 +406,7 @@ def test_the_js_client_checks_room_names_by_the_same_pattern():
 
 
 def test_the_protocol_error_states_the_rule():
-    assert ProtocolError.invalid_room().message.endswith(rules.ROOM_NAME_RULE)
+    assert ProtocolError.invalid_room(rules.ROOM_NAME_RULE).message.endswith(rules.ROOM_NAME_RULE)
 
 
 @given(st.text(alphabet=ROOM_CHARS + " /*é\n", max_size=110))

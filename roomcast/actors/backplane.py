@@ -176,8 +176,8 @@ class Backplane(Actor):
         the script that numbers also publishes, which a sharded channel forbids)."""
         return not self._sharded and self.healthy and self._client is not None
 
-    async def publish(self, room: str, body: bytes) -> None:
-        """Send a frame's JSON, unnumbered, to the other nodes with members in `room`."""
+    async def forward(self, room: str, body: bytes) -> None:
+        """Forward a frame's JSON, unnumbered, to the other nodes with members in `room`."""
         await self._redis(publish_frame, self.keys, self._sharded, room,
                           self._origin + b"\n" + body)
 

@@ -271,7 +271,7 @@ class Connection:
             room=room,
             data={"from_user_id": self.user_id, **extra},
         )
-        await self._publish(room, frame)
+        await self._send(room, frame)
 
     async def _broadcast(self, data: Any) -> None:
         if not self.principal.can_broadcast:
@@ -280,7 +280,7 @@ class Connection:
         frame = ServerFrame(
             type=MessageType.BROADCAST, message=text, data={"from_user_id": self.user_id, **extra}
         )
-        await self._publish(LOBBY, frame)
+        await self._send(LOBBY, frame)
 
     async def _refresh(self, token: Any) -> None:
         """A fresh token for the same user moves the expiry; anything else leaves it."""
@@ -305,7 +305,7 @@ class Connection:
             )
         )
 
-    async def _publish(self, room: str, frame: ServerFrame) -> None:
+    async def _send(self, room: str, frame: ServerFrame) -> None:
         try:
             await self.registry.publish(room, encode_body(frame))
         except ActorCrashed:

@@ -25,9 +25,9 @@ from roomcast.actors.room import LOBBY
 from roomcast.protocol import (
     UserId,
     converter,
-    normalize_user_id,
     personal_room_owner,
     structure,
+    user_id_or_none,
 )
 
 
@@ -93,10 +93,9 @@ class Presence:
 
 
 def _user(text: str) -> UserId:
-    try:
-        return normalize_user_id(text)
-    except ValueError:
-        return text
+    """A user id as Redis stores it (text) back to the id (an int where it is one)."""
+    user = user_id_or_none(text)
+    return text if user is None else user
 
 
 class ClusterView:

@@ -56,7 +56,9 @@ class Cluster(ClusterHistory, Protocol):
 
     async def sequence(self, room: str, body: bytes, pending: UserId | None) -> Numbered: ...
 
-    async def publish(self, room: str, body: bytes) -> None: ...
+    async def forward(self, room: str, body: bytes) -> None:
+        """An unnumbered frame (a broadcast) to the other nodes."""
+        ...
 
 
 @attrs.define
@@ -179,7 +181,7 @@ class Registry(MessageActor):
             return await self._publish_here(room, body, numbered)
         delivery = await self._publish_here(room, body)
         if backplane is not None:
-            await backplane.publish(room, body)
+            await backplane.forward(room, body)
         return delivery
 
     async def _publish_here(

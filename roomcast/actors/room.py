@@ -262,7 +262,7 @@ class Room(MessageActor):
 
     async def handle(self, message: Join | Leave | Publish | Check) -> None:
         if isinstance(message, Publish):
-            await self._publish(message)
+            await self._take(message)
             return
         if isinstance(message, Check):
             if self.holdback.synced:
@@ -284,7 +284,7 @@ class Room(MessageActor):
 
     # publishing -----------------------------------------------------------------------
 
-    async def _publish(self, publish: Publish) -> None:
+    async def _take(self, publish: Publish) -> None:
         numbered = publish.numbered
         if numbered is None:
             frame, kept = self._number(publish.body)

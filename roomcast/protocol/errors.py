@@ -42,11 +42,9 @@ class ProtocolError(Exception):
         return cls(ErrorCode.ROOM_REQUIRED, "Room name is required")
 
     @classmethod
-    def invalid_room(cls) -> ProtocolError:
-        return cls(
-            ErrorCode.INVALID_ROOM,
-            "Invalid room name: use 1 to 100 of A-Z a-z 0-9 _ . : @ -",
-        )
+    def invalid_room(cls, rule: str) -> ProtocolError:
+        """`rule`: what a room name is (`rules.ROOM_NAME_RULE`, the one place it is said)."""
+        return cls(ErrorCode.INVALID_ROOM, f"Invalid room name: use {rule}")
 
     @classmethod
     def not_member(cls, room: str) -> ProtocolError:

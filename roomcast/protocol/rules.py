@@ -31,7 +31,7 @@ _DIGITS = re.compile(f"[0-9]{{1,{USER_ID_DIGITS}}}")
 def validate_room_name(room: str) -> str:
     """The protocol's check: a client frame's room, refused with `invalid_room`."""
     if not ROOM_NAME.fullmatch(room):
-        raise ProtocolError.invalid_room()
+        raise ProtocolError.invalid_room(ROOM_NAME_RULE)
     return room
 
 

@@ -144,12 +144,12 @@ class Backplane(Actor):
         """Hear a room's channel. Its first local join (`first_join`) is handed to the
         room once this node hears the channel; while Redis is out of reach, at once
         (this node serves its own clients meanwhile, and subscribes when Redis is back).
-        Waits only for the room's mailbox, as the registry's other joins do."""
+        Never waits for room in a mailbox (`tell`): the registry calls it shielded."""
         self._wanted.add(room)
         if first_join is not None:
             if self._away and not self._listening():
                 actor, join = first_join
-                await actor.send(join)
+                await actor.tell(join)
             else:
                 self._joins.append(first_join)
         self._rooms_changed.set()

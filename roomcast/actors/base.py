@@ -128,6 +128,15 @@ class MessageActor(Actor):
     async def send(self, message: Any) -> None:
         await self._runner.send(message)
 
+    async def tell(self, message: Any) -> None:
+        """Send without ever waiting for room in a mailbox: queued at once (a mailbox
+        actor), or handled now in this task (an inline one, which never waits)."""
+        runner = self._runner
+        if isinstance(runner, Mailbox):
+            runner.post(message)
+        else:
+            await runner.send(message)
+
     async def call(self, message_with_reply: Any) -> Any:
         """Send a message carrying a `reply` slot and wait for the answer."""
         await self._runner.send(message_with_reply)
@@ -178,19 +187,35 @@ class MessageActor(Actor):
 
 
 class Mailbox:
-    """A bounded Trio memory channel, read by a loop in the actor's own task."""
+    """A Trio memory channel read by a loop in the actor's own task. `send` waits
+    while `size` messages are queued (back-pressure on publishers); `post` never waits
+    (the registry's joins and leaves: at most one in flight per connection, so bounded
+    by the connections; the registry, which handles its messages shielded, must never
+    wait on a room that may be full)."""
 
-    __slots__ = ("_actor", "_inbox", "_mailbox")
+    __slots__ = ("_actor", "_inbox", "_mailbox", "_size", "_space", "_stopped")
 
     def __init__(self, actor: MessageActor, size: int) -> None:
         self._actor = actor
-        self._mailbox, self._inbox = trio.open_memory_channel[Any](size)
+        self._size = size
+        self._mailbox, self._inbox = trio.open_memory_channel[Any](math.inf)
+        self._space = trio.lowlevel.ParkingLot()  # senders waiting for room in the queue
+        self._stopped = False
 
     async def send(self, message: Any) -> None:
-        await self._mailbox.send(message)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self._stopped and self._inbox.statistics().current_buffer_used >= self._size:
+            await self._space.park()  # the loop unparks one sender per message it takes
+        self._mailbox.send_nowait(message)  # closed or stopped: raises, as a channel does
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def post(self, message: Any) -> None:
+        self._mailbox.send_nowait(message)
 
     def stop(self) -> None:
+        self._stopped = True
         self._inbox.close()
+        self._space.unpark_all()
 
     def close(self) -> None:
         self._mailbox.close()
@@ -213,6 +238,8 @@ class Mailbox:
                         message = await self._inbox.receive()
             except trio.EndOfChannel:
                 return
+            if message is not None and self._space.statistics().tasks_waiting:
+                self._space.unpark()
             now = trio.current_time()
             if actor.tick_interval is not None and now >= next_tick:
                 next_tick = now + actor.tick_interval

@@ -298,7 +298,7 @@ class Registry(MessageActor):
         self._vacant.discard(room)
         if entry.refs > 1 or self.backplane is None:
             # The room answers the caller itself; the registry does not wait for it.
-            await entry.actor.send(join)
+            await entry.actor.tell(join)
             return
         # The first local member: its join is answered once this node hears the
         # room's channel.
@@ -311,7 +311,7 @@ class Registry(MessageActor):
                 reply.set(None)
             return
         entry.refs -= 1
-        await entry.actor.send(Leave(connection, reply))
+        await entry.actor.tell(Leave(connection, reply))
         if entry.refs <= 0:
             backplane = self.backplane
             if backplane is not None:

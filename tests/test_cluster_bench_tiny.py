@@ -23,8 +23,14 @@ def test_cluster_benchmark_runs_tiny():
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [row["setup"] for row in rows] == [
-        "one node, no Redis", "one node, Redis", "two nodes, Redis"
+        "one node, no Redis", "one node, Redis", "two nodes, Redis",
+        "two nodes, Redis, two publishers",
     ]
     assert "latency cross node" in rows[2]
-    assert all(row["fan-out"]["deliveries_per_s"] > 0 for row in rows)
+    assert all(row["fan-out"]["deliveries_per_s"] > 0 for row in rows[:3])
     assert "| two nodes, Redis |" in result.stdout
+    # Two publishers on two nodes: one order at every client, the offset order.
+    both = rows[3]["two publishers"]
+    assert both["deliveries_per_s"] > 0
+    assert both["same order at every client"] is True
+    assert (both["reversals"], both["gaps"], both["frames lost"]) == (0, 0, 0)

@@ -204,7 +204,7 @@ async def test_a_room_idle_past_retention_is_a_new_epoch():
     async with running(history_ttl=1.0) as service:
         async with connect(service, 3, query="&recover=1") as tab:
             position = tab.welcome["data"]
-        await eventually(lambda: service.registry.room("user_3") is None, timeout=10)
+        await eventually(lambda: not service.registry.knows("user_3"), timeout=10)
         query = f"&offset={position['offset']}&epoch={position['epoch']}"
         async with connect(service, 3, query=query) as tab:
             assert tab.welcome["data"]["recovered"] is False

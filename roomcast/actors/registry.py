@@ -27,7 +27,7 @@ from roomcast.actors.room import (
 )
 from roomcast.actors.streams import BackplaneUnavailable, Numbered
 from roomcast.protocol import Position, UserId, personal_room, personal_room_owner
-from roomcast.protocol.roomlog import Recovery, Retention
+from roomcast.protocol.roomlog import Recovery, Retention, RoomLog
 
 
 class ClusterPresence(Protocol):
@@ -122,10 +122,14 @@ class Registry(MessageActor):
         self._retention = retention or Retention()
         # Rooms with no members stay `history_ttl` after their last frame or member, so
         # that a short reconnect finds the same epoch; swept this often.
-        self.tick_interval = max(1.0, min(30.0, self._retention.ttl / 4))
+        self.sweep_every = max(1.0, min(30.0, self._retention.ttl / 4))
+        self.tick_interval = self.sweep_every
         self.users: dict[UserId, dict[int, Member]] = {}
         self._rooms: dict[str, _RoomEntry] = {}
-        self._vacant: set[str] = set()  # rooms without members, kept for their history
+        self._vacant: set[str] = set()  # actors without members (started by a publish)
+        # The logs of rooms without an actor, for `history_ttl` after their last frame or
+        # member: a small record (epoch, offsets, retained frames) instead of an actor.
+        self._remembered: dict[str, RoomLog] = {}
         self.backplane: Cluster | None = None  # set when the node is part of a cluster
 
     # synchronous reads ------------------------------------------------------------
@@ -136,6 +140,10 @@ class Registry(MessageActor):
     def room(self, name: str) -> Room | None:
         entry = self._rooms.get(name)
         return entry.actor if entry is not None else None
+
+    def knows(self, name: str) -> bool:
+        """The room has an actor, or its log is remembered (its epoch lives on)."""
+        return name in self._rooms or name in self._remembered
 
     def room_names(self) -> list[str]:
         return list(self._rooms)
@@ -187,21 +195,25 @@ class Registry(MessageActor):
     async def _publish_here(
         self, room: str, body: bytes, numbered: Numbered | None = None
     ) -> Delivery:
-        actor = self.room(room)
-        if actor is None:
-            # Numbered in Redis: the history lives there. Otherwise a room starts to
-            # keep the frame for members to come (a user offline now, for one).
-            if numbered is not None or room == LOBBY or self._retention.size == 0:
-                return NOBODY
+        for _ in range(2):  # again, once, if the room was retired meanwhile
+            actor = self.room(room)
+            if actor is None:
+                # Numbered in Redis: the history lives there. Otherwise a room starts to
+                # keep the frame for members to come (a user offline now, for one).
+                if numbered is not None or room == LOBBY or self._retention.size == 0:
+                    return NOBODY
+                try:
+                    actor = await self.call(EnsureRoom(room, Reply()))
+                except trio.BrokenResourceError:
+                    return NOBODY  # the service has stopped
             try:
-                actor = await self.call(EnsureRoom(room, Reply()))
-            except trio.BrokenResourceError:
+                delivery: Delivery = await actor.call(Publish(body, Reply(), numbered))
+                return delivery
+            except trio.ClosedResourceError:
+                continue  # retired (its log remembered) between look-up and send
+            except (trio.BrokenResourceError, trio.EndOfChannel):
                 return NOBODY  # the service has stopped
-        try:
-            delivery: Delivery = await actor.call(Publish(body, Reply(), numbered))
-            return delivery
-        except (trio.ClosedResourceError, trio.BrokenResourceError, trio.EndOfChannel):
-            return NOBODY  # the room emptied and stopped while we looked it up
+        return NOBODY
 
     def _presence_changed(self) -> None:
         if self.backplane is not None:
@@ -249,7 +261,7 @@ class Registry(MessageActor):
 
     def _start(self, room: str, refs: int) -> _RoomEntry:
         mailbox = None if self._inline(room) else self._mailbox_size
-        actor = Room(room, mailbox, self._retention)
+        actor = Room(room, mailbox, self._retention, self._remembered.pop(room, None))
         entry = self._rooms[room] = _RoomEntry(actor, refs)
         self._start_room(actor)
         if self.backplane is not None:
@@ -319,7 +331,7 @@ class Registry(MessageActor):
             if backplane is not None and backplane.cluster_history:
                 self._stop(room, entry)  # its epoch and history live on in Redis
             else:
-                self._vacant.add(room)  # remembered for `history_ttl`: see `tick`
+                self._retire(room, entry)  # its log is remembered: see `tick`
 
     def _stop(self, room: str, entry: _RoomEntry) -> None:
         # Publishers that still hold the address find the mailbox closed, which means
@@ -328,11 +340,23 @@ class Registry(MessageActor):
         self._vacant.discard(room)
         entry.actor.close_mailbox()
 
+    def _retire(self, room: str, entry: _RoomEntry) -> None:
+        """Stop a room with no member, and remember its log (unless it numbers
+        nothing): its next actor, started by a join or a publish, goes on with it."""
+        self._stop(room, entry)
+        if entry.actor.positioned:
+            self._remembered[room] = entry.actor.log
+
     async def tick(self) -> None:
-        """Forget the rooms that have had no member and no frame for `history_ttl`:
-        their next life is a new epoch."""
+        """Retire the actors a publish started for a room with no member, and forget
+        the rooms that have had no member and no frame for `history_ttl`: their next
+        life is a new epoch."""
         now = trio.current_time()
         for room in list(self._vacant):
             entry = self._rooms[room]
-            if entry.actor.expires_at() <= now:
-                self._stop(room, entry)
+            # Not one a publish has just started: it may not have reached it yet.
+            if now - entry.actor.log.active_at >= self.sweep_every:
+                self._retire(room, entry)
+        for room, log in list(self._remembered.items()):
+            if log.expires_at() <= now:
+                del self._remembered[room]

@@ -22,7 +22,7 @@ import logging
 import math
 import secrets
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterator
 from time import perf_counter
 from typing import Any, Protocol
@@ -180,6 +180,7 @@ class Room(MessageActor):
         name: str,
         mailbox_size: int | None,
         retention: Retention | None = None,
+        log: RoomLog | None = None,
     ) -> None:
         # `mailbox_size` None: inline (a personal room, see Registry): no task of its
         # own, and its fan-outs neither defer nor yield, so handling never waits.
@@ -187,19 +188,23 @@ class Room(MessageActor):
         self.room = name
         self.positioned = name != LOBBY  # its frames carry positions; broadcasts do not
         self.retention = retention or Retention()
-        # New with every actor: a room forgotten and started again has a new history.
-        self.log = RoomLog(new_epoch(time.time(), secrets.token_hex(4)), self.retention,
-                           trio.current_time())
+        # The log the registry remembered from the room's last actor (its last member
+        # left less than `history_ttl` ago), or a new one: a room forgotten and started
+        # again has a new history.
+        self.log = log or RoomLog(new_epoch(time.time(), secrets.token_hex(4)),
+                                  self.retention, trio.current_time())
         self.members: dict[int, Member] = {}
         self.user_counts: Counter[UserId] = Counter()
         self._fan_out: _FanOut | None = None
-        self._releasing: deque[tuple[Released, Reply[Delivery] | None]] = deque()
+        # Frames the hold-back buffer let go, to fan out in order (a list: nearly always
+        # empty, and an empty deque costs ten times the memory of a personal room's list).
+        self._releasing: list[tuple[Released, Reply[Delivery] | None]] = []
         # Called when a user appears in or leaves the room (the backplane's presence).
         self.on_presence_change: Callable[[], None] | None = None
         self.fault_after: int | None = None  # test seam: the next fan-out crashes after N+1
         # In a cluster the history lives in Redis (None: on this node).
         self.cluster: ClusterHistory | None = None
-        self.holdback = HoldBack(GAP_WAIT_SECONDS)
+        self._holdback: HoldBack | None = None  # made when the room first needs it
         # Our own publishes, numbered in Redis, waiting for their turn: their reply.
         self._awaiting: dict[tuple[str, int], Reply[Delivery]] = {}
         self._local_epoch_stale = False  # Redis numbered since we last numbered here
@@ -238,6 +243,14 @@ class Room(MessageActor):
         return set(self.user_counts)
 
     @property
+    def holdback(self) -> HoldBack:
+        """The hold-back buffer: only a cluster room has one (a lone node's rooms, and
+        every personal room there, never pay for it)."""
+        if self._holdback is None:
+            self._holdback = HoldBack(GAP_WAIT_SECONDS)
+        return self._holdback
+
+    @property
     def epoch(self) -> str:
         return self.log.epoch
 
@@ -265,7 +278,7 @@ class Room(MessageActor):
             await self._take(message)
             return
         if isinstance(message, Check):
-            if self.holdback.synced:
+            if self._holdback is not None and self._holdback.synced:
                 self._check_at = min(self._check_at,
                                      trio.current_time() + CHECK_AFTER_SECONDS)
             return
@@ -319,7 +332,7 @@ class Room(MessageActor):
                 # A new epoch, or frames that will never come: the log starts afresh.
                 self.log = RoomLog(item.epoch, self.retention, now, item.offset - 1)
             kept = self.log.keep(item.offset, frame, now)
-            releasing.popleft()  # popped first: a crash loses nothing but this one
+            releasing.pop(0)  # popped first: a crash loses nothing but this one
             self._fan_out = self._start_fan_out(reply, frame, kept)
             await self._continue_fan_out()
 
@@ -404,7 +417,8 @@ class Room(MessageActor):
     # the hold-back buffer's clock -------------------------------------------------------
 
     def deadline(self) -> float:
-        return min(self.holdback.deadline(), self._check_at)
+        holdback = self._holdback
+        return self._check_at if holdback is None else min(holdback.deadline(), self._check_at)
 
     async def at_deadline(self) -> None:
         """Frames came ahead of their turn and the ones before them did not follow:

@@ -68,7 +68,7 @@ def test_report_and_chart_written(tiny: tuple[dict, Path, str]) -> None:
     text = (out / "benchmarks.md").read_text()
     for heading in ("## Fan-out", "## Notify latency, idle", "## Notify latency, under",
                     "## Memory per idle connection", "## Handshakes per second",
-                    "## Capacity", "## Issue 4's targets"):
+                    "## Capacity", "## Targets for roomcast"):
         assert heading in text
     assert "failed" not in text.split("## Fan-out", 1)[1].split("## Capacity")[0]
     assert (out / "benchmarks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

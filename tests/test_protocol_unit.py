@@ -1,6 +1,7 @@
 """Unit tests of `roomcast.protocol` with plain values: no Trio, no sockets.
 
-The tables of /work/shared/design/protocol.md are checked row by row, then hypothesis
+The tables of docs/protocol.md (client frames, error codes, close codes) are checked row
+by row, then hypothesis
 holds `decode` to its contract: whatever the input, a `ClientFrame` or a
 `ProtocolError`, and whatever it answers can be encoded and sent.
 """

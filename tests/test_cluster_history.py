@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import random
 
+import coredis
+import trio
 from trio_websocket import open_websocket_url
 
 from roomcast.remote import RemoteNotificationService
@@ -15,6 +17,7 @@ from .conftest import (
     eventually,
     make_config,
     reconnect_at_random,
+    running,
     token_for,
     ws_url,
 )
@@ -113,3 +116,24 @@ async def test_a_stale_personal_position_still_gets_the_pending_frames_once(redi
             assert json.loads(await ws.get_message())["message"] == "while you were away"
         async with connect(a, 6) as again:
             await again.nothing_within(0.3)
+
+
+async def test_a_quiet_room_keeps_its_epoch_in_redis_while_it_has_members(redis):
+    """No frame and no join for longer than history_ttl: the node renews the room's
+    keys while it has members there, so a reconnect right after still recovers."""
+    async with running(redis_url=redis.url, presence_lease=0.6, history_ttl=1.0) as node:
+        await eventually(lambda: node.ready)
+        async with connect(node, 1) as member:
+            joined = await member.request(
+                {"type": "join_room", "room": "quiet", "data": {"recover": True}})
+            position = {"offset": joined["data"]["offset"], "epoch": joined["data"]["epoch"]}
+            epoch_key = f"{{{node.config.redis_prefix}}}:epoch:quiet"
+            async with coredis.Redis.from_url(redis.url) as client:
+                # Twice history_ttl of Redis's own time, the key never gone meanwhile.
+                until = trio.current_time() + 2.0
+                while trio.current_time() < until:
+                    assert await client.exists([epoch_key]), "the quiet room's epoch expired"
+                    await trio.sleep(0.1)  # the poll interval of a watch on Redis's clock
+        async with connect(node, 1) as again:
+            answer = await again.request({"type": "join_room", "room": "quiet", "data": position})
+            assert answer["data"].get("recovered") is True, answer

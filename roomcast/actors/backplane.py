@@ -407,6 +407,7 @@ class Backplane(Actor):
                 now = trio.current_time()
                 if now >= next_resync:
                     await self._resync_view(client)
+                    await self._renew_rooms(client)
                     next_resync = now + tick
                 if self._pubsub is None:
                     pass  # the subscriber is connecting: healthy once it hears its inbox
@@ -425,6 +426,15 @@ class Backplane(Actor):
             with trio.move_on_after(tick if self.healthy else 0.5):
                 await self._presence_changed.wait()
                 await trio.sleep(0.005)  # let the rooms apply the joins that woke us
+
+    async def _renew_rooms(self, client: Any) -> None:
+        """The rooms this node has members in keep their epoch in Redis while they do,
+        frames or not (else a quiet room's epoch would expire under its members, and a
+        reconnect would be told `epoch_changed`)."""
+        if self.cluster_history:
+            rooms = sorted(r for r in self._wanted if r != LOBBY)
+            if rooms:
+                await self.streams.touch(client, *rooms)
 
     def _tell_outage(self, why: str) -> None:
         """Log an outage once (at startup too), not once per retry."""

@@ -96,10 +96,11 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {} end
 return redis.call('XRANGE', KEYS[2], ARGV[2], ARGV[3])
 """
 
-# KEYS: seq, epoch, hist; ARGV: ttl ms. The last member of a node left: the room's
-# epoch lives `history_ttl` from now, so that a short reconnect recovers.
+# KEYS: seq, epoch, hist of one room or more; ARGV: ttl ms. The room's epoch lives
+# `history_ttl` from now: its last member of a node just left (a short reconnect
+# recovers), or it has members and must not expire for want of frames.
 TOUCH = """
-for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
+for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
 return 1
 """
 
@@ -174,9 +175,12 @@ class Streams:
                                               f"0-{fetch.upto}"])
         return [(offset, frame) for offset, _, frame in _entries(raw or [])]
 
-    async def touch(self, client: Any, room: str) -> None:
-        keys = [self._key("seq", room), self._key("epoch", room), self._key("hist", room)]
-        await client.eval(TOUCH, keys, [str(self._ttl_ms)])
+    async def touch(self, client: Any, *rooms: str) -> None:
+        """Renew the rooms' keys for `history_ttl` (a key already gone stays gone)."""
+        for start in range(0, len(rooms), 300):  # bounded scripts
+            keys = [self._key(kind, room) for room in rooms[start:start + 300]
+                    for kind in ("seq", "epoch", "hist")]
+            await client.eval(TOUCH, keys, [str(self._ttl_ms)])
 
     async def take_pending(self, client: Any, user: UserId) -> tuple[list[bytes], bool]:
         """What waited for `user` (taken: once), and whether some of it was dropped."""

@@ -298,6 +298,7 @@ class Backplane(Actor):
                             type(exc).__name__)
 
     async def _unsubscribe(self, rooms: Iterable[str]) -> None:
+        rooms = list(rooms)  # read twice: the channels, then the keys to renew
         channels = [self.keys.room_channel(r) for r in rooms]
         if not channels:
             return
@@ -307,9 +308,7 @@ class Backplane(Actor):
                 if self.cluster_history:
                     # The last local member left: the room's epoch lives `history_ttl`
                     # from now in Redis, so that a short reconnect recovers.
-                    for room in rooms:
-                        if room != LOBBY:
-                            await self.streams.touch(self._client, room)
+                    await self.streams.touch(self._client, *(r for r in rooms if r != LOBBY))
 
     async def _subscribe_wanted(self) -> None:
         """Subscribe to the rooms wanted and not heard, unsubscribe from those heard and

@@ -328,8 +328,10 @@ class Room(MessageActor):
             item, reply = releasing[0]
             frame = text_frame(item.frame)
             now = trio.current_time()
-            if item.gap or item.epoch != self.log.epoch or item.offset <= self.log.last:
-                # A new epoch, or frames that will never come: the log starts afresh.
+            if item.epoch != self.log.epoch:
+                # A new epoch (or Redis's again after local numbering): a log of its own.
+                # A gap within an epoch is the log's to handle (`keep` refuses recovery
+                # across it).
                 self.log = RoomLog(item.epoch, self.retention, now, item.offset - 1)
             kept = self.log.keep(item.offset, frame, now)
             releasing.pop(0)  # popped first: a crash loses nothing but this one

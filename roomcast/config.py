@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 import cattrs
@@ -18,6 +19,23 @@ ENV_PREFIX = "ROOMCAST_"
 
 def _setting(default: Any, help: str, **kw: Any) -> Any:
     return attrs.field(default=default, metadata={"help": help}, **kw)
+
+
+def _secret(value: Any) -> str:
+    """repr of a secret setting: whether it is set, never its text."""
+    return "None" if value is None else "'***'"
+
+
+def _url_without_password(value: Any) -> str:
+    """repr of a URL that may carry a password (redis://user:pw@host): the password hidden."""
+    if value is None:
+        return "None"
+    parts = urlsplit(value)
+    if parts.password is None:
+        return repr(value)
+    host = parts.netloc.rpartition("@")[2]
+    user = f"{parts.username}:" if parts.username else ":"
+    return repr(urlunsplit(parts._replace(netloc=f"{user}***@{host}")))
 
 
 def _tuple_of_str(value: Any) -> tuple[str, ...]:
@@ -36,11 +54,11 @@ class Config:
     )
     api_key: str | None = _setting(
         None, "key that backends send as 'Authorization: Bearer KEY' to the HTTP API; "
-        "unset disables the API"
+        "unset disables the API", repr=_secret
     )
     demo: bool = _setting(False, "serve the demo page at / and mint demo tokens (never in "
                           "production: anyone can get a token)")
-    jwt_secret: str | None = _setting(None, "HMAC secret for HS256/384/512 tokens")
+    jwt_secret: str | None = _setting(None, "HMAC secret for HS256/384/512 tokens", repr=_secret)
     jwt_public_key: str | None = _setting(
         None, "PEM public key (text, or @path to a file) for RS*/PS*/ES*/EdDSA tokens"
     )
@@ -58,6 +76,27 @@ class Config:
         "roomcast:broadcast", "value in that claim that lets a client broadcast"
     )
     open_broadcast: bool = _setting(False, "let every client broadcast, whatever its token")
+    open_rooms: tuple[str, ...] = _setting(
+        (), "glob patterns (* and ?) of rooms every signed-in user may join, comma separated; "
+        "'*' opens every room; default none: a room is closed unless a rule opens it",
+        converter=_tuple_of_str,
+    )
+    rooms_claim: str = _setting(
+        "rooms", "claim listing the room patterns a user may join (a list, or one "
+        "space-separated string)"
+    )
+    join_url: str | None = _setting(
+        None, "URL the service POSTs {user_id, room, claims} to when a join is not "
+        "otherwise allowed; a 2xx answer allows it"
+    )
+    join_timeout: float = _setting(
+        3.0, "seconds an authorizer (join_url or in-process) has to answer; past it the "
+        "join is refused"
+    )
+    join_cache_ttl: float = _setting(
+        5.0, "seconds an answer of join_url is reused for the same user and room; 0 asks "
+        "every time"
+    )
     outbox_limit: int = _setting(
         1 << 20, "bytes queued for one slow client before it is closed with 4009"
     )
@@ -74,7 +113,17 @@ class Config:
     ping_timeout: float = _setting(
         20.0, "seconds a pinged client has to answer before it is closed with 4000"
     )
-    max_connections: int = _setting(10_000, "open sockets in total; past it handshakes get 503")
+    max_connections: int = _setting(
+        10_000, "authenticated connections in total; past it handshakes get 503"
+    )
+    max_handshakes: int = _setting(
+        1_000, "sockets not yet through an authenticated upgrade, in total; past it new "
+        "sockets are closed at once (they never count against max_connections)"
+    )
+    max_handshakes_per_address: int = _setting(
+        50, "of those, from one IP address; 0 for no limit (behind a proxy that connects "
+        "from one address)"
+    )
     max_connections_per_user: int = _setting(
         100, "connections one user may hold; past it handshakes get 429"
     )
@@ -98,8 +147,13 @@ class Config:
     history_ttl: float = _setting(
         300.0, "seconds a room keeps a frame, and an idle room its epoch, for recovery"
     )
+    history_memory: int = _setting(
+        64 * 1024 * 1024, "bytes of kept frames across all rooms; past it the oldest go, "
+        "and recovering across them is refused with too_old"
+    )
     redis_url: str | None = _setting(
-        None, "Redis or Valkey URL (redis://host:6379/0): join the cluster of nodes that share it"
+        None, "Redis or Valkey URL (redis://host:6379/0): join the cluster of nodes that share it",
+        repr=_url_without_password,
     )
     redis_prefix: str = _setting("roomcast", "prefix of every Redis key and channel")
     redis_sharded: bool = _setting(
@@ -107,6 +161,12 @@ class Config:
     )
     presence_lease: float = _setting(
         10.0, "seconds after which a silent node drops out of the cluster's presence"
+    )
+    http_timeout: float = _setting(
+        10.0, "seconds an HTTP client has to send a request's headers, and again its body"
+    )
+    http_max_requests: int = _setting(
+        100, "HTTP requests served at once; past it the port answers 503"
     )
     mailbox_size: int = _setting(1024, "capacity of each actor's mailbox")
     shutdown_timeout: float = _setting(5.0, "seconds allowed for closing every client on exit")

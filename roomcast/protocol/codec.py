@@ -6,9 +6,6 @@ escapes it, whatever the input (a hypothesis test holds it to that).
 
 from __future__ import annotations
 
-import json
-import math
-import re
 import typing
 from typing import Any, TypeVar
 
@@ -17,6 +14,7 @@ import cattrs
 from cattrs.errors import ForbiddenExtraKeysError
 from cattrs.gen import make_dict_structure_fn
 
+from roomcast.protocol import jsontext
 from roomcast.protocol.errors import ProtocolError
 from roomcast.protocol.frames import (
     CLIENT_TYPES,
@@ -101,37 +99,13 @@ def _first_error(error: BaseException) -> TypeError | ValueError:
     return ValueError(str(leaf))
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text: str) -> float:
-    # `1e999` would parse to inf, which no reply could encode.
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError("number out of range")
-    return value
-
-
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-
-
 def _parse(text: str | bytes) -> Any:
     if isinstance(text, bytes):
         raise ProtocolError.invalid("binary frames are not accepted; send JSON text")
     try:
-        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
-    except RecursionError:
-        raise ProtocolError.invalid("nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError, NaN, integers too long to parse
-        raise ProtocolError.invalid(f"not JSON ({exc})") from None
-    if _SURROGATE_ESCAPE.search(text):
-        # `"\ud800"` parses to a lone surrogate, which no reply could carry as UTF-8.
-        try:
-            compact_json(value).encode()
-        except (UnicodeEncodeError, RecursionError):
-            raise ProtocolError.invalid("a string holds a lone surrogate") from None
-    return value
+        return jsontext.loads(text)
+    except jsontext.JsonRefused as exc:
+        raise ProtocolError.invalid(str(exc)) from None
 
 
 def decode(text: str | bytes) -> ClientFrame:

@@ -26,6 +26,7 @@ from roomcast.actors.websocket import Handshake
 from roomcast.auth import Authenticator, AuthError, Principal
 from roomcast.config import Config
 from roomcast.protocol import CloseCode, Position, ProtocolError, position_from
+from roomcast.protocol.admission import EVICTED, Admission, Refusal, Ticket, address_key
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +34,27 @@ log = logging.getLogger(__name__)
 # accept() errors that mean "out of descriptors or memory for now": wait and go on.
 _OUT_OF_CAPACITY = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _ACCEPT_PAUSE = 0.1
+_REFUSAL_LOG_INTERVAL = 60.0  # seconds between two log lines about handshake limits
 
 
 class Rejection(Exception):
-    def __init__(self, status: int, error: str, cause: str) -> None:
+    def __init__(self, status: int, error: str, cause: str, detail: str = "") -> None:
         super().__init__(error)
         self.status = status
         self.error = error
         self.cause = cause
+        self.detail = detail  # for the log line only (never a token)
+
+
+_QUOTED_UP_TO = 100
+
+
+def quoted(text: str) -> str:
+    """A peer's text (a refused Origin) fit for one log line: at most 100 characters,
+    repr'd, so that no control character, newline or escape sequence reaches the log."""
+    if len(text) <= _QUOTED_UP_TO:
+        return ascii(text)
+    return f"{text[:_QUOTED_UP_TO]!a}... ({len(text)} characters)"
 
 
 def token_from(request: Request) -> str | None:
@@ -106,7 +120,13 @@ class Gateway:
         self.draining = False
         self.open_sockets = 0
         self._nursery: trio.Nursery | None = None  # where sockets are served, once serving
-        self._handshakes: set[trio.CancelScope] = set()
+        # Sockets not yet through an authenticated upgrade: bounded apart from
+        # max_connections, so that silent sockets never crowd out real clients.
+        self.admission = Admission(config.max_handshakes, config.max_handshakes_per_address)
+        self._handshakes: dict[Ticket, trio.CancelScope] = {}
+        self._evicted: set[Ticket] = set()  # handshakes cut short to make room
+        self._refused = 0  # sockets refused or cut short since the last log line
+        self._next_refusal_log = float("-inf")
         self._connections: set[Connection] = set()  # accepted, until their socket closes
         self._all_closed = trio.Event()
         self._all_closed.set()
@@ -140,53 +160,105 @@ class Gateway:
                               _ACCEPT_PAUSE)
                     await trio.sleep(_ACCEPT_PAUSE)
                     continue
+                ticket = self._let_in(stream)
+                if ticket is None:
+                    continue
                 assert self._nursery is not None
-                self._nursery.start_soon(self._serve_socket, stream)
+                self._nursery.start_soon(self._serve_socket, stream, ticket)
+
+    def _let_in(self, stream: trio.SocketStream) -> Ticket | None:
+        """Count a new socket as a pending handshake: its ticket, or None when its
+        address holds too many already (closed at once: no read, no answer, no task).
+        Past the total, the oldest pending handshake is cut short instead."""
+        try:
+            host = str(stream.socket.getpeername()[0])
+        except OSError:  # the peer is already gone
+            stream.socket.close()
+            return None
+        outcome = self.admission.arrive(address_key(host))
+        if isinstance(outcome, Refusal):
+            self._registry.metrics.handshake_failed(outcome.value)
+            stream.socket.close()
+            self._refused_one(f"{outcome.value} from {host}")
+            return None
+        if outcome.evicted is not None:
+            self._evicted.add(outcome.evicted)
+            self._handshakes[outcome.evicted].cancel()
+            self._refused_one(EVICTED)
+        # Created here, entered by the socket's task: an eviction can reach it at once.
+        self._handshakes[outcome.ticket] = trio.CancelScope(
+            deadline=trio.current_time() + self._config.handshake_timeout
+        )
+        return outcome.ticket
+
+    def _refused_one(self, why: str) -> None:
+        """One log line a minute at most, with a count, however many sockets a flood
+        opens (each is counted in handshake_failures_total)."""
+        self._refused += 1
+        now = trio.current_time()
+        if now >= self._next_refusal_log:
+            log.warning("handshake limits: %d socket(s) refused or cut short since the "
+                        "last report (latest: %s)", self._refused, why)
+            self._refused = 0
+            self._next_refusal_log = now + _REFUSAL_LOG_INTERVAL
 
     async def drain(self, timeout: float) -> None:
         """Stop accepting new clients, close every open one with 1001, and wait (at
         most `timeout` seconds) until their sockets are closed."""
         self.draining = True
-        for handshake in list(self._handshakes):
+        for handshake in list(self._handshakes.values()):
             handshake.cancel()
         for connection in list(self._connections):
             connection.request_close(CloseCode.GOING_AWAY, "server shutting down")
         with trio.move_on_after(timeout):
             await self._all_closed.wait()
 
-    async def _serve_socket(self, stream: trio.SocketStream) -> None:
+    async def _serve_socket(self, stream: trio.SocketStream, ticket: Ticket) -> None:
         self.open_sockets += 1
         self._all_closed = self._all_closed if self.open_sockets > 1 else trio.Event()
         outbox = Outbox(stream, self._config.outbox_limit)
         outbox.writers = self._nursery
         conn_id = next_connection_id()
         try:
-            await self._serve_websocket(outbox, conn_id)
+            await self._serve_websocket(outbox, conn_id, ticket)
         except Exception:
             log.exception("conn %d: connection handler failed", conn_id)
         finally:
+            self._handshake_over(ticket)
             outbox.close_now()
             self.open_sockets -= 1
             if self.open_sockets == 0:
                 self._all_closed.set()
 
-    async def _serve_websocket(self, outbox: Outbox, conn_id: int) -> None:
+    def _handshake_over(self, ticket: Ticket) -> None:
+        """The socket no longer counts as a pending handshake (idempotent)."""
+        self._handshakes.pop(ticket, None)
+        self._evicted.discard(ticket)
+        self.admission.release(ticket)
+
+    async def _serve_websocket(self, outbox: Outbox, conn_id: int, ticket: Ticket) -> None:
         config = self._config
         handshake = Handshake(outbox)
         request: Request | None = None
-        with trio.move_on_after(config.handshake_timeout) as deadline:
-            self._handshakes.add(deadline)  # a drain cuts handshakes short
+        # Its deadline is handshake_timeout; a drain, or a newer socket when the pending
+        # ones are at their limit, cuts it short.
+        with self._handshakes[ticket] as deadline:
             request = await handshake.request()
-        self._handshakes.discard(deadline)
         if request is None:
+            evicted = ticket in self._evicted
+            self._handshake_over(ticket)
             if handshake.refused:
                 cause = "bad_request"
             elif not deadline.cancelled_caught:
                 cause = "hung_up"
+            elif evicted:
+                cause = EVICTED
             else:
                 cause = "draining" if self.draining else "timeout"
             self._registry.metrics.handshake_failed(cause)
-            if cause in ("timeout", "draining"):
+            if cause == EVICTED:
+                log.debug("conn %d: handshake cut short: too many pending", conn_id)
+            elif cause in ("timeout", "draining"):
                 log.info("conn %d: handshake not completed within %.1f s", conn_id,
                          config.handshake_timeout)
             else:
@@ -195,13 +267,15 @@ class Gateway:
         try:
             principal = await self._admit(request)
         except Rejection as rejection:
-            log.info("conn %d: handshake refused: %d %s", conn_id, rejection.status,
-                     rejection.cause)
+            self._handshake_over(ticket)
+            log.info("conn %d: handshake refused: %d %s%s", conn_id, rejection.status,
+                     rejection.cause, rejection.detail)
             self._registry.metrics.handshake_failed(rejection.cause)
             body = json.dumps({"error": rejection.error}).encode()
             with trio.move_on_after(config.close_timeout):
                 await handshake.reject(rejection.status, b"application/json", body)
             return
+        self._handshake_over(ticket)
         ws = handshake.accept(config.max_message_size)
         connection = Connection(
             conn_id, principal, ws, outbox, self._registry, self._keeper, self._authenticate,
@@ -238,11 +312,11 @@ class Gateway:
             raise Rejection(404, "Not found", "wrong_path")
         if self.draining:
             raise Rejection(503, "Service is shutting down", "draining")
-        if self.open_sockets > config.max_connections:
+        if len(self._connections) >= config.max_connections:  # authenticated ones only
             raise Rejection(503, "Service is at its connection limit", "connection_limit")
         origin = origin_of(request)
         if config.allowed_origins and origin is not None and origin not in config.allowed_origins:
-            raise Rejection(403, "Origin not allowed", "origin")
+            raise Rejection(403, "Origin not allowed", "origin", f" {quoted(origin)}")
         token = token_from(request)
         if token is None:
             raise Rejection(403, "Token missing", "missing_token")

@@ -1,0 +1,103 @@
+"""The WebSocket port's defences, over real sockets: pending handshakes bounded in total
+and per address, apart from the authenticated connections; the descriptor limit; a
+refused Origin in the log; the configured origins checked at startup."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import trio
+
+from .conftest import connect, eventually, running
+
+# Every 127.x.y.z address is the loopback interface (on Linux): the silent sockets come
+# from addresses of their own, as an attacker's would, and the real client from 127.0.0.1.
+ATTACKERS = [f"127.0.0.{n}" for n in range(2, 8)]
+
+
+async def silent_socket(port: int, local_address: str) -> trio.SocketStream:
+    """A TCP connection that never says a word."""
+    return await trio.open_tcp_stream("127.0.0.1", port, local_address=local_address)
+
+
+async def closed_at_once(stream: trio.SocketStream, within: float = 2.0) -> bool:
+    """True when the service ends the connection (FIN or RST) within `within` seconds
+    without sending a byte."""
+    with trio.move_on_after(within):
+        try:
+            data = await stream.receive_some(1024)
+        except trio.BrokenResourceError:
+            return True
+        assert data == b"", data
+        return True
+    return False
+
+
+async def test_silent_sockets_never_lock_out_a_real_client():
+    settings = dict(max_connections=50, max_handshakes=20, max_handshakes_per_address=10,
+                    handshake_timeout=30.0)
+    async with running(**settings) as service:
+        gateway, failures = service.gateway, service.metrics.handshake_failures
+        silent: list[trio.SocketStream] = []
+        for address in ATTACKERS:  # 60 silent sockets, 10 from each address
+            for _ in range(10):
+                silent.append(await silent_socket(service.port, address))
+        await eventually(lambda: failures["too_many_handshakes"] == 40)
+        assert gateway.admission.pending == 20  # the 20 newest
+        # The 11th from one address is closed at once, without an answer.
+        eleventh = await silent_socket(service.port, ATTACKERS[-1])
+        assert await closed_at_once(eleventh)
+        assert failures["too_many_handshakes_from_address"] == 1
+        # A real client connects, well within the handshake timeout the silent ones hold.
+        with trio.fail_after(2):
+            async with connect(service, 1) as client:
+                assert client.welcome["data"]["user_id"] == 1
+                assert gateway.admission.pending == 19  # it evicted one, then left the count
+        for stream in [*silent, eleventh]:
+            await stream.aclose()
+        # Every entry released: no count, no address left behind.
+        await eventually(lambda: gateway.open_sockets == 0)
+        assert gateway.admission.pending == 0 and gateway.admission.addresses == 0
+
+
+async def test_authenticated_connections_are_limited_apart_from_pending_ones():
+    # 60 silent sockets and max_connections=50: before, every accepted socket counted
+    # against max_connections and the real client got 503.
+    async with running(max_connections=50, max_handshakes_per_address=0,
+                       handshake_timeout=30.0) as service:
+        silent = [await silent_socket(service.port, "127.0.0.2") for _ in range(60)]
+        await eventually(lambda: service.gateway.open_sockets == 60)
+        with trio.fail_after(2):
+            async with connect(service, 1):
+                pass
+        for stream in silent:
+            await stream.aclose()
+
+
+async def test_handshake_refusals_are_one_log_line_with_a_count(caplog):
+    caplog.set_level(logging.INFO, logger="roomcast")
+    async with running(max_handshakes=5, max_handshakes_per_address=2,
+                       handshake_timeout=30.0) as service:
+        streams = [await silent_socket(service.port, "127.0.0.2") for _ in range(30)]
+        failures = service.metrics.handshake_failures
+        await eventually(lambda: failures["too_many_handshakes_from_address"] == 28)
+        for stream in streams:
+            await stream.aclose()
+    limit_lines = [r.getMessage() for r in caplog.records if "handshake limits" in r.getMessage()]
+    assert len(limit_lines) == 1, limit_lines
+    assert "127.0.0.2" in limit_lines[0]
+
+
+@pytest.mark.parametrize("stop", ["drain", "timeout"])
+async def test_a_pending_handshake_cut_short_is_released(stop):
+    async with running(handshake_timeout=0.5, max_handshakes=3) as service:
+        streams = [await silent_socket(service.port, "127.0.0.2") for _ in range(3)]
+        await eventually(lambda: service.gateway.admission.pending == 3)
+        if stop == "drain":
+            await service.gateway.drain(1.0)
+        await eventually(lambda: service.gateway.admission.pending == 0)
+        assert service.gateway.admission.addresses == 0
+        for stream in streams:
+            await stream.aclose()
+

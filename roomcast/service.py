@@ -22,6 +22,7 @@ from roomcast.actors.supervisor import Escalation, Supervisor
 from roomcast.auth import Authenticator, JwtAuthenticator, checked
 from roomcast.config import Config
 from roomcast.facade import NotificationService
+from roomcast.limits import fit_descriptors
 from roomcast.metrics import Metrics
 from roomcast.protocol.roomlog import Retention
 
@@ -85,6 +86,7 @@ async def open_service(
     ends (cancelled included), every client is first closed with 1001, within
     `shutdown_timeout`. `roomcast.open_service` is this with the HTTP port."""
     config = config or Config()
+    fit_descriptors(config)
     authenticate = checked(authenticator or JwtAuthenticator(config))
     listeners = await trio.open_tcp_listeners(config.port, host=config.host)
     try:

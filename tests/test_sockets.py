@@ -5,11 +5,18 @@ refused Origin in the log; the configured origins checked at startup."""
 from __future__ import annotations
 
 import logging
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import trio
 
-from .conftest import connect, eventually, running
+from .conftest import connect, eventually, make_config, running
+
+ROOT = str(Path(__file__).resolve().parent.parent)
 
 # Every 127.x.y.z address is the loopback interface (on Linux): the silent sockets come
 # from addresses of their own, as an attacker's would, and the real client from 127.0.0.1.
@@ -101,3 +108,62 @@ async def test_a_pending_handshake_cut_short_is_released(stop):
         for stream in streams:
             await stream.aclose()
 
+
+# --- the descriptor limit --------------------------------------------------------------
+
+
+def test_settings_past_the_descriptor_limit_are_warned_about_at_start(caplog):
+    from roomcast.limits import fit_descriptors
+
+    caplog.set_level(logging.WARNING, logger="roomcast")
+    limit = fit_descriptors(make_config(max_connections=10**9))
+    assert limit is not None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "descriptor limit" in warnings[0], warnings
+    assert "max_connections 1000000000" in warnings[0]
+    caplog.clear()
+    fit_descriptors(make_config(max_connections=10, max_handshakes=10))
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+async def test_opening_the_service_warns_when_the_settings_do_not_fit(caplog):
+    caplog.set_level(logging.WARNING, logger="roomcast")
+    async with running(max_connections=10**9):
+        pass
+    assert any("descriptor limit" in r.getMessage() for r in caplog.records)
+
+
+def test_the_soft_descriptor_limit_is_raised_to_the_hard_one():
+    # In a process of its own: the limit is the whole process's.
+    script = (
+        "import resource, sys\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "low = 256 if hard == resource.RLIM_INFINITY else min(256, hard)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))\n"
+        "from roomcast.config import Config\n"
+        "from roomcast.service import open_service\n"
+        "import trio\n"
+        "async def main():\n"
+        "    async with open_service(Config(port=0, http_port=-1, jwt_secret='x' * 32)):\n"
+        "        pass\n"
+        "trio.run(main)\n"
+        "print(low, *resource.getrlimit(resource.RLIMIT_NOFILE))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, timeout=60, env={**os.environ, "PYTHONPATH": ROOT})
+    low, soft, hard = (int(n) for n in out.stdout.split())
+    if hard == resource.RLIM_INFINITY:
+        assert soft >= low
+    else:
+        assert soft == hard, (low, soft, hard)
+
+
+@pytest.mark.parametrize(
+    ("soft", "hard", "wanted"),
+    [(1024, 524288, 524288), (4096, 4096, 4096), (1024, -1, 1 << 20), (1 << 21, -1, 1 << 21),
+     (-1, -1, -1)],
+)
+def test_the_soft_limit_asked_for(soft, hard, wanted):
+    from roomcast.limits import raised_soft_limit
+
+    assert raised_soft_limit(soft, hard, infinity=-1) == wanted

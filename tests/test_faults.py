@@ -29,14 +29,16 @@ async def closed_code(client, timeout: float = 10.0) -> int:
                 return closed.reason.code
 
 
-async def test_connection_crash_closes_only_that_connection_with_1011(service):
+async def test_connection_crash_on_a_frame_answers_internal_error_to_that_client_only(service):
     async with connect(service, 1) as victim, connect(service, 2) as other:
         await victim.request({"type": "join_room", "room": "r"})
         await other.request({"type": "join_room", "room": "r"})
         (conn,) = service.registry.connections_of(1).values()
         crash_at_next_frame(conn, InjectedFault("injected"))
-        await victim.send({"type": "text", "data": "boom"})
-        assert await closed_code(victim) == CloseCode.INTERNAL_ERROR
+        reply = await victim.request({"type": "text", "data": "boom"})
+        assert reply["data"] == {"code": "internal_error"}, reply
+        assert NotificationService.get_room_members("r") == {1, 2}  # still connected
+        await victim.ws.aclose()
         await eventually(lambda: not NotificationService.is_user_connected(1), timeout=5)
         assert NotificationService.get_room_members("r") == {2}
         assert await service.notifications.notify_room("r", "still here") == 1

@@ -164,24 +164,55 @@ class Connection:
             # is a checkpoint.
             await self.registry.send(Disconnect(self, tuple(self.all_rooms())))
 
+    FAILURES_SUMMED_EVERY = 100  # frames failing by a bug: one log line per this many
+
     async def _read_loop(self) -> None:
-        while True:
-            try:
-                text = await self.ws.get_message()
-            except ConnectionClosed:
-                return
-            try:
-                if not self._policing.admit(trio.current_time()):
-                    raise ProtocolError.rate_limited()
-                await self._handle(decode(text))
-                self._policing.accepted()
-            except ProtocolError as error:
-                self.registry.metrics.refused(error.code)
-                self._reply(error_frame(error))
+        # A frame whose handling raises anything but a ProtocolError found a bug. The
+        # client gets an internal_error frame and the connection goes on: each frame is
+        # handled whole or not at all (the registry and rooms handle their messages
+        # whole), so one failed frame leaves nothing half done, and the client and its
+        # rooms keep working. It counts as a strike, so a client that keeps hitting the
+        # bug is closed with 4008 all the same. The log gets the first traceback only,
+        # then a count every FAILURES_SUMMED_EVERY failures and at the end: a client
+        # cannot turn one bug into a traceback per frame.
+        failures = 0
+        try:
+            while True:
+                try:
+                    text = await self.ws.get_message()
+                except ConnectionClosed:
+                    return
+                refusal: ProtocolError | None = None
+                try:
+                    if not self._policing.admit(trio.current_time()):
+                        raise ProtocolError.rate_limited()
+                    await self._handle(decode(text))
+                    self._policing.accepted()
+                except ProtocolError as error:
+                    refusal = error
+                except Exception:
+                    failures += 1
+                    refusal = ProtocolError.internal()
+                    if failures == 1:
+                        log.exception("conn %d user=%r: a frame's handling failed; the "
+                                      "client got internal_error (repeats are counted, "
+                                      "not logged)", self.id, self.user_id)
+                    elif failures % self.FAILURES_SUMMED_EVERY == 0:
+                        log.error("conn %d user=%r: %d frames' handling failed so far "
+                                  "(the first is logged above)", self.id, self.user_id,
+                                  failures)
+                if refusal is None:
+                    continue
+                self.registry.metrics.refused(refusal.code)
+                self._reply(error_frame(refusal))
                 if self._policing.refused() is Verdict.CLOSE:
                     log.warning("conn %d user=%r: %d refused frames in a row, closing "
                                 "with 4008", self.id, self.user_id, self._policing.strikes)
                     self.request_close(CloseCode.POLICY, "too many refused frames")
+        finally:
+            if failures > 1 and failures % self.FAILURES_SUMMED_EVERY:
+                log.error("conn %d user=%r: %d frames' handling failed in all (the first "
+                          "is logged above)", self.id, self.user_id, failures)
 
     async def _handle(self, frame: ClientFrame) -> None:
         self.registry.metrics.received(frame.type)

@@ -44,6 +44,44 @@ def _tuple_of_str(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(value: str) -> str:
+    """An allowed Origin as a browser sends it: `scheme://host[:port]`, scheme and host
+    in lower case, no default port. A value that could never match (a path, a trailing
+    slash, `null`, a wildcard) is a ValueError at startup, naming it."""
+
+    def refuse(why: str) -> ValueError:
+        return ValueError(f"allowed_origins: {value!r} {why}; write scheme://host[:port], "
+                          "as a browser sends it (https://app.example)")
+
+    if value.lower() == "null":
+        # Sent by sandboxed iframes and file:// pages of any site: listing it would let
+        # any page in.
+        raise refuse("is sent by sandboxed and file:// pages of any site, so it cannot "
+                     "be allowed")
+    if not value.isascii():
+        raise refuse("is not ASCII (write an international host name in punycode, xn--)")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        raise refuse("is not a URL origin") from None
+    if not parts.scheme or not parts.hostname:
+        raise refuse("has no scheme://host")
+    if parts.path or parts.query or parts.fragment or value.endswith(("?", "#")):
+        raise refuse("has a path or a trailing slash, which an Origin header never has")
+    if parts.username is not None or "*" in value:
+        raise refuse("has a user name or a wildcard, which an Origin header never has")
+    scheme, host = parts.scheme.lower(), parts.hostname  # hostname is lower-cased
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None or port == _DEFAULT_PORTS.get(scheme):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
 @attrs.frozen(kw_only=True)
 class Config:
     host: str = _setting("127.0.0.1", "address to bind; 0.0.0.0 for every interface")
@@ -134,8 +172,9 @@ class Config:
         20, "refused frames (rate limited or invalid) in a row before closing with 4008"
     )
     allowed_origins: tuple[str, ...] = _setting(
-        (), "Origin values allowed to connect (exact, comma separated); empty allows any",
-        converter=_tuple_of_str,
+        (), "Origin values allowed to connect, each scheme://host[:port] (no path, no "
+        "trailing slash), comma separated; empty allows any",
+        converter=lambda value: tuple(_origin(part) for part in _tuple_of_str(value)),
     )
     restart_intensity: int = _setting(
         10, "actor restarts allowed within restart_period before the service stops"

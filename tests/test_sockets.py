@@ -167,3 +167,67 @@ def test_the_soft_limit_asked_for(soft, hard, wanted):
     from roomcast.limits import raised_soft_limit
 
     assert raised_soft_limit(soft, hard, infinity=-1) == wanted
+
+
+# --- origins -----------------------------------------------------------------------------
+
+
+async def test_a_refused_origin_is_logged_quoted_and_truncated(caplog):
+    from trio_websocket import ConnectionRejected, open_websocket_url
+
+    from .conftest import token_for, ws_url
+
+    caplog.set_level(logging.INFO, logger="roomcast")
+    hostile = "https://evil.example\x1b[31m\u202e" + "x" * 500
+    async with running(allowed_origins=("https://app.example",)) as service:
+        url = ws_url(service, f"?token={token_for(1)}")
+        with pytest.raises(ConnectionRejected) as refused:
+            async with open_websocket_url(url, extra_headers=[(b"Origin",
+                                                              hostile.encode("utf-8"))]):
+                pass
+        assert refused.value.status_code == 403
+    (line,) = [r.getMessage() for r in caplog.records if "403 origin" in r.getMessage()]
+    assert "evil.example" in line, line
+    assert line.isascii() and line.isprintable(), line  # no escape sequence, no bidi
+    assert "x" * 101 not in line and "characters)" in line, line
+
+
+@pytest.mark.parametrize(
+    ("configured", "allowed"),
+    [
+        ("HTTPS://App.Example", "https://app.example"),
+        ("https://app.example:443", "https://app.example"),
+        ("Capacitor://LOCALHOST:8080", "capacitor://localhost:8080"),
+    ],
+)
+def test_allowed_origins_are_normalised_as_browsers_send_them(configured, allowed):
+    assert make_config(allowed_origins=configured).allowed_origins == (allowed,)
+
+
+@pytest.mark.parametrize(
+    ("configured", "why"),
+    [
+        ("https://app.example/", "trailing slash"),
+        ("https://app.example/app", "path"),
+        ("app.example", "scheme://host"),
+        ("*", "scheme://host"),
+        ("https://*.app.example", "wildcard"),
+        ("null", "sandboxed"),
+        ("https://bücher.example", "punycode"),
+    ],
+)
+def test_allowed_origins_that_could_never_match_are_refused_at_startup(configured, why):
+    with pytest.raises(ValueError, match=why) as refused:
+        make_config(allowed_origins=f"https://ok.example,{configured}")
+    assert repr(configured) in str(refused.value)
+
+
+async def test_an_upper_case_origin_setting_lets_the_browser_in():
+    from trio_websocket import open_websocket_url
+
+    from .conftest import token_for, ws_url
+
+    async with running(allowed_origins="HTTPS://App.Example/".rstrip("/")) as service:
+        url = ws_url(service, f"?token={token_for(1)}")
+        async with open_websocket_url(url, extra_headers=[(b"Origin", b"https://app.example")]):
+            pass

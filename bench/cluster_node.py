@@ -47,6 +47,7 @@ async def main(args: argparse.Namespace) -> None:
         host="127.0.0.1", port=0, http_port=-1, jwt_secret=args.secret,
         redis_url=args.redis_url or None, rate_limit=1e6, rate_burst=10**6,
         max_connections_per_user=10**6, log_level="WARNING",
+        max_handshakes_per_address=0,  # every benchmark client connects from 127.0.0.1
     )
     async with open_service(config) as service:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")

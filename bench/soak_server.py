@@ -208,6 +208,7 @@ async def main(args: argparse.Namespace) -> None:
         jwt_secret=args.secret,
         max_connections=args.max_connections,
         max_connections_per_user=args.max_connections_per_user,
+        max_handshakes_per_address=0,  # every soak client connects from 127.0.0.1
         rate_limit=args.rate_limit,
         rate_burst=args.rate_burst,
         # Rooms nobody is in live on while they keep history; a short retention lets the

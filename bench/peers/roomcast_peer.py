@@ -115,6 +115,8 @@ async def main() -> None:
         jwt_secret=args.secret,
         max_connections=args.max_connections,
         max_connections_per_user=args.max_connections,
+        # Every benchmark client connects from 127.0.0.1, hundreds of handshakes at once.
+        max_handshakes_per_address=0,
         http_port=-1,  # the benchmark needs no HTTP port; 8080 would collide across peers
     )
     async with open_service(config) as service, trio.open_nursery() as nursery:

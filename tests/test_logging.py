@@ -9,7 +9,7 @@ import pytest
 from trio_websocket import ConnectionRejected, open_websocket_url
 
 from .conftest import connect, crash_at_next_frame, eventually, running, token_for, ws_url
-from .test_faults import InjectedFault, closed_code
+from .test_faults import InjectedFault
 
 
 def _lines(caplog) -> list[str]:
@@ -30,8 +30,8 @@ async def test_connection_events_are_logged_with_an_id_and_no_token(caplog):
         async with connect(service, 3) as crashing:
             (conn,) = service.registry.connections_of(3).values()
             crash_at_next_frame(conn, InjectedFault("injected"))
-            await crashing.send({"type": "text", "data": "boom"})
-            await closed_code(crashing)
+            reply = await crashing.request({"type": "text", "data": "boom"})
+            assert reply["data"] == {"code": "internal_error"}, reply
         async with connect(service, 4, message_queue_size=1):
             for _ in range(200):
                 await service.notifications.notify_user(4, "x" * 1000)
@@ -41,7 +41,7 @@ async def test_connection_events_are_logged_with_an_id_and_no_token(caplog):
     assert re.search(r"conn \d+ user=1 connected from ", text)
     assert re.search(r"conn \d+ user=1 disconnected: 1000", text)
     assert re.search(r"conn \d+: handshake refused: 403 expired", text)
-    assert re.search(r"conn \d+ user=3 crashed; closing with 1011", text)
+    assert re.search(r"conn \d+ user=3: a frame's handling failed", text)
     assert re.search(r"conn \d+ user=4: slow consumer, closing with 4009", text)
     for line in lines:
         if "conn" in line:

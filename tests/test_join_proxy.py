@@ -57,12 +57,14 @@ class AuthorizerServer:
     port: int = 0
     requests: list[Request] = attrs.Factory(list)
     request_arrived: trio.Event = attrs.Factory(trio.Event)
+    connections: int = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/join"
 
     async def handle(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
         async with stream:
             connection = h11.Connection(h11.SERVER)
             while True:
@@ -323,6 +325,14 @@ async def test_a_ttl_of_zero_asks_every_time():
         for _ in range(3):
             assert await authorize(ALICE, "r") is True
         assert len(server.requests) == 3
+
+
+async def test_one_connection_serves_join_after_join():
+    async with serving(status(204)) as server, \
+            authorizer(server.url, join_cache_ttl=0.0) as authorize:
+        for _ in range(3):
+            assert await authorize(ALICE, "r") is True
+    assert (len(server.requests), server.connections) == (3, 1)
 
 
 async def test_a_failure_is_not_cached():

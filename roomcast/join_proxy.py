@@ -51,12 +51,13 @@ def _user_agent() -> str:
 USER_AGENT = _user_agent()
 
 
-def principal_claims(principal: Principal) -> Mapping[str, Any]:
+def principal_claims(principal: Principal) -> dict[str, Any]:
     """The claims of the token the principal came from, as sent to the authorizer:
-    `principal.claims` when the principal carries them (a mapping), else `{}` (a
-    principal from an application's own authenticator may carry none)."""
+    `principal.claims` when the principal carries them (any mapping, a read-only one
+    too), else `{}` (a principal from an application's own authenticator may carry
+    none). Read through getattr so that it works whether `Principal` has the field."""
     claims = getattr(principal, "claims", None)
-    return claims if isinstance(claims, Mapping) else {}
+    return dict(claims) if isinstance(claims, Mapping) else {}
 
 
 class HttpJoinAuthorizer:

@@ -10,6 +10,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -148,10 +149,12 @@ ALICE = Principal(user_id="alice")
 async def test_a_2xx_allows_and_the_request_says_who_where_and_the_claims(code: int):
     claims = {"sub": "7", "rooms": ["team_*"], "plan": {"tier": "pro", "seats": 3}}
     async with serving(status(code)) as server, authorizer(server.url) as authorize:
-        assert await authorize(PrincipalWithClaims(user_id="7", claims=claims), "team_42") is True
+        # read-only, as a frozen Principal may hold them
+        principal = PrincipalWithClaims(user_id=7, claims=MappingProxyType(claims))
+        assert await authorize(principal, "team_42") is True
     [request] = server.requests
     assert (request.method, request.target) == ("POST", "/join")
-    assert request.json() == {"user_id": "7", "room": "team_42", "claims": claims}
+    assert request.json() == {"user_id": 7, "room": "team_42", "claims": claims}
     assert request.headers["content-type"] == "application/json"
     assert request.headers["user-agent"].startswith("roomcast/")
 

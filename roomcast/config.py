@@ -27,15 +27,17 @@ def _secret(value: Any) -> str:
 
 
 def _url_without_password(value: Any) -> str:
-    """repr of a URL that may carry a password (redis://user:pw@host): the password hidden."""
+    """repr of a URL that may carry a secret (redis://user:pw@host, ?key=...): hidden."""
     if value is None:
         return "None"
     parts = urlsplit(value)
-    if parts.password is None:
-        return repr(value)
-    host = parts.netloc.rpartition("@")[2]
-    user = f"{parts.username}:" if parts.username else ":"
-    return repr(urlunsplit(parts._replace(netloc=f"{user}***@{host}")))
+    if parts.query:  # a key in the query string (`?key=...`) is a secret too
+        parts = parts._replace(query="***")
+    if parts.password is not None:
+        host = parts.netloc.rpartition("@")[2]
+        user = f"{parts.username}:" if parts.username else ":"
+        parts = parts._replace(netloc=f"{user}***@{host}")
+    return repr(urlunsplit(parts))
 
 
 def _tuple_of_str(value: Any) -> tuple[str, ...]:
@@ -125,7 +127,8 @@ class Config:
     )
     join_url: str | None = _setting(
         None, "URL the service POSTs {user_id, room, claims} to when a join is not "
-        "otherwise allowed; a 2xx answer allows it"
+        "otherwise allowed; a 2xx answer allows it",
+        repr=_url_without_password,
     )
     join_timeout: float = _setting(
         3.0, "seconds an authorizer (join_url or in-process) has to answer; past it the "

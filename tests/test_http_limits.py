@@ -7,6 +7,7 @@ cross-site requests and foreign `Host` names."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import trio
 
@@ -110,3 +111,27 @@ async def test_past_http_max_requests_the_port_answers_503_at_once():
         assert response.status_code == 200
         for stream in held:
             await stream.aclose()
+
+
+# strict JSON ----------------------------------------------------------------------------
+
+
+async def test_a_lone_surrogate_or_deep_nesting_gets_400_and_nobody_is_affected():
+    deep: Any = "x"
+    for _ in range(40):
+        deep = [deep]
+    bodies = [
+        b'{"user_id": 1, "message": "\\ud800"}',
+        b'{"user_id": 1, "message": "x", "data": {"\\udc00": 1}}',
+        json.dumps({"user_id": 1, "message": "x", "data": {"deep": deep}}).encode(),
+    ]
+    async with http_service() as (service, client), connect(service, 1) as user:
+        for body in bodies:
+            response = await client.post("/api/v1/notifications", content=body, headers=AUTH)
+            assert response.status_code == 400, response.text
+            error = response.json()["error"]
+            assert "lone surrogate" in error or "nested too deeply" in error, error
+        await user.nothing_within(0.05)
+        response = await client.post("/api/v1/notifications", json=NOTIFY, headers=AUTH)
+        assert response.json() == {"delivered": True}
+        assert (await user.recv())["message"] == "hi"

@@ -15,6 +15,8 @@ import attrs
 import trio
 from hypercorn import typing as asgi_types
 
+from roomcast.protocol import jsontext
+
 # ASGI's scope and messages, as hypercorn (which serves the app) types them
 Scope = asgi_types.Scope
 HttpScope = asgi_types.HTTPScope
@@ -51,10 +53,6 @@ def error_response(error: HttpError) -> Response:
     return json_response({"error": error.message}, error.status, error.headers)
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 @attrs.frozen
 class Request:
     method: str
@@ -64,11 +62,12 @@ class Request:
     params: dict[str, str] = attrs.Factory(dict)  # from the route's path template
 
     def json(self) -> Any:
-        """The body as JSON (strict: no NaN or Infinity), or a 400."""
+        """The body as JSON held to the strict rule (protocol/jsontext.py), or a 400
+        that says which part of the rule it breaks."""
         try:
-            return json.loads(self.body, parse_constant=_no_constants)
-        except (ValueError, RecursionError):
-            raise HttpError(400, "The body is not valid JSON") from None
+            return jsontext.loads(self.body)
+        except jsontext.JsonRefused as refused:
+            raise HttpError(400, f"The body is not valid JSON: {refused}") from None
 
     def json_object(self) -> dict[str, Any]:
         body = self.json()

@@ -116,7 +116,8 @@ _PATHS: dict[str, Any] = {
         "responses": {
             "200": _json({"oneOf": [_ref("Delivered"), _ref("Reached")]},
                          "`delivered` for a user; `users` reached for a room or a broadcast"),
-            "400": _error("a body that is not one of the three forms"),
+            "400": _error("a body that is not strict JSON (at most 32 levels deep, no lone "
+                          "surrogate) or not one of the three forms"),
             **_API_ERRORS,
             **_BODY_ERRORS,
             "503": _error("Redis is unreachable: delivered on this node only; or "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
 import trio
 
 from roomcast import Service
@@ -135,3 +136,40 @@ async def test_a_lone_surrogate_or_deep_nesting_gets_400_and_nobody_is_affected(
         response = await client.post("/api/v1/notifications", json=NOTIFY, headers=AUTH)
         assert response.json() == {"delivered": True}
         assert (await user.recv())["message"] == "hi"
+
+
+# the demo token -------------------------------------------------------------------------
+
+
+async def test_the_demo_token_refuses_cross_site_posts_and_foreign_hosts():
+    async with http_service(demo=True, api_key=None) as (service, client):
+        own = f"http://127.0.0.1:{service.http_port}"
+
+        async def token(**kwargs: Any) -> httpx.Response:
+            return await client.post("/demo/token", **kwargs)
+
+        body = json.dumps({"user_id": "ada"})
+        # A page elsewhere can POST a form or text/plain without a preflight: refused.
+        for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+            headers = {"Content-Type": content_type} if content_type else {}
+            response = await token(content=body, headers=headers)
+            assert response.status_code == 415, content_type
+            assert "application/json" in response.json()["error"]
+        for origin in ("http://evil.example", "null", f"http://localhost.evil:{service.http_port}"):
+            response = await token(json={"user_id": "ada"}, headers={"Origin": origin})
+            assert response.status_code == 403, origin
+        # DNS rebinding: the browser sends the attacker's name as Host.
+        for host in (f"evil.example:{service.http_port}", "rebind.attacker.test"):
+            response = await token(json={"user_id": "ada"}, headers={"Host": host})
+            assert response.status_code == 403, host
+            assert "evil" not in response.text and "attacker" not in response.text
+        # The page's own origin, and the loopback names, are served.
+        response = await token(json={"user_id": "ada"}, headers={"Origin": own})
+        assert response.status_code == 200, response.text
+        assert response.json()["ws_url"] == f"ws://127.0.0.1:{service.port}/api/v1/ws"
+        for host, name in ((f"localhost:{service.http_port}", "localhost"),
+                           ("[::1]", "[::1]"), ("127.0.0.1", "127.0.0.1")):
+            response = await token(json={"user_id": "ada"}, headers={
+                "Host": host, "Origin": f"http://{host}"})
+            assert response.status_code == 200, host
+            assert response.json()["ws_url"] == f"ws://{name}:{service.port}/api/v1/ws"

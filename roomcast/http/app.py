@@ -17,8 +17,8 @@ Routes (the OpenAPI document in openapi.py says the same, with schemas):
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib.resources import files
@@ -32,6 +32,7 @@ from roomcast.auth import ConfigError, mint_token
 from roomcast.http import openapi
 from roomcast.http.asgi import (
     CLOSE,
+    JSON,
     Handler,
     HttpError,
     HttpScope,
@@ -66,7 +67,6 @@ log = logging.getLogger(__name__)
 
 WEB = files("roomcast") / "web"
 JS = "text/javascript; charset=utf-8"
-_HOST = re.compile(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]")
 BODY_METHODS = frozenset({"POST"})  # the methods whose handlers read a body
 T = TypeVar("T")
 
@@ -129,7 +129,7 @@ class HttpApp:
             routes += [
                 Route("/", {"GET": self._static("demo.html", "text/html; charset=utf-8")}),
                 Route("/static/demo.css", {"GET": self._static("demo.css", "text/css")}),
-                Route("/demo/token", {"POST": self.demo_token}),
+                Route("/demo/token", {"POST": self.demo_token}, self._same_site),
             ]
         self._routes = routes
         self._serving = 0  # requests past their guard, not yet answered
@@ -270,6 +270,30 @@ class HttpApp:
 
         return serve_file
 
+    def _same_site(self, request: Request) -> None:
+        """`POST /demo/token` from the demo page only. A page elsewhere cannot send
+        `Content-Type: application/json` without a CORS preflight (which this port never
+        allows), and its `Origin` names it; a DNS rebinding gives the attacker's page
+        this port under the attacker's name, which the `Host` header then carries."""
+        content_type = request.headers.get("content-type", "").partition(";")[0]
+        if content_type.strip().lower() != JSON:
+            raise HttpError(415, f"POST /demo/token takes Content-Type: {JSON}")
+        host = request.headers.get("host", "").lower()
+        origin = request.headers.get("origin")
+        if origin is not None and origin.lower() not in (f"http://{host}", f"https://{host}"):
+            raise HttpError(403, "Demo tokens are minted only for the demo page's own origin")
+        if not self._local_name(_host_name(host)):
+            raise HttpError(403, "Demo tokens are minted only for a page loaded from "
+                                 "localhost, an IP address or the service's configured host")
+
+    def _local_name(self, name: str) -> bool:
+        """A name no DNS rebinding can give: an IP address, localhost, the configured host."""
+        try:
+            ipaddress.ip_address(name.removeprefix("[").removesuffix("]"))
+        except ValueError:
+            return name in ("localhost", self._config.host.lower())
+        return True
+
     async def demo_token(self, request: Request) -> Response:
         body = _valid(lambda value: structure(value, TokenRequest), request.json_object())
         try:
@@ -279,10 +303,14 @@ class HttpApp:
         return json_response({"token": token, "ws_url": self._ws_url(request)})
 
     def _ws_url(self, request: Request) -> str:
-        """The WebSocket URL on the host the browser used to reach this page."""
-        host = request.headers.get("host", "")
-        name = host[: host.index("]") + 1] if host.startswith("[") and "]" in host else (
-            host.rsplit(":", 1)[0] if host.count(":") == 1 else host)
-        if not _HOST.fullmatch(name):
-            name = self._config.host
+        """The WebSocket URL on the host the browser used to reach this page (a name
+        `_same_site` accepted), else on the configured host."""
+        name = _host_name(request.headers.get("host", "").lower()) or self._config.host
         return f"ws://{name}:{self._service.port}{self._config.path}"
+
+
+def _host_name(host: str) -> str:
+    """`Host` without its port: `[::1]:8080` is `[::1]`, `localhost:8080` `localhost`."""
+    if host.startswith("["):
+        return host[: host.index("]") + 1] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host

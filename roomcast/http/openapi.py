@@ -164,7 +164,10 @@ _DEMO_PATHS: dict[str, Any] = {
             "200": _json(_object(["token", "ws_url"], token={"type": "string"},
                                  ws_url={"type": "string"}), "a token and where to use it"),
             "400": _error("a body that is not of this form"),
+            "403": _error("an `Origin` other than the demo page's own, or a `Host` that "
+                          "is not localhost, an IP address or the configured host"),
             **_BODY_ERRORS,
+            "415": _error("a `Content-Type` other than `application/json`"),
             "503": _error("the service has no `jwt_secret` to sign with; or "
                           "`http_max_requests` requests are being served already"),
         }}},

@@ -67,7 +67,7 @@ class Request:
         try:
             return jsontext.loads(self.body)
         except jsontext.JsonRefused as refused:
-            raise HttpError(400, f"The body is not valid JSON: {refused}") from None
+            raise HttpError(400, f"Invalid JSON body: {refused}") from None
 
     def json_object(self) -> dict[str, Any]:
         body = self.json()

@@ -205,10 +205,12 @@ class Config:
         10.0, "seconds after which a silent node drops out of the cluster's presence"
     )
     http_timeout: float = _setting(
-        10.0, "seconds an HTTP client has to send a request's headers, and again its body"
+        10.0, "seconds an HTTP client has to send a request's headers (from its connection "
+        "or its previous answer), and again its body (else 408)"
     )
     http_max_requests: int = _setting(
-        100, "HTTP requests served at once; past it the port answers 503"
+        100, "HTTP requests read and handled at once (past the route and API key checks); "
+        "past it the port answers 503 at once"
     )
     mailbox_size: int = _setting(1024, "capacity of each actor's mailbox")
     shutdown_timeout: float = _setting(5.0, "seconds allowed for closing every client on exit")

@@ -20,16 +20,34 @@ from roomcast.actors.room import LOBBY
 from roomcast.protocol import (
     Broadcast,
     MessageType,
+    Notification,
     NotificationLevel,
     RoomNotification,
     UserId,
     UserNotification,
+    jsontext,
     personal_room,
     user_id_or_none,
 )
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+def _body(note: Notification, type_: MessageType, room: str | None = None) -> bytes:
+    """The frame's JSON, held to the strict JSON rule (protocol/jsontext.py) that every
+    client is held to: a lone surrogate or data nested past MAX_NESTING levels is a
+    `JsonRefused` (a ValueError) saying so. Checked where the frame is encoded anyway:
+    the usual frame costs two byte counts more, not a second encoding."""
+    try:
+        body = note.body(type_, room)
+    except (UnicodeEncodeError, RecursionError):
+        # [message, data]: `data` at the depth its keys have in the frame (level 2)
+        jsontext.check_value([note.message, note.data])
+        raise
+    if body.count(b"[") + body.count(b"{") > jsontext.MAX_NESTING:
+        jsontext.check_nesting([note.data])
+    return body
 
 
 class ServiceNotRunning(RuntimeError):
@@ -135,7 +153,7 @@ class NotificationService:
         `history_ttl`), and replayed to a client that reconnects asking for what it
         missed (a position or `recover=1`); a plain client is not sent it later."""
         note = UserNotification(message, level, data, user_id=user_id)
-        frame = note.body(MessageType.INFO)
+        frame = _body(note, MessageType.INFO)
         return bool(await self._send(personal_room(note.user_id), frame))
 
     @_either
@@ -148,7 +166,7 @@ class NotificationService:
     ) -> int:
         """Every connection in the room gets a `room_message`; returns distinct users."""
         note = RoomNotification(message, level, data, room=room_name)
-        frame = note.body(MessageType.ROOM_MESSAGE, note.room)
+        frame = _body(note, MessageType.ROOM_MESSAGE, note.room)
         return len(await self._send(note.room, frame))
 
     @_either
@@ -159,7 +177,7 @@ class NotificationService:
         data: dict[str, Any] | None = None,
     ) -> int:
         """Every connection gets a `broadcast`; returns distinct users reached."""
-        frame = Broadcast(message, level, data).body(MessageType.BROADCAST)
+        frame = _body(Broadcast(message, level, data), MessageType.BROADCAST)
         return len(await self._send(LOBBY, frame))
 
     @_either
@@ -173,7 +191,7 @@ class NotificationService:
         """As `notify_room` on the user's personal room; True if anyone was reached."""
         note = UserNotification(message, level, data, user_id=user_id)
         room = personal_room(note.user_id)
-        return bool(await self._send(room, note.body(MessageType.ROOM_MESSAGE, room)))
+        return bool(await self._send(room, _body(note, MessageType.ROOM_MESSAGE, room)))
 
     @_either
     def is_user_connected(self, user_id: UserId) -> bool:

@@ -633,3 +633,51 @@ async def test_welcome_stays_first_while_notifications_race_the_connection(servi
                 assert frame["message"] in {"early", "early broadcast"}
                 assert frame["data"]["notification"] is True
         nursery.cancel_scope.cancel()
+
+
+def nested(levels: int) -> Any:
+    value: Any = "x"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+# Data the strict JSON rule refuses (roomcast/protocol/jsontext.py): what the service
+# would send could not be read back by a client held to the same rule.
+UNSENDABLE_DATA: list[tuple[str, dict[str, Any]]] = [
+    ("lone surrogate", {"s": "\ud800"}),
+    ("lone surrogate", {"\udc00": 1}),
+    ("nested too deeply", {"deep": nested(40)}),
+    ("nested too deeply", {"deep": nested(100_000)}),
+]
+UNSENDABLE_IDS = ["surrogate", "surrogate-key", "40-deep", "100000-deep"]
+
+
+@pytest.mark.parametrize("text, data", UNSENDABLE_DATA, ids=UNSENDABLE_IDS)
+async def test_data_the_json_rule_refuses_raises_a_plain_value_error(service, text, data):
+    async with connect(service, 1) as client:
+        await join(client, "r")
+        calls = [
+            NotificationService.notify_user(1, "m", data=data),
+            NotificationService.notify_room("r", "m", data=data),
+            NotificationService.broadcast("m", data=data),
+            NotificationService.notify_user_in_room(1, "m", data=data),
+        ]
+        for call in calls:
+            with pytest.raises(ValueError, match=text) as raised:
+                await call
+            assert not isinstance(raised.value, UnicodeError)
+        with pytest.raises(ValueError, match="lone surrogate"):
+            await NotificationService.notify_user(1, "\udfff")
+        await client.nothing_within(0.05)
+        assert await NotificationService.notify_room("r", "ok", data={"deep": nested(30)}) == 1
+        assert (await client.recv())["data"]["deep"] == nested(30)
+
+
+@pytest.mark.parametrize("text, data", UNSENDABLE_DATA, ids=UNSENDABLE_IDS)
+async def test_the_remote_facade_refuses_the_same_data_before_reaching_redis(text, data):
+    from roomcast.remote import RemoteNotificationService
+
+    remote = RemoteNotificationService("redis://127.0.0.1:1")  # nothing listens there
+    with pytest.raises(ValueError, match=text):
+        await remote.notify_room("r", "m", data=data)

@@ -17,9 +17,10 @@ Routes (the OpenAPI document in openapi.py says the same, with schemas):
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib.resources import files
 from typing import Any, TypeVar
 
@@ -30,6 +31,8 @@ from roomcast.actors.streams import BackplaneUnavailable
 from roomcast.auth import ConfigError, mint_token
 from roomcast.http import openapi
 from roomcast.http.asgi import (
+    CLOSE,
+    JSON,
     Handler,
     HttpError,
     HttpScope,
@@ -42,7 +45,8 @@ from roomcast.http.asgi import (
     error_response,
     json_response,
     lifespan,
-    read_request,
+    read_body,
+    request_head,
     send_response,
 )
 from roomcast.http.prometheus import CONTENT_TYPE, exposition, prometheus_registry
@@ -63,7 +67,7 @@ log = logging.getLogger(__name__)
 
 WEB = files("roomcast") / "web"
 JS = "text/javascript; charset=utf-8"
-_HOST = re.compile(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]")
+BODY_METHODS = frozenset({"POST"})  # the methods whose handlers read a body
 T = TypeVar("T")
 
 
@@ -113,10 +117,11 @@ class HttpApp:
             Route("/readyz", {"GET": self.readyz}),
             Route("/metrics", {"GET": self.metrics}),
             Route("/openapi.json", {"GET": self.openapi}),
-            Route("/api/v1/notifications", {"POST": self.notify}),
-            Route("/api/v1/users", {"GET": self.users}),
-            Route("/api/v1/users/{user_id}", {"GET": self.user}),
-            Route("/api/v1/rooms/{room}/members", {"GET": self.room_members}),
+            Route("/api/v1/notifications", {"POST": self.notify}, self._authorize),
+            Route("/api/v1/users", {"GET": self.users}, self._authorize),
+            Route("/api/v1/users/{user_id}", {"GET": self.user}, self._authorize),
+            Route("/api/v1/rooms/{room}/members", {"GET": self.room_members},
+                  self._authorize),
             Route("/static/roomcast.js", {"GET": self._static("roomcast.js", JS)}),
             Route("/static/roomcast.d.ts", {"GET": self._static("roomcast.d.ts", JS)}),
         ]
@@ -124,9 +129,10 @@ class HttpApp:
             routes += [
                 Route("/", {"GET": self._static("demo.html", "text/html; charset=utf-8")}),
                 Route("/static/demo.css", {"GET": self._static("demo.css", "text/css")}),
-                Route("/demo/token", {"POST": self.demo_token}),
+                Route("/demo/token", {"POST": self.demo_token}, self._same_site),
             ]
         self._routes = routes
+        self._serving = 0  # requests past their guard, not yet answered
 
     # ASGI -----------------------------------------------------------------------------
 
@@ -140,17 +146,43 @@ class HttpApp:
             await send({"type": "websocket.close", "code": 1008, "reason": None})
 
     async def _respond(self, scope: HttpScope, receive: Receive) -> Response:
+        """Route and guard on the head alone (an unknown route, a missing key or a
+        cross-site demo request costs no body read and no place), then take one of
+        `http_max_requests` places, read the body within `http_timeout` and handle."""
         try:
-            request = await read_request(scope, receive, self._config.max_message_size)
-            handler, params = self._route(request)
-            return await handler(attrs.evolve(request, params=params))
+            request = request_head(scope)
+            route, method, params = self._route(request)
+            if route.guard is not None:
+                route.guard(request)
+            with self._place():
+                if method in BODY_METHODS:
+                    request = await read_body(request, receive,
+                                              limit=self._config.max_message_size,
+                                              timeout=self._config.http_timeout)
+                return await route.handlers[method](attrs.evolve(request, params=params))
         except HttpError as error:
             return error_response(error)
         except Exception:
             log.exception("HTTP %s %s failed", scope["method"], scope["path"])
             return error_response(HttpError(500, "Internal error"))
 
-    def _route(self, request: Request) -> tuple[Handler, dict[str, str]]:
+    @contextmanager
+    def _place(self) -> Iterator[None]:
+        """One of `http_max_requests` places; none free is a 503 at once, not a queue."""
+        limit = self._config.http_max_requests
+        if self._serving >= limit:
+            raise HttpError(503, f"The HTTP port serves at most {limit} requests at once "
+                                 "(http_max_requests): try again shortly",
+                            (("retry-after", "1"), *CLOSE))
+        self._serving += 1
+        try:
+            yield
+        finally:
+            self._serving -= 1
+
+    def _route(self, request: Request) -> tuple[Route, str, dict[str, str]]:
+        """The route, the method whose handler answers (GET for HEAD) and the path's
+        parameters; 404 or 405."""
         path = request.path.partition("?")[0]
         for route in self._routes:
             params = route.match(path)
@@ -161,7 +193,7 @@ class HttpApp:
                 allowed = {*route.handlers, *(["HEAD"] if "GET" in route.handlers else [])}
                 raise HttpError(405, f"Method {request.method} not allowed",
                                 (("allow", ", ".join(sorted(allowed))),))
-            return route.handlers[method], params
+            return route, method, params
         raise HttpError(404, "Not found")
 
     def _authorize(self, request: Request) -> None:
@@ -194,7 +226,6 @@ class HttpApp:
         return json_response(openapi.document(self._config))
 
     async def notify(self, request: Request) -> Response:
-        self._authorize(request)
         note = _valid(notification_request, request.json_object())
         facade = self._service.notifications
         args = (note.message, note.level, note.data)
@@ -212,17 +243,14 @@ class HttpApp:
         raise AssertionError(f"not a notification request: {note!r}")
 
     async def users(self, request: Request) -> Response:
-        self._authorize(request)
         return json_response({"users": _sorted(self._service.notifications.get_connected_users())})
 
     async def user(self, request: Request) -> Response:
-        self._authorize(request)
         uid = _valid(normalize_user_id, request.params["user_id"])
         connected = self._service.notifications.is_user_connected(uid)
         return json_response({"user_id": uid, "connected": connected})
 
     async def room_members(self, request: Request) -> Response:
-        self._authorize(request)
         room = _valid(room_name, request.params["room"])
         members = self._service.notifications.get_room_members(room)
         return json_response({"room": room, "members": _sorted(members)})
@@ -242,6 +270,30 @@ class HttpApp:
 
         return serve_file
 
+    def _same_site(self, request: Request) -> None:
+        """`POST /demo/token` from the demo page only. A page elsewhere cannot send
+        `Content-Type: application/json` without a CORS preflight (which this port never
+        allows), and its `Origin` names it; a DNS rebinding gives the attacker's page
+        this port under the attacker's name, which the `Host` header then carries."""
+        content_type = request.headers.get("content-type", "").partition(";")[0]
+        if content_type.strip().lower() != JSON:
+            raise HttpError(415, f"POST /demo/token takes Content-Type: {JSON}")
+        host = request.headers.get("host", "").lower()
+        origin = request.headers.get("origin")
+        if origin is not None and origin.lower() not in (f"http://{host}", f"https://{host}"):
+            raise HttpError(403, "Demo tokens are minted only for the demo page's own origin")
+        if not self._local_name(_host_name(host)):
+            raise HttpError(403, "Demo tokens are minted only for a page loaded from "
+                                 "localhost, an IP address or the service's configured host")
+
+    def _local_name(self, name: str) -> bool:
+        """A name no DNS rebinding can give: an IP address, localhost, the configured host."""
+        try:
+            ipaddress.ip_address(name.removeprefix("[").removesuffix("]"))
+        except ValueError:
+            return name in ("localhost", self._config.host.lower())
+        return True
+
     async def demo_token(self, request: Request) -> Response:
         body = _valid(lambda value: structure(value, TokenRequest), request.json_object())
         try:
@@ -251,10 +303,14 @@ class HttpApp:
         return json_response({"token": token, "ws_url": self._ws_url(request)})
 
     def _ws_url(self, request: Request) -> str:
-        """The WebSocket URL on the host the browser used to reach this page."""
-        host = request.headers.get("host", "")
-        name = host[: host.index("]") + 1] if host.startswith("[") and "]" in host else (
-            host.rsplit(":", 1)[0] if host.count(":") == 1 else host)
-        if not _HOST.fullmatch(name):
-            name = self._config.host
+        """The WebSocket URL on the host the browser used to reach this page (a name
+        `_same_site` accepted), else on the configured host."""
+        name = _host_name(request.headers.get("host", "").lower()) or self._config.host
         return f"ws://{name}:{self._service.port}{self._config.path}"
+
+
+def _host_name(host: str) -> str:
+    """`Host` without its port: `[::1]:8080` is `[::1]`, `localhost:8080` `localhost`."""
+    if host.startswith("["):
+        return host[: host.index("]") + 1] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host

@@ -1,5 +1,6 @@
-"""Just enough ASGI for a dozen small routes: a request read whole, a response sent
-whole, JSON errors, and path templates. (Why not a framework: see roomcast/http/app.py.)
+"""Just enough ASGI for a dozen small routes: a request's head, then its body read
+whole within a time and a size, a response sent whole, JSON errors, and path
+templates. (Why not a framework: see roomcast/http/app.py.)
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from typing import Any
 from urllib.parse import unquote
 
 import attrs
+import trio
 from hypercorn import typing as asgi_types
+
+from roomcast.protocol import jsontext
 
 # ASGI's scope and messages, as hypercorn (which serves the app) types them
 Scope = asgi_types.Scope
@@ -49,10 +53,6 @@ def error_response(error: HttpError) -> Response:
     return json_response({"error": error.message}, error.status, error.headers)
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 @attrs.frozen
 class Request:
     method: str
@@ -62,11 +62,12 @@ class Request:
     params: dict[str, str] = attrs.Factory(dict)  # from the route's path template
 
     def json(self) -> Any:
-        """The body as JSON (strict: no NaN or Infinity), or a 400."""
+        """The body as JSON held to the strict rule (protocol/jsontext.py), or a 400
+        that says which part of the rule it breaks."""
         try:
-            return json.loads(self.body, parse_constant=_no_constants)
-        except (ValueError, RecursionError):
-            raise HttpError(400, "The body is not valid JSON") from None
+            return jsontext.loads(self.body)
+        except jsontext.JsonRefused as refused:
+            raise HttpError(400, f"Invalid JSON body: {refused}") from None
 
     def json_object(self) -> dict[str, Any]:
         body = self.json()
@@ -75,25 +76,42 @@ class Request:
         return body
 
 
-async def read_request(scope: HttpScope, receive: Receive, limit: int) -> Request:
-    """The whole request; a body over `limit` bytes is a 413."""
+# A refusal sent before the whole body was read: the connection cannot carry another
+# request (hypercorn closes it once the answer is sent).
+CLOSE = (("connection", "close"),)
+
+
+def request_head(scope: HttpScope) -> Request:
+    """The request line and headers, without the body (which may not have come yet)."""
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
     raw = scope.get("raw_path") or scope["path"].encode()
+    return Request(scope["method"], raw.decode("latin-1"), headers)
+
+
+async def read_body(request: Request, receive: Receive, *, limit: int, timeout: float
+                    ) -> Request:
+    """`request` with its body: a body declared or found larger than `limit` bytes is a
+    413 (a declared one before a byte of it is read), a body not all there within
+    `timeout` seconds a 408."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise HttpError(413, f"The body is larger than {limit} bytes", CLOSE)
     chunks: list[bytes] = []
     size, more = 0, True
-    while more:
-        message = await receive()
-        if message["type"] != "http.request":
-            break  # http.disconnect
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            # The rest of the body is not read: the connection cannot carry another request.
-            raise HttpError(413, f"The body is larger than {limit} bytes",
-                            (("connection", "close"),))
-        chunks.append(chunk)
-        more = message.get("more_body", False)
-    return Request(scope["method"], raw.decode("latin-1"), headers, b"".join(chunks))
+    with trio.move_on_after(timeout):
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # http.disconnect: nobody to answer
+                raise HttpError(400, "The client left before its body arrived", CLOSE)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise HttpError(413, f"The body is larger than {limit} bytes", CLOSE)
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+    if more:
+        raise HttpError(408, f"The body did not arrive within {timeout:g} s", CLOSE)
+    return attrs.evolve(request, body=b"".join(chunks))
 
 
 async def send_response(send: Send, response: Response, *, head: bool = False) -> None:
@@ -121,12 +139,18 @@ async def lifespan(receive: Receive, send: Send) -> None:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+Guard = Callable[[Request], None]
+"""Checks on a request's head (its key, its origin), run before its body is read:
+raises HttpError to refuse it."""
+
+
 @attrs.frozen
 class Route:
     """`/api/v1/rooms/{room}/members`: a `{name}` segment matches one segment."""
 
     template: str
     handlers: dict[str, Handler]  # by method
+    guard: Guard | None = None
     pattern: re.Pattern[str] = attrs.field(init=False)
 
     @pattern.default

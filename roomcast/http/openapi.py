@@ -40,6 +40,10 @@ _API_ERRORS = {
     "401": _error("no `Authorization: Bearer KEY` header, or a wrong key"),
     "404": _error("the API is disabled: the service has no `api_key`"),
 }
+_BODY_ERRORS = {
+    "408": _error("the body did not arrive within `http_timeout` seconds"),
+    "413": _error("a body (declared or sent) larger than `max_message_size`"),
+}
 _SECURED = {"security": [{"apiKey": []}], "tags": ["api"]}
 
 
@@ -112,10 +116,12 @@ _PATHS: dict[str, Any] = {
         "responses": {
             "200": _json({"oneOf": [_ref("Delivered"), _ref("Reached")]},
                          "`delivered` for a user; `users` reached for a room or a broadcast"),
-            "400": _error("a body that is not one of the three forms"),
+            "400": _error("a body that is not strict JSON (at most 32 levels deep, no lone "
+                          "surrogate) or not one of the three forms"),
             **_API_ERRORS,
-            "413": _error("a body larger than `max_message_size`"),
-            "503": _error("Redis is unreachable: delivered on this node only"),
+            **_BODY_ERRORS,
+            "503": _error("Redis is unreachable: delivered on this node only; or "
+                          "`http_max_requests` requests are being served already"),
         }}},
     "/api/v1/users": {"get": {
         "summary": "the connected users (the facade's get_connected_users)", **_SECURED,
@@ -158,8 +164,12 @@ _DEMO_PATHS: dict[str, Any] = {
             "200": _json(_object(["token", "ws_url"], token={"type": "string"},
                                  ws_url={"type": "string"}), "a token and where to use it"),
             "400": _error("a body that is not of this form"),
-            "413": _error("a body larger than `max_message_size`"),
-            "503": _error("the service has no `jwt_secret` to sign with"),
+            "403": _error("an `Origin` other than the demo page's own, or a `Host` that "
+                          "is not localhost, an IP address or the configured host"),
+            **_BODY_ERRORS,
+            "415": _error("a `Content-Type` other than `application/json`"),
+            "503": _error("the service has no `jwt_secret` to sign with; or "
+                          "`http_max_requests` requests are being served already"),
         }}},
 }
 

@@ -128,6 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # coredis logs each reconnect attempt at INFO: an outage is one line of ours
+        # (the backplane's), not one of theirs per retry.
+        logging.getLogger("coredis").setLevel(logging.WARNING)
     try:
         if args.command == "token":
             print(mint_token(config, args.user, ttl=args.ttl, scope=args.scope))

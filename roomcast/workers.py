@@ -107,8 +107,11 @@ class Workers:
     async def keep_running(self, index: int) -> None:
         """Run worker `index`, again each time it dies, until the parent stops."""
         while not self.stopping:
+            # A session of its own: a Ctrl-C in the terminal reaches the parent alone,
+            # which passes it on as SIGTERM (else a worker could exit before the parent
+            # knows it is stopping, and be started again).
             process = await trio.lowlevel.open_process(
-                self.command, stdout=subprocess.PIPE,
+                self.command, stdout=subprocess.PIPE, start_new_session=True,
                 env={**os.environ, WORKER_ENV: str(index)},
             )
             self.processes[index] = process

@@ -326,6 +326,20 @@ async def test_a_killed_worker_is_restarted_and_its_clients_reconnect_and_recove
         assert pool.stop() == 0
 
 
+@needs_redis
+async def test_sigint_to_the_parent_drains_every_worker_too(redis):
+    """SIGINT (a Ctrl-C) is passed on as SIGTERM, and no worker is started again."""
+    with served(redis.url) as pool:
+        async with connect(pool, 1) as client:  # type: ignore[arg-type]
+            pool.process.send_signal(signal.SIGINT)
+            with trio.fail_after(20), pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await client.ws.get_message()
+            assert closed.value.reason.code == 1001
+        assert await trio.to_thread.run_sync(pool.process.wait, 30) == 0
+        assert "starting it again" not in pool.logged()
+
+
 # Ports in use -------------------------------------------------------------------------
 
 

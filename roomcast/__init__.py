@@ -6,7 +6,7 @@ from roomcast.config import Config
 from roomcast.facade import NotificationService, ServiceNotRunning
 from roomcast.node import open_service, serve
 from roomcast.protocol import CloseCode, MessageType, NotificationLevel
-from roomcast.remote import SyncNotificationService
+from roomcast.remote import RemoteNotificationService, SyncNotificationService
 from roomcast.service import Service, ServiceFailed
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "NotificationLevel",
     "NotificationService",
     "Principal",
+    "RemoteNotificationService",
     "Service",
     "ServiceFailed",
     "ServiceNotRunning",

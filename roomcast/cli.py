@@ -7,7 +7,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import Any
 
@@ -20,7 +20,8 @@ from roomcast.config import Config
 from roomcast.node import open_service
 from roomcast.protocol import NotificationLevel
 from roomcast.remote import RemoteNotificationService
-from roomcast.service import ServiceFailed
+from roomcast.service import CannotListen, ServiceFailed
+from roomcast.workers import WorkersFailed, stop_when_orphaned, supervise, worker_index
 
 log = logging.getLogger("roomcast")
 
@@ -34,7 +35,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)
             continue
-        kind: Any = {"int": int, "float": float}.get(str(field.type), str)
+        # A field with a converter reads text itself (`--workers auto`).
+        kind: Any = str if field.converter else {"int": int, "float": float}.get(
+            str(field.type), str)
         parser.add_argument(flag, type=kind, default=None, help=help_text)
 
 
@@ -92,6 +95,8 @@ async def _serve_until_signalled(config: Config, authenticator: Authenticator) -
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             service = await nursery.start(_run, config, authenticator)
+            if worker_index() is not None:
+                nursery.start_soon(stop_when_orphaned, nursery.cancel_scope)
             print(f"roomcast listening on {service.url}", flush=True)
             if service.http_port is not None:
                 http = f"http://{config.host}:{service.http_port}/"
@@ -112,6 +117,7 @@ async def _run(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
         config = config_from(args)
@@ -122,6 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # coredis logs each reconnect attempt at INFO: an outage is one line of ours
+        # (the backplane's), not one of theirs per retry.
+        logging.getLogger("coredis").setLevel(logging.WARNING)
     try:
         if args.command == "token":
             print(mint_token(config, args.user, ttl=args.ttl, scope=args.scope))
@@ -129,7 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _notify(config, args)
         else:
             # Built first, so that a bad key setup is refused before binding anything.
-            return _run_service(config, JwtAuthenticator(config))
+            authenticator = JwtAuthenticator(config)
+            if config.workers > 1 and worker_index() is None:
+                return _run_workers(config, argv)
+            return _run_service(config, authenticator)
     except ConfigError as exc:
         print(f"roomcast: {exc}", file=sys.stderr)
         return 2
@@ -142,7 +155,41 @@ def _run_service(config: Config, authenticator: Authenticator) -> int:
         trio.run(_serve_until_signalled, config, authenticator)
     except* ServiceFailed:
         failed = True  # already logged, with its cause, by the service
+    except* CannotListen as group:
+        _say_cannot_listen(group)
+        failed = True
     return 1 if failed else 0
+
+
+def _run_workers(config: Config, argv: Sequence[str]) -> int:
+    if not config.redis_url:
+        print(f"roomcast: --workers {config.workers} needs --redis-url (or "
+              "ROOMCAST_REDIS_URL): each worker is a node of the cluster on that Redis",
+              file=sys.stderr)
+        return 2
+    try:
+        trio.run(supervise, config, argv)
+    except CannotListen as error:
+        print(f"roomcast: {error.strerror}", file=sys.stderr)
+        return 1
+    except WorkersFailed as error:
+        print(f"roomcast: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _say_cannot_listen(group: BaseExceptionGroup[CannotListen]) -> None:
+    first = next(_leaves(group))
+    assert isinstance(first, CannotListen)
+    print(f"roomcast: {first.strerror}", file=sys.stderr)
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error
 
 
 if __name__ == "__main__":

@@ -40,6 +40,20 @@ def _url_without_password(value: Any) -> str:
     return repr(urlunsplit(parts))
 
 
+def _worker_count(value: Any) -> int:
+    """`workers`: a count of processes; 0 or 'auto' is one per core this process may use."""
+    if isinstance(value, str):
+        value = 0 if value.strip().lower() == "auto" else int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"workers: a count of processes, 0 or 'auto', not {value!r}")
+    if value == 0:
+        try:
+            return len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            return os.cpu_count() or 1
+    return value
+
+
 def _tuple_of_str(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         return tuple(part for part in value.replace(",", " ").split() if part)
@@ -212,6 +226,11 @@ class Config:
         100, "HTTP requests read and handled at once (past the route and API key checks); "
         "past it the port answers 503 at once"
     )
+    workers: int = _setting(
+        1, "node processes serving the same ports (SO_REUSEPORT), each a node of the "
+        "cluster on redis_url, supervised by one parent; 0 or 'auto' is one per core",
+        converter=_worker_count,
+    )
     mailbox_size: int = _setting(1024, "capacity of each actor's mailbox")
     shutdown_timeout: float = _setting(5.0, "seconds allowed for closing every client on exit")
     log_level: str = _setting("INFO", "logging level")
@@ -226,7 +245,8 @@ class Config:
         for field in attrs.fields(cls):
             raw = environ.get(ENV_PREFIX + field.name.upper())
             if raw is not None:
-                values[field.name] = _from_text(raw, field.type)
+                # A field with a converter reads the text itself ('auto' workers).
+                values[field.name] = raw if field.converter else _from_text(raw, field.type)
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
         return cls(**values)
 

@@ -88,7 +88,7 @@ async def open_service(
     config = config or Config()
     fit_descriptors(config)
     authenticate = checked(authenticator or JwtAuthenticator(config))
-    listeners = await trio.open_tcp_listeners(config.port, host=config.host)
+    listeners = await open_listeners(config)
     try:
         async with trio.open_nursery() as nursery:
             service: Service = await nursery.start(_run, config, authenticate, listeners,
@@ -163,3 +163,51 @@ async def _run(
     registry.stop()  # a stale handle's calls now answer "nobody" instead of waiting
     if failures:
         raise ServiceFailed(str(failures[0])) from failures[0]
+
+
+class CannotListen(OSError):
+    """A port could not be bound (in use, not permitted); its text is one clear line."""
+
+
+def cannot_listen(host: str, port: int, error: OSError) -> CannotListen:
+    reason = (error.strerror or str(error)).lower()
+    return CannotListen(error.errno, f"cannot listen on {host}:{port}: {reason}")
+
+
+async def open_listeners(config: Config) -> list[trio.SocketListener]:
+    """The WebSocket listeners on `config.host`:`config.port`. With more than one worker
+    (`roomcast serve --workers N`) each process binds the same port with SO_REUSEPORT,
+    and the kernel spreads new connections across them; alone, a port in use is refused
+    (two services on one port by mistake would silently share it)."""
+    try:
+        if config.workers <= 1:
+            return await trio.open_tcp_listeners(config.port, host=config.host)
+        return await _shared_port_listeners(config.host, config.port)
+    except OSError as error:
+        raise cannot_listen(config.host, config.port, error) from None
+
+
+async def _shared_port_listeners(host: str, port: int) -> list[trio.SocketListener]:
+    addresses = await trio.socket.getaddrinfo(
+        host, port, type=trio.socket.SOCK_STREAM, flags=trio.socket.AI_PASSIVE
+    )
+    listeners: list[trio.SocketListener] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(addresses):
+            sock = trio.socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+                if family == trio.socket.AF_INET6:
+                    sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
+                await sock.bind(address)
+                sock.listen(0xFFFF)  # the kernel caps it at net.core.somaxconn
+            except BaseException:
+                sock.close()
+                raise
+            listeners.append(trio.SocketListener(sock))
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    return listeners

@@ -205,6 +205,7 @@ class Backplane(Actor):
             return await operation(self._client, *args)
         except REDIS_ERRORS as exc:
             self._lost_redis()
+            self._tell_outage(f"{type(exc).__name__}: {exc}")  # once, as the loops do
             raise BackplaneUnavailable(f"Redis is unreachable ({type(exc).__name__})") from exc
 
     # the actor ------------------------------------------------------------------------

@@ -7,6 +7,7 @@ A collector turns the counts into metric families when `/metrics` is scraped, in
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterator
 
@@ -49,6 +50,12 @@ class _Collector:
         }
         for name, (doc, value) in gauges.items():
             yield GaugeMetricFamily(name, doc, value=value)
+        backplane = service.backplane
+        node = GaugeMetricFamily("roomcast_node", "1, labelled with the process that "
+                                 "answered (a worker of --workers N) and its cluster node id",
+                                 labels=["pid", "node"])
+        node.add_metric([str(os.getpid()), backplane.node_id if backplane else ""], 1)
+        yield node
         yield _counter("roomcast_frames_in", "client frames handled, by type", "type",
                        m.frames_in)
         yield _counter("roomcast_frames_out", "frames queued to clients, by type", "type",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from functools import partial
 
 import trio
@@ -11,15 +12,32 @@ from hypercorn.trio import serve
 
 from roomcast.config import Config
 from roomcast.http.app import HttpApp
-from roomcast.service import Service
+from roomcast.service import Service, cannot_listen
 
 log = logging.getLogger("roomcast.http")
 
 
-def hypercorn_config(config: Config) -> HypercornConfig:
-    host, port = config.host, config.http_port
+def listening_socket(host: str, port: int, *, shared: bool) -> socket.socket:
+    """The HTTP port's socket, bound here (not by hypercorn) so that a port in use is one
+    clear line (`CannotListen`), and so that the workers of `roomcast serve --workers N`
+    can share the port (`shared`: SO_REUSEPORT)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if shared:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise cannot_listen(host, port, error) from None
+    return sock
+
+
+def hypercorn_config(sock: socket.socket, config: Config) -> HypercornConfig:
+    """Hypercorn's settings; it serves `sock` (and closes it when it stops)."""
     hypercorn = HypercornConfig()
-    hypercorn.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    hypercorn.bind = [f"fd://{sock.detach()}"]
     hypercorn.errorlog = log  # through the application's logging, not a handler of its own
     hypercorn.accesslog = None
     hypercorn.include_server_header = False
@@ -36,7 +54,9 @@ async def serve_http(
 ) -> None:
     """Serve until cancelled (the service cancels it after its drain, so `/readyz`
     answers 503 throughout the drain). Reports the bound port."""
-    config = hypercorn_config(service.config)
+    settings = service.config
+    config = hypercorn_config(listening_socket(settings.host, settings.http_port,
+                                               shared=settings.workers > 1), settings)
     async with trio.open_nursery() as nursery:
         binds: list[str] = await nursery.start(partial(serve, HttpApp(service), config,
                                                        mode="asgi"))

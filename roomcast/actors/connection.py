@@ -240,8 +240,12 @@ class Connection:
         finally:
             # Cancellation cannot leave the registry pointing at a dead connection: the
             # (inline) registry handles its messages shielded, and nothing before that
-            # is a checkpoint.
-            await self.registry.send(Disconnect(self, tuple(self.all_rooms())))
+            # is a checkpoint. `rooms` is emptied as the registry takes us out of them
+            # all, so that the keeper (a room token's expiry, until the gateway
+            # unwatches us) cannot leave one of them a second time.
+            rooms = tuple(self.all_rooms())
+            self.rooms.clear()
+            await self.registry.send(Disconnect(self, rooms))
 
     async def _read_loop(self) -> None:
         while True:

@@ -16,7 +16,7 @@ import trio.testing
 import roomcast.service
 from roomcast import Config, Principal, Service, mint_token, open_service
 
-from .conftest import Client, connect, make_config, running, token_for
+from .conftest import Client, connect, eventually, make_config, running, token_for
 
 
 async def join(client: Client, room: str, **extra: Any) -> dict[str, Any]:
@@ -273,3 +273,19 @@ async def test_demo_mode_opens_every_room_and_says_so(demo, caplog):
         async with connect(service, 1) as client:
             assert joined(await join(client, "project_7"), "project_7") is demo
     assert ("demo mode: every room is open" in caplog.text) is demo
+
+
+async def test_a_room_token_expiring_as_its_connection_leaves_does_not_leave_twice():
+    """The keeper may find a room token expired after the connection told the registry
+    it is gone (before the gateway unwatches it): that room must not be left again,
+    or the registry would count one member too few and stop the room under user 2."""
+    async with running(open_rooms=("project_*",)) as service:
+        async with connect(service, 2) as stays:
+            assert joined(await join(stays, "project_7"), "project_7")
+            async with connect(service, 1) as goes:
+                assert joined(await join(goes, "project_7"), "project_7")
+                (gone,) = service.registry.connections_of(1).values()
+            await eventually(lambda: not service.notifications.is_user_connected(1))
+            await gone.leave_expired_room("project_7")  # what a late keeper would do
+            await service.notifications.notify_room("project_7", "still here")
+            assert (await stays.recv())["message"] == "still here"

@@ -130,10 +130,13 @@ export interface BroadcastEvent {
 export interface ErrorEvent {
   /** frame: an error frame from the service; socket, token, protocol: on this side. */
   kind: "frame" | "socket" | "token" | "protocol";
-  /** data.code for error frames (invalid_room, not_member, rate_limited, ...). */
+  /** data.code for error frames (invalid_room, not_member, forbidden,
+   *  room_token_expired, ...); get_room_token_failed when a room token function threw. */
   code: string;
   message: string;
   frame?: Frame;
+  /** get_room_token_failed: the room whose token could not be had. */
+  room?: string;
   error?: unknown;
 }
 

@@ -51,6 +51,9 @@ Authenticator = Callable[[str], Awaitable[Principal | None]]
 # Anything but True, an exception or a time-out (`join_timeout`) refuses.
 RoomAuthorizer = Callable[[Principal, str], Awaitable[bool]]
 
+# The claim that makes a token a room token, and names its room.
+ROOM_CLAIM = "room"
+
 # The claims that hold a NumericDate (RFC 7519, section 2): a JSON number.
 NUMERIC_DATE_CLAIMS = ("exp", "nbf", "iat")
 
@@ -135,7 +138,12 @@ class JwtAuthenticator:
         return self._key_for(alg), [alg]
 
     def verify(self, token: str) -> Principal:
-        return principal_from_claims(self.verified_claims(token), self._config)
+        """A connection token's user. A room token (one with a `room` claim) is not
+        one: handed out for one room, it must not open a whole connection."""
+        claims = self.verified_claims(token)
+        if ROOM_CLAIM in claims:
+            raise AuthError("room_token", "Token is a room token, not a connection token")
+        return principal_from_claims(claims, self._config)
 
     def verify_room_token(self, token: str, user_id: UserId, room: str) -> float | None:
         """A room token's expiry (unix time, or None without `exp`), once it is
@@ -148,7 +156,7 @@ class JwtAuthenticator:
             raise AuthError("invalid_subject", "Token has no usable user id") from None
         if token_user != user_id:
             raise AuthError("wrong_user", "Token is for another user")
-        if claims.get("room") != room:
+        if claims.get(ROOM_CLAIM) != room:
             raise AuthError("wrong_room", "Token is for another room")
         return expiry_of(claims)
 

@@ -77,3 +77,12 @@ async def test_the_scope_claim_splits_on_plain_spaces_only():
         async with connect(service, 2, token=plain) as client:
             assert (await client.request({"type": "broadcast", "data": "hi"}))["type"] == \
                 "broadcast"
+
+
+async def test_a_room_token_is_not_a_connection_token():
+    async with running() as service:
+        room_token = token_for(1, service.config, extra={"room": "project_7"})
+        assert "room token" in await refused(service, room_token)
+        async with connect(service, 1) as client:
+            answer = await client.request({"type": "refresh_token", "data": room_token})
+            assert answer["data"] == {"code": "invalid_token"}

@@ -54,8 +54,9 @@ case "$cmd" in
         export ROOMCAST_JWT_SECRET="${ROOMCAST_JWT_SECRET:-$DEV_SECRET}"
         echo "Mint a token in another shell: ROOMCAST_JWT_SECRET=$ROOMCAST_JWT_SECRET .venv/bin/roomcast token --user 42"
         export ROOMCAST_API_KEY="${ROOMCAST_API_KEY:-$DEV_API_KEY}"
+        echo "Every room is open to every signed-in user (--open-rooms '*'); in production rooms are closed unless a rule opens them (docs/security.md)"
         # Prints the demo page's URL once listening.
-        exec .venv/bin/roomcast serve --demo "$@"
+        exec .venv/bin/roomcast serve --demo --open-rooms '*' "$@"
         ;;
     test)
         setup

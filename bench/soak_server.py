@@ -206,6 +206,7 @@ async def main(args: argparse.Namespace) -> None:
         host="127.0.0.1",
         port=0,
         jwt_secret=args.secret,
+        open_rooms=("*",),  # the soak joins rooms of every name
         max_connections=args.max_connections,
         max_connections_per_user=args.max_connections_per_user,
         max_handshakes_per_address=0,  # every soak client connects from 127.0.0.1

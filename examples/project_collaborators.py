@@ -2,9 +2,16 @@
 
 Frontends that show project 123 join the room `project_123`; backend code sends one
 notification to the room, and every connection in it gets a copy.
+
+Rooms are closed unless a rule opens them (docs/security.md, "Rooms: who may join").
+Here the backend opens `project_123` two ways: alice's connection token carries a
+`rooms` claim (`"project_*"`: every project), and bob gets a room token for this one
+room, which he sends in his `join_room` frame.
 """
 
 from __future__ import annotations
+
+import json
 
 import trio
 from trio_websocket import open_websocket_url
@@ -30,12 +37,18 @@ async def notify_project_update(project_id: int, update_message: str) -> int:
 async def main() -> None:
     config = Config(jwt_secret="example-secret-change-me-0123456789", port=0, http_port=-1)
     async with open_service(config) as service:
-        alice = f"{service.url}?token={mint_token(config, 1)}"
+        # alice may join every project room: her token says so
+        alice = f"{service.url}?token={mint_token(config, 1, extra={'rooms': 'project_*'})}"
         bob = f"{service.url}?token={mint_token(config, 2)}"
+        # bob may join project 123 only: the backend gave him a room token for it
+        bobs_room_token = mint_token(config, 2, ttl=600, extra={"room": "project_123"})
         async with open_websocket_url(alice) as a, open_websocket_url(bob) as b:
-            for tab in (a, b):
+            for tab, join in (
+                (a, {"type": "join_room", "room": "project_123"}),
+                (b, {"type": "join_room", "room": "project_123", "token": bobs_room_token}),
+            ):
                 await tab.get_message()  # welcome
-                await tab.send_message('{"type": "join_room", "room": "project_123"}')
+                await tab.send_message(json.dumps(join))
                 print("tab got:", await tab.get_message())  # "Joined room: project_123"
             await notify_project_update(123, "New screening result available")
             print("alice got:", await a.get_message())

@@ -1,7 +1,7 @@
 """roomcast: real-time WebSocket rooms and notifications, as a Trio actor system."""
 
 from roomcast.actors.streams import BackplaneUnavailable
-from roomcast.auth import Authenticator, AuthError, Principal, mint_token
+from roomcast.auth import Authenticator, AuthError, Principal, RoomAuthorizer, mint_token
 from roomcast.config import Config
 from roomcast.facade import NotificationService, ServiceNotRunning
 from roomcast.node import open_service, serve
@@ -20,6 +20,7 @@ __all__ = [
     "NotificationService",
     "Principal",
     "RemoteNotificationService",
+    "RoomAuthorizer",
     "Service",
     "ServiceFailed",
     "ServiceNotRunning",

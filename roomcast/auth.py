@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -17,6 +17,7 @@ import jwt
 
 from roomcast.config import Config
 from roomcast.protocol import UserId, normalize_user_id
+from roomcast.protocol.access import patterns_from_claim, scope_values
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,10 @@ ASYMMETRIC_ALGORITHMS = frozenset(
 )
 
 
+def _patterns(rooms: Iterable[str]) -> tuple[str, ...]:
+    return tuple(rooms)
+
+
 @attrs.frozen
 class Principal:
     """An authenticated user, as the handshake learned it."""
@@ -33,9 +38,24 @@ class Principal:
     user_id: UserId
     can_broadcast: bool = False
     expires_at: float | None = None  # unix time, from `exp`
+    # Glob patterns of the rooms this user may join (the token's `rooms` claim).
+    rooms: tuple[str, ...] = attrs.field(default=(), converter=_patterns)
+    # The verified token's claims, for an application's room authorizer (the HTTP one
+    # sends them to `join_url`). Never logged: not in the repr.
+    claims: Mapping[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
 
 
 Authenticator = Callable[[str], Awaitable[Principal | None]]
+
+# The application's say on a join no other rule allowed: `(principal, room) -> bool`.
+# Anything but True, an exception or a time-out (`join_timeout`) refuses.
+RoomAuthorizer = Callable[[Principal, str], Awaitable[bool]]
+
+# The claim that makes a token a room token, and names its room.
+ROOM_CLAIM = "room"
+
+# The claims that hold a NumericDate (RFC 7519, section 2): a JSON number.
+NUMERIC_DATE_CLAIMS = ("exp", "nbf", "iat")
 
 
 class AuthError(Exception):
@@ -118,6 +138,30 @@ class JwtAuthenticator:
         return self._key_for(alg), [alg]
 
     def verify(self, token: str) -> Principal:
+        """A connection token's user. A room token (one with a `room` claim) is not
+        one: handed out for one room, it must not open a whole connection."""
+        claims = self.verified_claims(token)
+        if ROOM_CLAIM in claims:
+            raise AuthError("room_token", "Token is a room token, not a connection token")
+        return principal_from_claims(claims, self._config)
+
+    def verify_room_token(self, token: str, user_id: UserId, room: str) -> float | None:
+        """A room token's expiry (unix time, or None without `exp`), once it is
+        verified like a connection token (keys, algorithms, leeway, exp, aud, iss) and
+        names this user (the user id claim) and exactly this room (`room`)."""
+        claims = self.verified_claims(token)
+        try:
+            token_user = normalize_user_id(claims.get(self._config.user_id_claim))
+        except ValueError:
+            raise AuthError("invalid_subject", "Token has no usable user id") from None
+        if token_user != user_id:
+            raise AuthError("wrong_user", "Token is for another user")
+        if claims.get(ROOM_CLAIM) != room:
+            raise AuthError("wrong_room", "Token is for another room")
+        return expiry_of(claims)
+
+    def verified_claims(self, token: str) -> dict[str, Any]:
+        """The claims of a token that passes every check, or AuthError."""
         config = self._config
         key, algorithms = self._key_and_algorithms(token)
         required = ["exp"] if config.jwt_require_exp else []
@@ -142,7 +186,12 @@ class JwtAuthenticator:
                 if isinstance(exc, kind):
                     raise AuthError(cause, message) from None
             raise AuthError("invalid", "Token invalid") from None
-        return principal_from_claims(claims, config)
+        for name in NUMERIC_DATE_CLAIMS:
+            # PyJWT takes `"exp": "1764..."` (a string) and checks it, but it is not a
+            # NumericDate; refused here, the handshake and a refresh alike.
+            if name in claims and numeric_date(claims[name]) is None:
+                raise AuthError("malformed", f"Token claim '{name}' is not a number")
+        return claims
 
     async def __call__(self, token: str) -> Principal | None:
         return self.verify(token)
@@ -154,7 +203,13 @@ def checked(authenticate: Authenticator) -> Authenticator:
     `Principal(user_id="42")` is the same user as `notify_user(42)`."""
 
     async def check(token: str) -> Principal | None:
-        principal = await authenticate(token)
+        try:
+            principal = await authenticate(token)
+        except AuthError:
+            raise
+        except Exception as exc:  # its text may hold the token: the type name alone
+            log_failure_once("the authenticator", exc)
+            raise AuthError("authenticator_error", "Token rejected") from None
         if principal is None:
             return None
         try:
@@ -169,27 +224,54 @@ def checked(authenticate: Authenticator) -> Authenticator:
     return check
 
 
+_failures_logged: set[tuple[str, str]] = set()
+
+
+def log_failure_once(what: str, error: BaseException) -> None:
+    """An application callback (authenticator, authorizer) raised or timed out: logged
+    by its exception's type name alone (its text may hold a token), at WARNING the first
+    time for each cause and at DEBUG after, so that a client cannot fill the log."""
+    cause = (what, type(error).__name__)
+    level = logging.DEBUG if cause in _failures_logged else logging.WARNING
+    _failures_logged.add(cause)
+    log.log(level, "%s failed (%s); refused", what, cause[1])
+
+
 def principal_from_claims(claims: dict[str, Any], config: Config) -> Principal:
     try:
         user_id = normalize_user_id(claims.get(config.user_id_claim))
     except ValueError:
         raise AuthError("invalid_subject", "Token has no usable user id") from None
-    exp = claims.get("exp")
     return Principal(
         user_id=user_id,
         can_broadcast=config.open_broadcast or has_scope(claims, config),
-        expires_at=float(exp) if isinstance(exp, int | float) else None,
+        expires_at=expiry_of(claims),
+        rooms=patterns_from_claim(claims.get(config.rooms_claim)),
+        claims=claims,
     )
 
 
+def numeric_date(value: object) -> float | None:
+    """A NumericDate as unix time, or None for anything else: a string, a boolean, a
+    number too large for a float."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    return seconds if math.isfinite(seconds) else None
+
+
+def expiry_of(claims: Mapping[str, Any]) -> float | None:
+    """`exp` as unix time (verified_claims has refused any `exp` that is not a number)."""
+    return numeric_date(claims.get("exp"))
+
+
 def has_scope(claims: dict[str, Any], config: Config) -> bool:
-    """OAuth 2 style: a space-separated string (a JSON list is accepted too)."""
-    value = claims.get(config.broadcast_claim)
-    if isinstance(value, str):
-        return config.broadcast_scope in value.split()
-    if isinstance(value, list):
-        return config.broadcast_scope in value
-    return False
+    """OAuth 2 style: a string of values separated by plain spaces (a JSON list is
+    accepted too)."""
+    return config.broadcast_scope in scope_values(claims.get(config.broadcast_claim))
 
 
 def mint_token(

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from roomcast.auth import Authenticator
+from roomcast.auth import Authenticator, RoomAuthorizer
 from roomcast.config import Config
 from roomcast.http import serve_http
 from roomcast.service import Service
@@ -20,14 +20,20 @@ from roomcast.service import open_service as open_service_without_http
 
 @asynccontextmanager
 async def open_service(
-    config: Config | None = None, *, authenticator: Authenticator | None = None
+    config: Config | None = None,
+    *,
+    authenticator: Authenticator | None = None,
+    room_authorizer: RoomAuthorizer | None = None,
 ) -> AsyncIterator[Service]:
     """Bind, start the actors and the HTTP port (unless `http_port` is -1), and yield
     a `Service`. However the body ends (cancelled included), every client is first
-    closed with 1001, within `shutdown_timeout`."""
+    closed with 1001, within `shutdown_timeout`. `authenticator`: your own check of a
+    connection's token; `room_authorizer`: your say on a join that no other rule
+    allowed (an async `(principal, room) -> bool`; docs/security.md)."""
     config = config or Config()
     ports = (serve_http,) if config.http_port >= 0 else ()
     async with open_service_without_http(config, authenticator=authenticator,
+                                         room_authorizer=room_authorizer,
                                          ports=ports) as service:
         yield service
 

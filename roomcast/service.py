@@ -15,15 +15,18 @@ import attrs
 import trio
 
 from roomcast.actors.backplane import Backplane
+from roomcast.actors.connection import JoinRules
 from roomcast.actors.gateway import Gateway
 from roomcast.actors.keeper import Keeper
 from roomcast.actors.registry import Registry
 from roomcast.actors.supervisor import Escalation, Supervisor
-from roomcast.auth import Authenticator, JwtAuthenticator, checked
+from roomcast.auth import Authenticator, JwtAuthenticator, RoomAuthorizer, checked
 from roomcast.config import Config
 from roomcast.facade import NotificationService
+from roomcast.join_proxy import HttpJoinAuthorizer
 from roomcast.limits import fit_descriptors
 from roomcast.metrics import Metrics
+from roomcast.protocol.access import RoomAccess
 from roomcast.protocol.roomlog import Retention
 
 log = logging.getLogger(__name__)
@@ -80,19 +83,23 @@ async def open_service(
     config: Config | None = None,
     *,
     authenticator: Authenticator | None = None,
+    room_authorizer: RoomAuthorizer | None = None,
     ports: Sequence[Port] = (),
 ) -> AsyncIterator[Service]:
     """Bind, start the actors (and `ports`), and yield a `Service`. However the body
     ends (cancelled included), every client is first closed with 1001, within
-    `shutdown_timeout`. `roomcast.open_service` is this with the HTTP port."""
+    `shutdown_timeout`. `roomcast.open_service` is this with the HTTP port.
+    `room_authorizer`: asked about a join no other rule allowed (docs/security.md)."""
     config = config or Config()
     fit_descriptors(config)
     authenticate = checked(authenticator or JwtAuthenticator(config))
+    http_authorizer = HttpJoinAuthorizer(config) if config.join_url else None
+    rules = join_rules(config, room_authorizer, http_authorizer)
     listeners = await open_listeners(config)
     try:
         async with trio.open_nursery() as nursery:
-            service: Service = await nursery.start(_run, config, authenticate, listeners,
-                                                   ports)
+            service: Service = await nursery.start(_run, config, authenticate, rules,
+                                                   listeners, ports)
             token = service.notifications._bind()
             try:
                 yield service
@@ -106,12 +113,40 @@ async def open_service(
     except* ServiceFailed as group:
         raise group.exceptions[0] from None
     finally:
+        if http_authorizer is not None:
+            with trio.CancelScope(shield=True):
+                await http_authorizer.aclose()
         log.info("roomcast stopped")
+
+
+def join_rules(config: Config, authorizer: RoomAuthorizer | None,
+               http_authorizer: RoomAuthorizer | None) -> JoinRules:
+    """Who may join which room: the open patterns (every room in demo mode, which says
+    so), the `rooms` claim, room tokens (with the JWT settings), then the authorizers."""
+    open_patterns = config.open_rooms
+    if config.demo and not open_patterns:
+        open_patterns = ("*",)
+        log.warning("demo mode: every room is open to every signed-in user "
+                    "(as with --open-rooms '*')")
+    elif open_patterns:
+        log.info("rooms open to every signed-in user: %s", " ".join(open_patterns))
+    room_tokens = None
+    if config.jwt_secret or config.jwt_public_key:
+        room_tokens = JwtAuthenticator(config)
+    return JoinRules(
+        access=RoomAccess(open_patterns),
+        rooms_claim=config.rooms_claim,
+        room_tokens=room_tokens,
+        authorizer=authorizer,
+        http_authorizer=http_authorizer,
+        timeout=config.join_timeout,
+    )
 
 
 async def _run(
     config: Config,
     authenticate: Authenticator,
+    rules: JoinRules,
     listeners: list[trio.SocketListener],
     ports: Sequence[Port],
     task_status: trio.TaskStatus[Service],
@@ -140,7 +175,7 @@ async def _run(
             if config.redis_url:
                 backplane = registry.backplane = Backplane(config, registry)
                 supervisor.start(backplane)
-            gateway = Gateway(config, registry, keeper, authenticate)
+            gateway = Gateway(config, registry, keeper, authenticate, rules)
             notifications = NotificationService(registry)
             # Connection tasks inherit the context, so the facade finds this service.
             token = notifications._bind()

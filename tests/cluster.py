@@ -94,7 +94,7 @@ class Node:
              "--redis-url", redis_url, "--presence-lease", str(lease),
              "--log-level", "WARNING", *flags],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "ROOMCAST_JWT_SECRET": SECRET},
+            env={**os.environ, "ROOMCAST_JWT_SECRET": SECRET, "ROOMCAST_OPEN_ROOMS": "*"},
         )
         line = self.process.stdout.readline()
         if "listening on " not in line:

@@ -27,8 +27,10 @@ SECRET = "roomcast-test-secret-0123456789abcdef"
 
 def make_config(**overrides: Any) -> Config:
     # No HTTP port unless a test asks for one (http_port=0): services run side by side.
+    # Every room open (the seed's behaviour) unless a test about who may join says
+    # otherwise (open_rooms=() closes them).
     values: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "jwt_secret": SECRET,
-                              "http_port": -1}
+                              "http_port": -1, "open_rooms": ("*",)}
     values.update(overrides)
     return Config(**values)
 

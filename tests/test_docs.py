@@ -20,7 +20,9 @@ Further lines: `after: JSON` (a frame to send first, whose reply is skipped),
 `scope: S` (the token's scope), `crash-room: R` (room R crashes on the next message),
 `config: JSON` (settings for the service, e.g. a small limit), `vary: PATH` (a field
 whose value varies, such as `data.expires_at`: only its JSON type is checked).
-In `reply-to`, `$TOKEN_FOR_<user>` stands for a fresh token of that user.
+In `reply-to`, `$TOKEN_FOR_<user>` stands for a fresh token of that user, and
+`$ROOM_TOKEN(<user>,<room>,<seconds>)` for a room token of that user and room, valid
+for that long. `skip: N`: the block is the frame after the next N.
 
 The connected client is user 7. A string in a block that ends with `...` matches any
 text that starts with what precedes it; everything else must be equal, key for key.
@@ -193,6 +195,12 @@ async def test_documented_server_frame_is_what_the_service_sends(example: Exampl
                     lambda m: token_for(m.group(1), service.config),
                     example.arg,
                 )
+                arg = re.sub(
+                    r"\$ROOM_TOKEN\((\w+),([^,]+),(\d+)\)",
+                    lambda m: token_for(m.group(1), service.config, ttl=float(m.group(3)),
+                                        extra={"room": m.group(2)}),
+                    arg,
+                )
                 await client.send(json.loads(arg))
             elif example.kind == "reply-to-text":
                 await client.send(example.arg)
@@ -204,6 +212,8 @@ async def test_documented_server_frame_is_what_the_service_sends(example: Exampl
                 }
                 with trio.fail_after(5):
                     await eval(example.arg, {"__builtins__": {}}, calls)
+            for _ in range(int(example.option("skip") or 0)):
+                await client.recv()
             vary = frozenset(example.options.get("vary", []))
             matches(example.body, await client.recv(positions=True), vary=vary)
 

@@ -113,6 +113,7 @@ async def main() -> None:
         host="127.0.0.1",
         port=0,
         jwt_secret=args.secret,
+        open_rooms=("*",),  # the benchmark joins rooms as the seed let every user
         max_connections=args.max_connections,
         max_connections_per_user=args.max_connections,
         # Every benchmark client connects from 127.0.0.1, hundreds of handshakes at once.

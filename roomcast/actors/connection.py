@@ -8,6 +8,7 @@ import itertools
 import logging
 from typing import Any
 
+import attrs
 import trio
 
 from roomcast.actors.base import ActorCrashed, Reply
@@ -17,11 +18,19 @@ from roomcast.actors.registry import Connect, Disconnect, JoinRoom, LeaveRoom, R
 from roomcast.actors.room import LOBBY
 from roomcast.actors.streams import BackplaneUnavailable
 from roomcast.actors.websocket import ConnectionClosed, WebSocket
-from roomcast.auth import Authenticator, AuthError, Principal
+from roomcast.auth import (
+    Authenticator,
+    AuthError,
+    JwtAuthenticator,
+    Principal,
+    RoomAuthorizer,
+    log_failure_once,
+)
 from roomcast.config import Config
 from roomcast.protocol import (
     ClientFrame,
     CloseCode,
+    ErrorCode,
     MessageType,
     Position,
     ProtocolError,
@@ -35,6 +44,7 @@ from roomcast.protocol import (
     personal_room,
     position_from,
 )
+from roomcast.protocol.access import RoomAccess, Rule, refusal_text
 from roomcast.protocol.policing import Policing, Verdict
 from roomcast.protocol.roomlog import Recovery
 
@@ -58,6 +68,73 @@ def position_data(recovery: Recovery) -> dict[str, Any]:
     return data
 
 
+@attrs.frozen
+class Admission:
+    """The answer of the join rules: the rule that allowed (None: refused), the room
+    token's expiry when that rule is the room token, and why a room token was refused."""
+
+    rule: Rule | None
+    expires_at: float | None = None
+    why: str | None = None
+
+
+@attrs.frozen
+class JoinRules:
+    """Who may join a room, as the service was configured: the rules that need no
+    waiting (`protocol.access`), the room token's verifier (None without JWT settings),
+    and the application's authorizers, asked last, each within `timeout` seconds.
+    Cheapest first: the first rule that allows ends the search."""
+
+    access: RoomAccess = attrs.field(factory=RoomAccess)
+    rooms_claim: str = "rooms"
+    room_tokens: JwtAuthenticator | None = None
+    authorizer: RoomAuthorizer | None = None
+    http_authorizer: RoomAuthorizer | None = None
+    timeout: float = 3.0
+
+    @classmethod
+    def closed(cls) -> JoinRules:
+        """No room opens but the personal one."""
+        return cls()
+
+    async def admit(self, principal: Principal, room: str, own_personal_room: str,
+                    token: str | None) -> Admission:
+        rule = self.access.decide(room, own_personal_room, principal.rooms)
+        if rule is not None:
+            return Admission(rule)
+        why = None
+        if token is not None:
+            if self.room_tokens is None:
+                why = "room tokens need the service's JWT settings, which it does not have"
+            else:
+                try:
+                    expires_at = self.room_tokens.verify_room_token(
+                        token, principal.user_id, room)
+                except AuthError as error:
+                    why = f"room token refused: {error.message.lower()}"
+                else:
+                    return Admission(Rule.ROOM_TOKEN, expires_at)
+        for rule, authorizer in ((Rule.AUTHORIZER, self.authorizer),
+                                 (Rule.HTTP_AUTHORIZER, self.http_authorizer)):
+            if authorizer is not None and await self._ask(rule, authorizer, principal, room):
+                return Admission(rule)
+        return Admission(None, why=why)
+
+    async def _ask(self, rule: Rule, authorizer: RoomAuthorizer, principal: Principal,
+                   room: str) -> bool:
+        """The authorizer's answer: only True allows; an exception or a time-out
+        refuses, logged by its type name once per cause (its text may hold a token)."""
+        with trio.move_on_after(self.timeout) as waited:
+            try:
+                return await authorizer(principal, room) is True
+            except Exception as exc:
+                log_failure_once(f"the {rule.value}", exc)
+                return False
+        if waited.cancelled_caught:
+            log_failure_once(f"the {rule.value}", TimeoutError())
+        return False
+
+
 class Connection:
     def __init__(
         self,
@@ -69,6 +146,7 @@ class Connection:
         keeper: Keeper,
         authenticate: Authenticator,
         config: Config,
+        rules: JoinRules | None = None,
     ) -> None:
         self.id = conn_id
         self.principal = principal
@@ -80,6 +158,7 @@ class Connection:
         self.keeper = keeper
         self._authenticate = authenticate
         self._config = config
+        self._rules = rules or JoinRules.closed()
         self._policing = Policing(config.rate_limit, config.rate_burst, config.max_strikes,
                                   trio.current_time())
         self.rooms: dict[str, None] = {}  # joined rooms, in join order (an ordered set)
@@ -161,8 +240,12 @@ class Connection:
         finally:
             # Cancellation cannot leave the registry pointing at a dead connection: the
             # (inline) registry handles its messages shielded, and nothing before that
-            # is a checkpoint.
-            await self.registry.send(Disconnect(self, tuple(self.all_rooms())))
+            # is a checkpoint. `rooms` is emptied as the registry takes us out of them
+            # all, so that the keeper (a room token's expiry, until the gateway
+            # unwatches us) cannot leave one of them a second time.
+            rooms = tuple(self.all_rooms())
+            self.rooms.clear()
+            await self.registry.send(Disconnect(self, rooms))
 
     FAILURES_SUMMED_EVERY = 100  # frames failing by a bug: one log line per this many
 
@@ -220,7 +303,8 @@ class Connection:
             text, _ = message_text(frame.data)
             self._reply(ServerFrame(type=MessageType.TEXT, message=f"Echo: {text}"))
         elif frame.type == MessageType.JOIN_ROOM:
-            await self._join(frame.room, position_from(frame.data))  # type: ignore[arg-type]
+            await self._join(frame.room, position_from(frame.data),  # type: ignore[arg-type]
+                             frame.token)
         elif frame.type == MessageType.LEAVE_ROOM:
             await self._leave(frame.room)  # type: ignore[arg-type]
         elif frame.type == MessageType.ROOM_MESSAGE:
@@ -256,41 +340,83 @@ class Connection:
             )
         )
 
-    async def _join(self, room: str, position: Position | None) -> None:
+    async def _join(self, room: str, position: Position | None, token: str | None) -> None:
+        """Join `room` if a rule allows it (`JoinRules`). A re-join of a room this
+        connection is in is answered at once, unless it carries a room token: then the
+        rules are asked again, and a fresh room token moves the room's expiry."""
         if is_personal_room(room) and room != self.personal_room:
             raise ProtocolError.forbidden("another user's personal room")
-        if room != self.personal_room and room not in self.rooms:
-            if len(self.rooms) >= self._config.max_rooms_per_connection:
-                raise ProtocolError.too_many_rooms(self._config.max_rooms_per_connection)
-            rooms = [*self.all_rooms(), room]
-
-            def answer(recovery: Recovery) -> bytes:
-                data: dict[str, Any] = {"rooms": rooms}
-                if position is not None:
-                    data.update(position_data(recovery))
-                message = f"Joined room: {room}"
-                return encode_frame(ServerFrame(MessageType.INFO, message, data, room))
-
-            # The room sends the answer itself, then any frames we missed.
-            join = JoinRoom(self, room, Reply(), answer, position)
-            # Handled (or queued) whole, cancelled or not: the registry handles its
-            # messages shielded. It joins us whatever happens next, so our Disconnect
-            # must name the room even if we are cancelled (4009, 4001...) before the answer.
-            await self.registry.send(join)
-            self.rooms[room] = None
-            await join.reply.wait()
+        if room == self.personal_room or (room in self.rooms and token is None):
+            self._rooms_reply("Joined room", room)
             return
-        self._rooms_reply("Joined room", room)
+        if room not in self.rooms and len(self.rooms) >= self._config.max_rooms_per_connection:
+            raise ProtocolError.too_many_rooms(self._config.max_rooms_per_connection)
+        # May wait on an authorizer (at most join_timeout): this connection's frames
+        # wait meanwhile, no one else's.
+        admission = await self._rules.admit(self.principal, room, self.personal_room, token)
+        if admission.rule is None:
+            self._refuse_join(room, admission.why)
+            return
+        if room in self.rooms:  # joined before, or meanwhile: only the expiry moves
+            self.keeper.watch_room(self, room, admission.expires_at)
+            self._rooms_reply("Joined room", room)
+            return
+        if len(self.rooms) >= self._config.max_rooms_per_connection:  # joins meanwhile
+            raise ProtocolError.too_many_rooms(self._config.max_rooms_per_connection)
+        rooms = [*self.all_rooms(), room]
+
+        def answer(recovery: Recovery) -> bytes:
+            data: dict[str, Any] = {"rooms": rooms}
+            if position is not None:
+                data.update(position_data(recovery))
+            message = f"Joined room: {room}"
+            return encode_frame(ServerFrame(MessageType.INFO, message, data, room))
+
+        # The room sends the answer itself, then any frames we missed.
+        join = JoinRoom(self, room, Reply(), answer, position)
+        # Handled (or queued) whole, cancelled or not: the registry handles its
+        # messages shielded. It joins us whatever happens next, so our Disconnect
+        # must name the room even if we are cancelled (4009, 4001...) before the answer.
+        await self.registry.send(join)
+        self.rooms[room] = None
+        self.keeper.watch_room(self, room, admission.expires_at)
+        await join.reply.wait()
+
+    def _refuse_join(self, room: str, why: str | None) -> None:
+        """A closed room: an answer, but no strike (the client did nothing wrong)."""
+        self.registry.metrics.refused(ErrorCode.FORBIDDEN)
+        text = refusal_text(room, rooms_claim=self._rules.rooms_claim, why=why)
+        self._reply(ServerFrame(MessageType.ERROR, text, {"code": ErrorCode.FORBIDDEN}, room))
 
     async def _leave(self, room: str) -> None:
         if room == self.personal_room:
             raise ProtocolError.forbidden("leaving your personal room")
         if room in self.rooms:
+            # Out of `rooms` first: the keeper's leave at a room token's expiry and
+            # ours cannot both tell the registry; nor can our Disconnect.
+            del self.rooms[room]
+            self.keeper.watch_room(self, room, None)
             leave = LeaveRoom(self, room, Reply())
             await self.registry.send(leave)  # handled whole, as a join is
-            del self.rooms[room]  # the registry takes us out: our Disconnect must not
             await leave.reply.wait()
         self._rooms_reply("Left room", room)
+
+    async def leave_expired_room(self, room: str) -> None:
+        """The keeper: this room's room token expired. Left, with an event (frames the
+        room sent before may still arrive after it)."""
+        if room not in self.rooms:
+            return
+        del self.rooms[room]
+        try:
+            await self.registry.send(LeaveRoom(self, room, Reply()))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # the service is stopping
+        self._reply(ServerFrame(
+            MessageType.ERROR,
+            f"Room token expired: left room {room}; join again with a fresh room token",
+            {"code": ErrorCode.ROOM_TOKEN_EXPIRED, "rooms": self.all_rooms()},
+            room,
+        ))
 
     async def _room_message(self, room: str, data: Any) -> None:
         if room != self.personal_room and room not in self.rooms:

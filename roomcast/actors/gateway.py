@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 import trio
 from wsproto.events import Request
 
-from roomcast.actors.connection import Connection, next_connection_id
+from roomcast.actors.connection import Connection, JoinRules, next_connection_id
 from roomcast.actors.keeper import Keeper
 from roomcast.actors.outbox import Outbox
 from roomcast.actors.registry import Registry
@@ -111,8 +111,10 @@ def origin_of(request: Request) -> str | None:
 
 class Gateway:
     def __init__(
-        self, config: Config, registry: Registry, keeper: Keeper, authenticator: Authenticator
+        self, config: Config, registry: Registry, keeper: Keeper, authenticator: Authenticator,
+        rules: JoinRules | None = None,
     ) -> None:
+        self._rules = rules  # who may join which room, handed to every connection
         self._config = config
         self._registry = registry
         self._keeper = keeper
@@ -279,7 +281,7 @@ class Gateway:
         ws = handshake.accept(config.max_message_size)
         connection = Connection(
             conn_id, principal, ws, outbox, self._registry, self._keeper, self._authenticate,
-            config,
+            config, self._rules,
         )
         if log.isEnabledFor(logging.INFO):  # the peer's address costs a system call
             log.info("conn %d user=%r connected from %s", conn_id, connection.user_id,

@@ -16,6 +16,10 @@ never read again.
   is closed with 4000 (the outbox records when the socket last received a byte).
 - Token expiry: a connection whose token expires is closed with 4001 at that moment
   (plus the leeway), unless a `refresh_token` frame moved its expiry first.
+- Room token expiry: a room joined by a room token is left when that token expires
+  (plus the leeway), with an event to the client (`Watched.leave_expired_room`),
+  unless a re-join with a fresh room token moved its expiry first. The keeper awaits
+  only the registry, which is inline and never waits on a full mailbox.
 """
 
 from __future__ import annotations
@@ -56,6 +60,10 @@ class Watched(Protocol):
 
     def request_close(self, code: CloseCode, reason: str) -> None: ...
 
+    async def leave_expired_room(self, room: str) -> None:
+        """Its room token for `room` expired: leave the room, and tell the client."""
+        ...
+
 log = logging.getLogger(__name__)
 
 # A pass over many due connections yields after this long.
@@ -78,6 +86,7 @@ class Keeper(Actor):
             with trio.CancelScope(deadline=self.deadlines.next_wakeup()) as self._sleep:
                 await trio.sleep_forever()
             self._expire(trio.current_time())
+            await self._expire_rooms(trio.current_time())
             await self._check_heartbeats()
 
     def watch(self, connection: Watched) -> None:
@@ -86,11 +95,22 @@ class Keeper(Actor):
         self.connections[connection.id] = connection
         self.deadlines.watch(connection.id, now)
         expires_at = connection.expires_at
-        deadline = None
-        if expires_at is not None:  # the wall-clock `exp`, on Trio's clock from here on
-            deadline = now + (expires_at + self.leeway - self.wall_clock())
-        self.deadlines.expire_at(connection.id, deadline)
+        self.deadlines.expire_at(connection.id, self._deadline(now, expires_at))
         self._wake_by(self.deadlines.next_wakeup())
+
+    def watch_room(self, connection: Watched, room: str, expires_at: float | None) -> None:
+        """Leave `room` when its room token expires (`expires_at`, wall-clock seconds,
+        plus the leeway), replacing its earlier deadline; None: never (another rule
+        allowed it, or the client left it)."""
+        now = trio.current_time()
+        self.deadlines.room_expire_at(connection.id, room, self._deadline(now, expires_at))
+        self._wake_by(self.deadlines.next_wakeup())
+
+    def _deadline(self, now: float, expires_at: float | None) -> float | None:
+        if expires_at is None:
+            return None
+        # the wall-clock `exp`, on Trio's clock from here on
+        return now + (expires_at + self.leeway - self.wall_clock())
 
     def unwatch(self, connection: Watched) -> None:
         self.connections.pop(connection.id, None)
@@ -106,6 +126,14 @@ class Keeper(Actor):
             log.info("conn %d user=%r: token expired, closing with 4001",
                      connection.id, connection.user_id)
             connection.request_close(CloseCode.TOKEN_EXPIRED, "token expired")
+
+    async def _expire_rooms(self, now: float) -> None:
+        for conn_id, room in self.deadlines.rooms_expired(now):
+            connection = self.connections.get(conn_id)
+            if connection is not None:
+                log.info("conn %d user=%r: room token for %s expired, leaving it",
+                         conn_id, connection.user_id, room)
+                await connection.leave_expired_room(room)
 
     async def _check_heartbeats(self) -> None:
         # `watch`/`unwatch` may run at this pass's checkpoints: it pops one at a time.

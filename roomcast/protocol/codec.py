@@ -132,8 +132,14 @@ def decode(text: str | bytes) -> ClientFrame:
         validate_room_name(frame.room)
     if frame.type in DATA_TYPES and frame.data is None:
         raise ProtocolError.invalid("'data' is required")
-    if frame.type == MessageType.JOIN_ROOM and frame.data is not None:
-        position_from(frame.data)  # validated here, used by the room
+    if frame.type == MessageType.JOIN_ROOM:
+        if frame.data is not None:
+            position_from(frame.data)  # validated here, used by the room
+        token = raw.get("token")
+        if token is not None:
+            if not isinstance(token, str) or not token:
+                raise ProtocolError.invalid("join_room 'token' is the room token's text")
+            frame = attrs.evolve(frame, token=token)
     return frame
 
 

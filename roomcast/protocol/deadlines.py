@@ -8,6 +8,9 @@ a 4001. Plain values on one clock (the caller's; the keeper passes Trio's), no T
   own in a heap, so thousands opened together are not looked at in one sweep.
 - Token expiry: a deadline per connection on the same clock (the caller converts the
   token's wall-clock `exp` once); a new deadline replaces the old one (a refresh).
+- Room token expiry: a deadline per (connection, room) joined by a room token, kept the
+  same way: a re-join with a fresh room token replaces it, a leave (or a join that
+  another rule allowed) drops it, and the connection's departure drops them all.
 
 Entries of gone connections and replaced deadlines stay in the heaps until popped or
 until a compaction, which runs once the heaps hold more than four entries per
@@ -45,6 +48,9 @@ class Deadlines:
         self._expiries: list[tuple[float, int]] = []  # (expiry deadline, conn id)
         self._expiry: dict[int, float] = {}  # conn id -> its current expiry deadline
         self._pinged: dict[int, float] = {}  # conn id -> when its last ping was sent
+        self._room_expiries: list[tuple[float, int, str]] = []  # (deadline, conn id, room)
+        self._room_expiry: dict[int, dict[str, float]] = {}  # conn id -> room -> deadline
+        self._live_rooms = 0  # entries in _room_expiry's dicts, all together
 
     def __len__(self) -> int:
         return len(self._watched)
@@ -67,16 +73,36 @@ class Deadlines:
         self._expiry[conn_id] = deadline
         heapq.heappush(self._expiries, (deadline, conn_id))
 
+    def room_expire_at(self, conn_id: int, room: str, deadline: float | None) -> None:
+        """Set (or replace, or with None drop) the deadline of a watched connection's
+        room joined by a room token."""
+        if conn_id not in self._watched:
+            return
+        self._maybe_compact()
+        rooms = self._room_expiry.setdefault(conn_id, {})
+        had = room in rooms
+        if deadline is None:
+            rooms.pop(room, None)
+            self._live_rooms -= had
+            if not rooms:
+                del self._room_expiry[conn_id]
+            return
+        rooms[room] = deadline
+        self._live_rooms += not had
+        heapq.heappush(self._room_expiries, (deadline, conn_id, room))
+
     def unwatch(self, conn_id: int) -> None:
         self._watched.discard(conn_id)
         self._expiry.pop(conn_id, None)
         self._pinged.pop(conn_id, None)
+        self._live_rooms -= len(self._room_expiry.pop(conn_id, {}))
         self._maybe_compact()
 
     def next_wakeup(self) -> float:
         """When something may next be due (inf: nothing is watched)."""
         check = self._checks[0][0] + GRANULARITY if self._checks else math.inf
-        return min(check, self._expiries[0][0] if self._expiries else math.inf)
+        rooms = self._room_expiries[0][0] if self._room_expiries else math.inf
+        return min(check, rooms, self._expiries[0][0] if self._expiries else math.inf)
 
     def expired(self, now: float) -> list[int]:
         """The connections whose expiry deadline is `now` or before, each once."""
@@ -86,6 +112,21 @@ class Deadlines:
             if self._expiry.get(conn_id) == deadline:  # not gone, not replaced since
                 del self._expiry[conn_id]
                 due.append(conn_id)
+        return due
+
+    def rooms_expired(self, now: float) -> list[tuple[int, str]]:
+        """The (connection, room) pairs whose room token deadline is `now` or before,
+        each once."""
+        due: list[tuple[int, str]] = []
+        while self._room_expiries and self._room_expiries[0][0] <= now:
+            deadline, conn_id, room = heapq.heappop(self._room_expiries)
+            rooms = self._room_expiry.get(conn_id)
+            if rooms is not None and rooms.get(room) == deadline:  # not gone nor replaced
+                del rooms[room]
+                self._live_rooms -= 1
+                if not rooms:
+                    del self._room_expiry[conn_id]
+                due.append((conn_id, room))
         return due
 
     def pop_due(self, now: float) -> int | None:
@@ -121,8 +162,14 @@ class Deadlines:
     def _maybe_compact(self) -> None:
         # Amortized: a compaction leaves about one entry per connection, so the next
         # one comes only after as many more watches, refreshes or departures.
-        if len(self._expiries) + len(self._checks) > 4 * len(self._watched):
+        entries = len(self._expiries) + len(self._checks) + len(self._room_expiries)
+        if entries > 4 * (len(self._watched) + self._live_rooms):
             self._expiries = [(d, c) for d, c in self._expiries if self._expiry.get(c) == d]
             heapq.heapify(self._expiries)
+            self._room_expiries = [
+                (d, c, r) for d, c, r in self._room_expiries
+                if self._room_expiry.get(c, {}).get(r) == d
+            ]
+            heapq.heapify(self._room_expiries)
             self._checks = [entry for entry in self._checks if entry[1] in self._watched]
             heapq.heapify(self._checks)

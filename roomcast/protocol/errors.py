@@ -16,6 +16,7 @@ class ErrorCode(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
     TOO_MANY_ROOMS = "too_many_rooms"
     INVALID_TOKEN = "invalid_token"
+    ROOM_TOKEN_EXPIRED = "room_token_expired"
 
 
 class ProtocolError(Exception):

@@ -64,6 +64,8 @@ class ClientFrame:
     type: MessageType
     data: Any = None
     room: str | None = None
+    # join_room only: a room token (a JWT for this user and room), never logged.
+    token: str | None = attrs.field(default=None, repr=False)
 
 
 @attrs.frozen

@@ -130,10 +130,13 @@ export interface BroadcastEvent {
 export interface ErrorEvent {
   /** frame: an error frame from the service; socket, token, protocol: on this side. */
   kind: "frame" | "socket" | "token" | "protocol";
-  /** data.code for error frames (invalid_room, not_member, rate_limited, ...). */
+  /** data.code for error frames (invalid_room, not_member, forbidden,
+   *  room_token_expired, ...); get_room_token_failed when a room token function threw. */
   code: string;
   message: string;
   frame?: Frame;
+  /** get_room_token_failed: the room whose token could not be had. */
+  room?: string;
   error?: unknown;
 }
 
@@ -216,7 +219,10 @@ export class RoomcastClient extends Emitter<EventMap> {
   close(code?: number, reason?: string): void;
   /** True if sent now, false if queued until the next open. */
   send(frame: ClientFrame): boolean;
-  join(room: string): void;
+  /** Join now and after every reconnect. `token`: a room token for a closed room, its
+   *  text (sent again on every rejoin) or a function asked before every join
+   *  (`reason` "expired": the service left the room at the token's expiry). */
+  join(room: string, options?: { token?: string | RoomTokenSource }): void;
   leave(room: string): void;
   sendToRoom(room: string, data: unknown): boolean;
   broadcast(data: unknown): boolean;
@@ -274,6 +280,12 @@ export function positionOf(source: unknown): Position | null;
 /** The position to keep after seeing `seen` while holding `held`: within one epoch the
  *  higher offset, otherwise `seen` (a new epoch starts over). */
 export function laterPosition(held: Position | null | undefined, seen: Position | null | undefined): Position | null;
+/** Gets a room token for `room` (your backend mints it). */
+export type RoomTokenSource = (request: {
+  room: string;
+  reason: "join" | "rejoin" | "expired";
+}) => Promise<string> | string;
+
 /** join_room's data: the position to recover from, or {recover: true}. */
 export function joinData(position: Position | null | undefined): Position | { recover: true };
 

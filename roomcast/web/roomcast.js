@@ -294,6 +294,7 @@ export class RoomcastClient extends Emitter {
 
     this.state = "idle"; // idle | connecting | open | reconnecting | closed
     this.rooms = new Set(); // rooms wanted: rejoined after every reconnect
+    this.roomTokens = new Map(); // room -> its room token, or the function that gets one
     this.serverRooms = []; // this connection's rooms as the service last listed them
     this.positions = new Map(); // room -> {offset, epoch}: the highest seen there (laterPosition)
     this.userId = null;
@@ -368,17 +369,29 @@ export class RoomcastClient extends Emitter {
     return false;
   }
 
-  /** Join a room now (when connected) and after every reconnect. */
-  join(room) {
+  /**
+   * Join a room now (when connected) and after every reconnect. `token`: a room token
+   * for a closed room (see docs/protocol.md), either its text, sent again on every
+   * rejoin, or an async function `({room, reason}) => text` asked again before every
+   * rejoin (`reason`: "join", "rejoin", or "expired" when the service left the room at
+   * the token's expiry: the client then joins again with the fresh token).
+   */
+  join(room, { token } = {}) {
     checkRoom(room);
+    if (token !== undefined && typeof token !== "string" && typeof token !== "function") {
+      throw new TypeError("join: `token` is a string or an async function");
+    }
     this.rooms.add(room);
-    if (this.connected) this._ws.send(JSON.stringify(this._joinFrame(room)));
+    if (token === undefined) this.roomTokens.delete(room);
+    else this.roomTokens.set(room, token);
+    if (this.connected) this._sendJoin(this._ws, room, "join");
   }
 
   /** Leave a room and stop rejoining it. */
   leave(room) {
     checkRoom(room);
     this.rooms.delete(room);
+    this.roomTokens.delete(room);
     this.positions.delete(room);
     if (this.connected) this._ws.send(JSON.stringify({ type: "leave_room", room }));
   }
@@ -436,7 +449,8 @@ export class RoomcastClient extends Emitter {
       this.stats.opens += 1;
       this._setState("open", { attempt: this.attempt });
       // Rooms first, then the queue: a queued room_message needs its room joined.
-      for (const room of this.rooms) ws.send(JSON.stringify(this._joinFrame(room)));
+      // (A room whose token comes from a function is joined once the token arrives.)
+      for (const room of this.rooms) this._sendJoin(ws, room, "rejoin");
       for (const frame of this.queue.drain()) ws.send(JSON.stringify(frame));
       this._scheduleRefresh(token, receivedAt);
     };
@@ -465,6 +479,9 @@ export class RoomcastClient extends Emitter {
       return;
     }
     this.emit("frame", frame);
+    if (frame?.type === "error" && frame.data?.code === "room_token_expired") {
+      this._onRoomTokenExpired(frame.room);
+    }
     // A frame through a room: remember where we are, to recover from there.
     this._setPosition(frame.room ?? this._personalRoom(), positionOf(frame));
     for (const [type, detail] of routeFrame(frame)) {
@@ -511,9 +528,45 @@ export class RoomcastClient extends Emitter {
     return this.userId === null ? null : `user_${this.userId}`;
   }
 
-  _joinFrame(room) {
-    if (!this.options.recover) return { type: "join_room", room };
-    return { type: "join_room", room, data: joinData(this.positions.get(room)) };
+  _joinFrame(room, token) {
+    const frame = { type: "join_room", room };
+    if (this.options.recover) frame.data = joinData(this.positions.get(room));
+    if (token !== undefined) frame.token = token;
+    return frame;
+  }
+
+  /** Send `room`'s join on `ws`, with its room token (asked for first, if a function). */
+  _sendJoin(ws, room, reason) {
+    const token = this.roomTokens.get(room);
+    if (typeof token !== "function") {
+      ws.send(JSON.stringify(this._joinFrame(room, token)));
+      return;
+    }
+    Promise.resolve()
+      .then(() => token({ room, reason }))
+      .then(
+        (text) => {
+          // Still this socket, still wanted with this token source: then join.
+          if (ws !== this._ws || this.roomTokens.get(room) !== token || !this.connected) return;
+          ws.send(JSON.stringify(this._joinFrame(room, text)));
+        },
+        (error) => {
+          this.emit("error", { kind: "token", code: "get_room_token_failed", room,
+            message: String(error?.message ?? error), error });
+        },
+      );
+  }
+
+  /** The service left `room` at its room token's expiry: join again with a fresh one
+   *  if a function gives them, else stop wanting it (the text would be refused). */
+  _onRoomTokenExpired(room) {
+    if (!this.rooms.has(room)) return;
+    if (typeof this.roomTokens.get(room) === "function") {
+      if (this.connected) this._sendJoin(this._ws, room, "expired");
+    } else {
+      this.rooms.delete(room);
+      this.roomTokens.delete(room);
+    }
   }
 
   _onClose(code, reason, opened) {

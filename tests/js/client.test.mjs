@@ -424,6 +424,60 @@ describe("rooms", () => {
     assert.equal(ctx.named("rooms")[0].joined, true);
   });
 
+  test("a room token is sent with the join and again with every rejoin", async () => {
+    const ctx = setup({ recover: false });
+    const ws = await connected(ctx);
+    ctx.client.join("project_7", { token: "rt-7" });
+    ctx.client.join("open_room");
+    assert.deepEqual(ws.frames, [
+      { type: "join_room", room: "project_7", token: "rt-7" },
+      { type: "join_room", room: "open_room" },
+    ]);
+    ws.serverClose(1001);
+    await ctx.clock.advance(500);
+    ctx.WS.last.open();
+    assert.deepEqual(ctx.WS.last.frames, [
+      { type: "join_room", room: "project_7", token: "rt-7" },
+      { type: "join_room", room: "open_room" },
+    ]);
+    assert.throws(() => ctx.client.join("p", { token: 7 }), TypeError);
+  });
+
+  test("a room token function is asked before every join, and again at its expiry", async () => {
+    const ctx = setup({ recover: false });
+    const asked = [];
+    const getRoomToken = async ({ room, reason }) => {
+      asked.push([room, reason]);
+      return `rt-${asked.length}`;
+    };
+    const ws = await connected(ctx);
+    ctx.client.join("project_7", { token: getRoomToken });
+    await settle();
+    ws.receive({ type: "error", message: "Room token expired: left room project_7",
+      data: { code: "room_token_expired", rooms: ["user_7"] }, room: "project_7" });
+    await settle();
+    ws.serverClose(1001);
+    await ctx.clock.advance(500);
+    ctx.WS.last.open();
+    await settle();
+    assert.deepEqual(asked, [["project_7", "join"], ["project_7", "expired"], ["project_7", "rejoin"]]);
+    assert.deepEqual(ws.frames, [
+      { type: "join_room", room: "project_7", token: "rt-1" },
+      { type: "join_room", room: "project_7", token: "rt-2" },
+    ]);
+    assert.deepEqual(ctx.WS.last.frames, [{ type: "join_room", room: "project_7", token: "rt-3" }]);
+  });
+
+  test("a room left at its token's expiry is not rejoined with the same dead token", async () => {
+    const ctx = setup({ recover: false });
+    const ws = await connected(ctx);
+    ctx.client.join("project_7", { token: "rt-7" });
+    ws.receive({ type: "error", message: "Room token expired: left room project_7",
+      data: { code: "room_token_expired", rooms: ["user_7"] }, room: "project_7" });
+    assert.deepEqual([...ctx.client.rooms], []);
+    assert.equal(ctx.named("error").at(-1).code, "room_token_expired");
+  });
+
   test("room names are checked before anything is sent", () => {
     const ctx = setup();
     assert.throws(() => ctx.client.join("project 42"), RangeError);

@@ -132,7 +132,7 @@ class Served:
              "--port", "0", "--http-port", "0", "--redis-url", redis_url,
              "--presence-lease", "2", "--log-level", "INFO", *flags],
             stdout=subprocess.PIPE, stderr=self.log, text=True,
-            env={**os.environ, "ROOMCAST_JWT_SECRET": SECRET},
+            env={**os.environ, "ROOMCAST_JWT_SECRET": SECRET, "ROOMCAST_OPEN_ROOMS": "*"},
         )
         assert self.process.stdout is not None
         ws = self.process.stdout.readline()

@@ -23,6 +23,7 @@ from roomcast.auth import Authenticator, JwtAuthenticator, checked
 from roomcast.config import Config
 from roomcast.facade import NotificationService
 from roomcast.metrics import Metrics
+from roomcast.protocol.budget import HistoryBudget
 from roomcast.protocol.roomlog import Retention
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,8 @@ async def _run(
             supervisor = Supervisor(
                 actors, config.restart_intensity, config.restart_period, escalate, metrics
             )
-            history = Retention(size=config.history_size, ttl=config.history_ttl)
+            history = Retention(size=config.history_size, ttl=config.history_ttl,
+                                budget=HistoryBudget(config.history_memory, config.history_ttl))
             registry = Registry(config.mailbox_size, supervisor.start, history)
             keeper = Keeper(config.ping_interval, config.ping_timeout, config.jwt_leeway)
             supervisor.start(registry)

@@ -370,8 +370,8 @@ class Backplane(Actor):
                         await self._deliver(room, data[16:])
                 except Malformed as malformed:
                     self.dropped(malformed)
-                except (ValueError, TypeError, KeyError, AttributeError, RecursionError,
-                        MemoryError) as exc:
+                except (ValueError, TypeError, KeyError, AttributeError,
+                        RecursionError) as exc:
                     # A rule above missed a way to be malformed: still one message lost,
                     # not the node (logged once, with where it broke).
                     if "unexpected" not in self._malformed_told:

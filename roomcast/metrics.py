@@ -61,6 +61,9 @@ class Metrics:
     handshake_failures: Counter[str] = attrs.Factory(Counter)  # by cause
     closes: Counter[int] = attrs.Factory(Counter)  # by the close code the service chose
     restarts: Counter[str] = attrs.Factory(Counter)  # by actor kind
+    # Messages and replies from Redis dropped for breaking their format, by kind
+    # (`presence_not_json`, `room_frame`...: a fixed set, see actors/streams.py).
+    redis_dropped: Counter[str] = attrs.Factory(Counter)
     fan_out: Histogram = attrs.Factory(Histogram)
 
     def received(self, type_: str) -> None:
@@ -92,6 +95,9 @@ class Metrics:
 
     def closed(self, code: int) -> None:
         self.closes[int(code)] += 1
+
+    def dropped_from_redis(self, kind: str) -> None:
+        self.redis_dropped[kind] += 1
 
     def restarted(self, actor_name: str) -> None:
         # "room project_42" counts as "room": room names are not labels.

@@ -27,6 +27,7 @@ from roomcast.join_proxy import HttpJoinAuthorizer
 from roomcast.limits import fit_descriptors
 from roomcast.metrics import Metrics
 from roomcast.protocol.access import RoomAccess
+from roomcast.protocol.budget import HistoryBudget
 from roomcast.protocol.roomlog import Retention
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,8 @@ async def _run(
             supervisor = Supervisor(
                 actors, config.restart_intensity, config.restart_period, escalate, metrics
             )
-            history = Retention(size=config.history_size, ttl=config.history_ttl)
+            history = Retention(size=config.history_size, ttl=config.history_ttl,
+                                budget=HistoryBudget(config.history_memory, config.history_ttl))
             registry = Registry(config.mailbox_size, supervisor.start, history)
             keeper = Keeper(config.ping_interval, config.ping_timeout, config.jwt_leeway)
             supervisor.start(registry)

@@ -142,9 +142,9 @@ class LogModel(RuleBasedStateMachine):
             assert frames == []
             # Refused only when something it missed is really gone.
             assert len(missed) > self.retention.size or any(
-                self.now - at > self.retention.ttl for _, at in missed)
+                self.now - at >= self.retention.ttl for _, at in missed)
         if missed and len(missed) <= self.retention.size and all(
-                self.now - at <= self.retention.ttl for _, at in missed):
+                self.now - at < self.retention.ttl for _, at in missed):
             assert recovery.recovered, recovery
         self.clients[client] = [o for o, _ in missed] if recovery.recovered else []
         self.positions[client] = recovery.offset

@@ -39,11 +39,19 @@ from roomcast.actors.presence import (
     ClusterView,
     Keys,
     Presence,
+    PresenceChange,
     diff,
     load_presence,
 )
 from roomcast.actors.room import LOBBY, Check, Join, Publish, Room
-from roomcast.actors.streams import BackplaneUnavailable, Numbered, Streams
+from roomcast.actors.streams import (
+    BackplaneUnavailable,
+    Malformed,
+    Numbered,
+    Streams,
+    frame_object,
+    position_header,
+)
 from roomcast.protocol import (
     UserId,
     is_personal_room,
@@ -117,6 +125,8 @@ class Backplane(Actor):
         self._lease = config.presence_lease
         self.keys = Keys(config.redis_prefix)
         self.streams = Streams(config.redis_prefix, config.history_size, config.history_ttl)
+        self.streams.on_malformed = self.dropped
+        self._malformed_told: set[str] = set()  # kinds of malformed message logged once
         self._registry = registry
         self.view = ClusterView()
         self.healthy = False
@@ -199,14 +209,36 @@ class Backplane(Actor):
         return await self._redis(self.streams.take_pending, user)
 
     async def _redis(self, operation: Callable[[Any, *Ts], Awaitable[T]], *args: *Ts) -> T:
-        if self._client is None:
+        client = self._client
+        if client is None:
             raise BackplaneUnavailable("the backplane has not connected to Redis yet")
         try:
-            return await operation(self._client, *args)
+            return await operation(client, *args)
         except REDIS_ERRORS as exc:
             self._lost_redis()
             self._tell_outage(f"{type(exc).__name__}: {exc}")  # once, as the loops do
             raise BackplaneUnavailable(f"Redis is unreachable ({type(exc).__name__})") from exc
+        except Malformed as malformed:
+            # Redis answered, but not in our format: no answer, as if it had not.
+            self.dropped(malformed)
+            raise BackplaneUnavailable(f"Redis answered {malformed.kind}") from None
+        except Exception as exc:
+            if self._client is client:
+                raise
+            # Our connection closed under the call (the node stopping, or the backplane
+            # reconnecting): coredis then raises what it likes (a RuntimeError from its
+            # pool, for one). The caller hears what it means: Redis is not there.
+            raise BackplaneUnavailable("the connection to Redis closed") from exc
+
+    def dropped(self, malformed: Malformed) -> None:
+        """A message or reply from Redis broke its format and was dropped: counted, and
+        logged the first time of its kind only (a flood costs no log)."""
+        self.metrics.dropped_from_redis(malformed.kind)
+        if malformed.kind not in self._malformed_told:
+            self._malformed_told.add(malformed.kind)
+            log.warning("backplane: dropped a malformed message from Redis (%s: %s); "
+                        "more of this kind are counted, not logged", malformed.kind,
+                        malformed.detail)
 
     # the actor ------------------------------------------------------------------------
 
@@ -330,12 +362,22 @@ class Backplane(Actor):
             async for message in pubsub:
                 if message.get("type") not in ("message", "smessage"):
                     continue
-                channel, data = bytes(message["channel"]), bytes(message["data"])
-                if channel == presence:
-                    self._on_presence(data)
-                elif channel.startswith(room_prefix) and data[:16] != self._origin:
-                    room = channel[len(room_prefix):].decode(errors="replace")
-                    await self._deliver(room, data[16:])
+                try:
+                    channel, data = bytes(message["channel"]), bytes(message["data"])
+                    if channel == presence:
+                        self._on_presence(data)
+                    elif channel.startswith(room_prefix) and data[:16] != self._origin:
+                        room = channel[len(room_prefix):].decode(errors="replace")
+                        await self._deliver(room, data[16:])
+                except Malformed as malformed:
+                    self.dropped(malformed)
+                except (ValueError, TypeError, KeyError, AttributeError,
+                        RecursionError) as exc:
+                    # A rule above missed a way to be malformed: still one message lost,
+                    # not the node (logged once, with where it broke).
+                    if "unexpected" not in self._malformed_told:
+                        log.exception("backplane: a message from Redis broke an assumption")
+                    self.dropped(Malformed("unexpected", type(exc).__name__))
             # The subscription is reconnecting: what was published meanwhile is lost
             # to it. Each room asks Redis where it is and catches up from its stream.
             await self._check_rooms()
@@ -353,12 +395,9 @@ class Backplane(Actor):
         room = self._registry.room(room_name)
         if room is None:
             return  # our last member left since; the unsubscribe is on its way
-        try:
-            body, numbered = parse_room_message(message)
-        except ValueError:
-            # Anything with access to Redis can publish here: not our format, not sent.
-            log.warning("backplane: ignored a malformed message on room %r", room_name)
-            return
+        # Anything with access to Redis can publish here: not our format, not sent
+        # (Malformed, which the subscriber counts and logs once).
+        body, numbered = parse_room_message(message, broadcast=room_name == LOBBY)
         # In order: frames from one publisher keep their order here too (numbered ones
         # are put in offset order by the room's hold-back buffer, so nobody waits here
         # for a frame that is held until the next one on this channel comes).
@@ -371,12 +410,9 @@ class Backplane(Actor):
                     await room.call(Publish(body, Reply(), numbered))
 
     def _on_presence(self, data: bytes) -> None:
-        try:
-            change = json.loads(data)
-            if change.get("node") != self.node_id:
-                self.view.apply(change)
-        except (ValueError, KeyError, TypeError, AttributeError):
-            log.warning("backplane: ignored a malformed presence message")
+        change = PresenceChange.parse(data)  # Malformed: dropped by the subscriber
+        if change.node != self.node_id:
+            self.view.apply(change)
 
     # presence -------------------------------------------------------------------------
 
@@ -528,18 +564,27 @@ class Backplane(Actor):
                 pass
 
 
-def parse_room_message(message: bytes) -> tuple[bytes, Numbered | None]:
+def parse_room_message(
+    message: bytes, *, broadcast: bool = False
+) -> tuple[bytes, Numbered | None]:
     """`OFFSET EPOCH\n` then the numbered JSON, or `\n` then an unnumbered one (after
-    the publisher's 16-byte origin). ValueError if it is neither."""
+    the publisher's 16-byte origin); a broadcast is never numbered. The JSON must be a
+    frame (strict JSON, an object with a `type`) and a numbered one must carry the
+    header's position. `Malformed` otherwise."""
+    channel = "broadcast" if broadcast else "room"
     header, newline, body = message.partition(b"\n")
-    if not newline or not body.startswith(b"{"):
-        raise ValueError("not a room message")
-    if not header:
+    if not newline:
+        raise Malformed(f"{channel}_header", "no header line")
+    if header and broadcast:
+        raise Malformed("broadcast_header", "a broadcast is never numbered")
+    position = position_header(header, f"{channel}_header") if header else None
+    frame = frame_object(body, f"{channel}_frame")
+    if position is None:
         return body, None
-    offset, _, epoch = header.partition(b" ")
-    if not offset.isdigit() or not epoch:
-        raise ValueError("bad position")
-    return body, Numbered(int(offset), epoch.decode("ascii"), body)
+    offset, epoch = position
+    if frame.get("offset") != offset or frame.get("epoch") != epoch:
+        raise Malformed(f"{channel}_frame", "its position is not the header's")
+    return body, Numbered(offset, epoch, body)
 
 
 def _leaves(group: BaseException) -> list[BaseException]:

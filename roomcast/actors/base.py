@@ -30,6 +30,7 @@ T = TypeVar("T")
 
 _RECOVER = object()  # an inline actor's note to itself: recover before the next message
 _TICK = object()  # an inline actor's tick, handled in turn with its messages
+_DEADLINE = object()  # an inline actor's `deadline` passed: `at_deadline`, in turn too
 
 
 class ActorCrashed(Exception):
@@ -173,7 +174,8 @@ class MessageActor(Actor):
 
     def deadline(self) -> float:
         """When the actor has something to do with no message (inf: never); read
-        before each wait for a message. Mailbox actors only."""
+        before each wait for a message (an inline actor's only if it has a tick: its
+        `run` wakes for it)."""
         return math.inf
 
     async def at_deadline(self) -> None:
@@ -283,11 +285,21 @@ class Inline:
         return not self._queue
 
     async def run(self) -> None:
-        interval = self._actor.tick_interval
+        actor = self._actor
+        interval = actor.tick_interval
         assert interval is not None
+        next_tick = trio.current_time() + interval
         while True:
-            await trio.sleep(interval)
-            await self.send(_TICK)
+            # The deadline is read again at every tick: one that comes earlier than the
+            # next tick must be set before it (the registry's: frames kept after now
+            # expire `history_ttl` later, a tick or more away).
+            await trio.sleep_until(min(next_tick, actor.deadline()))
+            now = trio.current_time()
+            if now >= next_tick:
+                next_tick = now + interval
+                await self.send(_TICK)
+            if now >= actor.deadline():
+                await self.send(_DEADLINE)
 
     async def send(self, message: Any) -> None:
         if self._stopped:
@@ -321,6 +333,9 @@ class Inline:
                     continue
                 if message is _TICK:
                     await actor.tick()
+                    continue
+                if message is _DEADLINE:
+                    await actor.at_deadline()
                     continue
                 await actor.handle(message)
             except Exception:

@@ -22,13 +22,18 @@ from typing import Any
 import attrs
 
 from roomcast.actors.room import LOBBY
+from roomcast.actors.streams import Malformed
 from roomcast.protocol import (
     UserId,
     converter,
+    jsontext,
     personal_room_owner,
     structure,
     user_id_or_none,
 )
+
+# The longest node id a presence message may name (ours are 16 hex digits).
+MAX_NODE_ID = 64
 
 
 @attrs.define
@@ -88,8 +93,48 @@ class Presence:
     @classmethod
     def from_json(cls, data: Any) -> Presence:
         """From `to_json`'s output; a missing key is empty. A malformed message raises
-        TypeError or ValueError."""
+        TypeError or ValueError (a string where a list goes too: not a set of letters)."""
+        if isinstance(data, dict):
+            rooms = data.get("rooms", {})
+            if not isinstance(data.get("users", []), list) or not isinstance(rooms, dict) or \
+                    not all(isinstance(members, list) for members in rooms.values()):
+                raise TypeError("users and room members are lists")
         return structure(data, cls)
+
+
+@attrs.frozen
+class PresenceChange:
+    """One message on the presence channel, checked: a node's goodbye, its whole
+    presence, or what to add and remove."""
+
+    node: str
+    bye: bool = False
+    full: Presence | None = None
+    add: Presence = attrs.Factory(Presence)
+    remove: Presence = attrs.Factory(Presence)
+
+    @classmethod
+    def parse(cls, data: bytes) -> PresenceChange:
+        """The change a presence message carries; `Malformed` if it is not one (any
+        bytes at all: not UTF-8, not JSON, nested too deeply, the wrong shape)."""
+        try:
+            value = jsontext.loads(data)
+        except jsontext.JsonRefused as exc:
+            raise Malformed("presence_not_json", str(exc)) from None
+        if not isinstance(value, dict):
+            raise Malformed("presence_shape", "not a JSON object")
+        node, bye = value.get("node"), value.get("bye", False)
+        if not isinstance(node, str) or not 0 < len(node) <= MAX_NODE_ID:
+            raise Malformed("presence_shape", "no node id")
+        if not isinstance(bye, bool):
+            raise Malformed("presence_shape", "'bye' is not a boolean")
+        try:
+            full = Presence.from_json(value["full"]) if "full" in value else None
+            add = Presence.from_json(value.get("add", {}))
+            remove = Presence.from_json(value.get("del", {}))
+        except (TypeError, ValueError) as exc:
+            raise Malformed("presence_shape", str(exc)) from None
+        return cls(node, bye, full, add, remove)
 
 
 def _user(text: str) -> UserId:
@@ -122,25 +167,26 @@ class ClusterView:
         return {_user(u) for p in self.nodes.values() for u in p.rooms.get(room, ())
                 if u in p.users}
 
-    def apply(self, change: dict[str, Any]) -> None:
-        node = change["node"]
-        if change.get("bye"):
+    def apply(self, change: PresenceChange) -> None:
+        node = change.node
+        if change.bye:
             self.nodes.pop(node, None)
-        elif "full" in change:
-            self.nodes[node] = Presence.from_json(change["full"])
+        elif change.full is not None:
+            self.nodes[node] = change.full
         elif (presence := self.nodes.get(node)) is not None:
-            # A change to a node we do not hold (dropped when its lease ended, or not
-            # read yet) is ignored: the next resync reads what Redis holds, whole.
-            _apply_diff(presence, change.get("add", {}), change.get("del", {}))
+            # A change to a node we do not hold (dropped when its lease ended, not read
+            # yet, or no node at all) is ignored: the next resync reads what Redis
+            # holds, whole.
+            _apply_diff(presence, change.add, change.remove)
 
 
-def _apply_diff(presence: Presence, add: dict[str, Any], remove: dict[str, Any]) -> None:
-    presence.users |= set(add.get("users", []))
-    presence.users -= set(remove.get("users", []))
-    for room, members in add.get("rooms", {}).items():
+def _apply_diff(presence: Presence, add: Presence, remove: Presence) -> None:
+    presence.users |= add.users
+    presence.users -= remove.users
+    for room, members in add.rooms.items():
         presence.rooms.setdefault(room, set()).update(members)
-    for room, members in remove.get("rooms", {}).items():
-        left = presence.rooms.get(room, set()) - set(members)
+    for room, members in remove.rooms.items():
+        left = presence.rooms.get(room, set()) - members
         if left:
             presence.rooms[room] = left
         else:

@@ -7,6 +7,7 @@ other task runs between two checkpoints of the reader.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Protocol
 
@@ -124,6 +125,10 @@ class Registry(MessageActor):
         # that a short reconnect finds the same epoch; swept this often.
         self.sweep_every = max(1.0, min(30.0, self._retention.ttl / 4))
         self.tick_interval = self.sweep_every
+        # Every room's log counts its kept frames here (rooms remembered below too); past
+        # `history_memory` the node's oldest go, and each frame goes at its `history_ttl`
+        # on this actor's deadline, with or without members, actor or publish.
+        self.budget = self._retention.budget
         self.users: dict[UserId, dict[int, Member]] = {}
         self._rooms: dict[str, _RoomEntry] = {}
         self._vacant: set[str] = set()  # actors without members (started by a publish)
@@ -330,6 +335,7 @@ class Registry(MessageActor):
                 backplane.unfollow(room)
             if backplane is not None and backplane.cluster_history:
                 self._stop(room, entry)  # its epoch and history live on in Redis
+                entry.actor.log.close()
             else:
                 self._retire(room, entry)  # its log is remembered: see `tick`
 
@@ -346,6 +352,8 @@ class Registry(MessageActor):
         self._stop(room, entry)
         if entry.actor.positioned:
             self._remembered[room] = entry.actor.log
+        else:
+            entry.actor.log.close()
 
     async def tick(self) -> None:
         """Retire the actors a publish started for a room with no member, and forget
@@ -360,3 +368,17 @@ class Registry(MessageActor):
         for room, log in list(self._remembered.items()):
             if log.expires_at() <= now:
                 del self._remembered[room]
+                log.close()
+
+    def deadline(self) -> float:
+        """When the node's oldest kept frame is due, in whatever room."""
+        return self.budget.next_expiry() if self.budget is not None else math.inf
+
+    async def at_deadline(self) -> None:
+        """Frames go at their `history_ttl`, with no publish or join to notice it."""
+        if self.budget is not None:
+            self.budget.expire(trio.current_time())
+
+    def kept_bytes(self) -> int:
+        """Bytes of the frames every room of the node keeps (0 without a budget)."""
+        return self.budget.used if self.budget is not None else 0

@@ -332,6 +332,7 @@ class Room(MessageActor):
                 # A new epoch (or Redis's again after local numbering): a log of its own.
                 # A gap within an epoch is the log's to handle (`keep` refuses recovery
                 # across it).
+                self.log.close()  # its frames leave the node's budget
                 self.log = RoomLog(item.epoch, self.retention, now, item.offset - 1)
             kept = self.log.keep(item.offset, frame, now)
             releasing.pop(0)  # popped first: a crash loses nothing but this one
@@ -346,6 +347,7 @@ class Room(MessageActor):
         if self._local_epoch_stale:
             # Redis is out of reach: number here, in an epoch of our own, so that no
             # offset can mean two frames once Redis numbers again.
+            self.log.close()
             self.log = RoomLog(new_epoch(time.time(), secrets.token_hex(4)), self.retention, now)
             self._local_epoch_stale = False
         log_ = self.log

@@ -19,17 +19,25 @@ Keys, with the prefix as a hash tag so they share one slot on Redis Cluster:
     {P}:hist:R       STREAM  entries 0-OFFSET with fields t (ms) and f (the frame's JSON)
     {P}:pending:U    LIST    frames for user U that reached nobody (at most history_size)
     {P}:pending_lost:U STRING set when older ones were dropped: the user is told too_many
+
+Redis is trusted to deliver, not to keep this process alive: whatever it answers is
+checked before it is used (an epoch is an epoch, an offset a number, a stream entry
+has its fields and a JSON object for a frame). A reply that breaks its format is
+`Malformed`; an entry that does, is skipped (a gap, which the room's rules refuse to
+recover across) and reported to `on_malformed`.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 
-from roomcast.protocol import UserId
+from roomcast.protocol import UserId, jsontext
 from roomcast.protocol.holdback import Fetch
 from roomcast.protocol.roomlog import Stretch, new_epoch
 
@@ -117,6 +125,76 @@ class BackplaneUnavailable(RuntimeError):
     """Redis could not be reached: other nodes (or this worker's recipients) were not."""
 
 
+class Malformed(ValueError):
+    """Something read from Redis breaks its format: dropped, never acted on. `kind`
+    (a short fixed label: `presence_shape`, `room_not_json`...) is what is counted and
+    logged once."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+# An epoch as `new_epoch` makes them (hex digits), with room to spare; an offset as
+# Redis's INCR counts (a signed 64-bit integer).
+_EPOCH = re.compile(rb"[0-9A-Za-z]{1,64}")
+_OFFSET = re.compile(rb"[0-9]{1,18}")
+
+
+def checked_epoch(value: Any) -> str:
+    raw = _raw(value)
+    if raw is None or not _EPOCH.fullmatch(raw):
+        raise Malformed("stream_reply", "not an epoch")
+    return raw.decode("ascii")
+
+
+def checked_offset(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 63:
+        return value
+    raw = _raw(value)
+    if raw is None or not _OFFSET.fullmatch(raw):
+        raise Malformed("stream_reply", "not an offset")
+    return int(raw)
+
+
+def checked_frame(value: Any, kind: str) -> bytes:
+    """A frame's JSON as Redis holds it: a JSON object with a `type`, or Malformed."""
+    raw = _raw(value)
+    if raw is None:
+        raise Malformed(kind, "not bytes")
+    frame_object(raw, kind)
+    return raw
+
+
+def frame_object(raw: bytes, kind: str) -> dict[str, Any]:
+    """The object a frame's JSON holds (strict JSON, a `type`), or Malformed."""
+    try:
+        frame = jsontext.loads(raw)
+    except jsontext.JsonRefused as exc:
+        raise Malformed(kind, str(exc)) from None
+    if not isinstance(frame, dict) or not isinstance(frame.get("type"), str) or \
+            not raw.endswith(b"}"):
+        raise Malformed(kind, "not a frame")
+    return frame
+
+
+def position_header(header: bytes, kind: str) -> tuple[int, str]:
+    """`OFFSET EPOCH` as the numbering script writes it before a frame, or Malformed."""
+    offset, _, epoch = header.partition(b" ")
+    if not _OFFSET.fullmatch(offset) or not _EPOCH.fullmatch(epoch):
+        raise Malformed(kind, "not a position")
+    return int(offset), epoch.decode("ascii")
+
+
+def _raw(value: Any) -> bytes | None:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass")
+    return None
+
+
 @attrs.frozen
 class Numbered:
     offset: int
@@ -134,6 +212,9 @@ class Streams:
         self._size = size
         self._ttl_ms = max(1, int(ttl * 1000))
         self._channel_prefix = f"{prefix}:room:"
+        # Told of each stream entry skipped for breaking its format (the backplane logs
+        # it once per kind and counts it).
+        self.on_malformed: Callable[[Malformed], None] = _ignore
 
     def _key(self, kind: str, name: object) -> str:
         return f"{self._tag}:{kind}:{name}"
@@ -147,15 +228,25 @@ class Streams:
         args = [body[:-1], str(self._size), str(self._ttl_ms), self._channel_prefix + room,
                 origin, new_epoch(time.time(), secrets.token_hex(4)), str(int(time.time() * 1000)),
                 "1" if pending is not None else "0"]
-        offset, epoch, frame, heard = await client.eval(SEQUENCE, keys, args)
-        return Numbered(int(offset), _text(epoch), bytes(frame), int(heard))
+        reply = await client.eval(SEQUENCE, keys, args)
+        if not isinstance(reply, list | tuple) or len(reply) != 4:
+            raise Malformed("stream_reply", "not what the script returns")
+        offset, epoch, frame, heard = reply
+        # The frame is the one the script just built from our JSON and the epoch.
+        frame = _raw(frame)
+        if frame is None:
+            raise Malformed("stream_reply", "no frame")
+        return Numbered(checked_offset(offset), checked_epoch(epoch), frame,
+                        checked_offset(heard))
 
     async def position(self, client: Any, room: str) -> tuple[str, int]:
         """The room's epoch and last offset (a new epoch if it had none)."""
         keys = [self._key("seq", room), self._key("epoch", room), self._key("hist", room)]
         candidate = new_epoch(time.time(), secrets.token_hex(4))
-        epoch, last = await client.eval(POSITION, keys, [candidate, str(self._ttl_ms)])
-        return _text(epoch), int(_text(last))
+        reply = await client.eval(POSITION, keys, [candidate, str(self._ttl_ms)])
+        if not isinstance(reply, list | tuple) or len(reply) != 2:
+            raise Malformed("stream_reply", "not a position")
+        return checked_epoch(reply[0]), checked_offset(reply[1])
 
     async def since(self, client: Any, room: str, offset: int, entries: bool = True) -> Stretch:
         """The room's epoch and last offset, and (with `entries`) the frames after
@@ -165,15 +256,18 @@ class Streams:
                                                 str(self._ttl_ms)])
         if not found:
             return Stretch(None, 0, ())
+        if not isinstance(found, list | tuple) or len(found) != 3:
+            raise Malformed("stream_reply", "not a stretch")
         epoch, last, raw = found
-        return Stretch(_text(epoch), int(_text(last)), tuple(_entries(raw)))
+        return Stretch(checked_epoch(epoch), checked_offset(last),
+                       tuple(self._entries(raw)))
 
     async def fetch(self, client: Any, room: str, fetch: Fetch) -> list[tuple[int, bytes]]:
         """Frames `fetch.after + 1` to `fetch.upto`, if the room is still in that epoch."""
         keys = [self._key("epoch", room), self._key("hist", room)]
         raw = await client.eval(FETCH, keys, [fetch.epoch, f"0-{fetch.after + 1}",
                                               f"0-{fetch.upto}"])
-        return [(offset, frame) for offset, _, frame in _entries(raw or [])]
+        return [(offset, frame) for offset, _, frame in self._entries(raw or [])]
 
     async def touch(self, client: Any, *rooms: str) -> None:
         """Renew the rooms' keys for `history_ttl` (a key already gone stays gone)."""
@@ -185,21 +279,49 @@ class Streams:
     async def take_pending(self, client: Any, user: UserId) -> tuple[list[bytes], bool]:
         """What waited for `user` (taken: once), and whether some of it was dropped."""
         keys = [self._key("pending", user), self._key("pending_lost", user)]
-        frames, lost = await client.eval(TAKE_PENDING, keys, [])
-        return [bytes(frame) for frame in frames or []], bool(_text(lost))
+        reply = await client.eval(TAKE_PENDING, keys, [])
+        if not isinstance(reply, list | tuple) or len(reply) != 2 or \
+                not isinstance(reply[0], list | tuple):
+            raise Malformed("stream_reply", "not a pending list")
+        frames = []
+        for raw in reply[0]:
+            try:
+                frames.append(checked_frame(raw, "pending_frame"))
+            except Malformed as malformed:
+                self.on_malformed(malformed)
+        return frames, bool(reply[1])
+
+    def _entries(self, raw: Any) -> list[tuple[int, float, bytes]]:
+        """XRANGE's answer as (offset, published at in seconds, frame JSON); an entry
+        that breaks the format is skipped (a gap) and reported."""
+        if not isinstance(raw, list | tuple):
+            raise Malformed("stream_reply", "not a list of entries")
+        entries = []
+        for item in raw:
+            try:
+                entries.append(_entry(item))
+            except Malformed as malformed:
+                self.on_malformed(malformed)
+        return entries
 
 
-def _entries(raw: Any) -> list[tuple[int, float, bytes]]:
-    """XRANGE's answer as (offset, published at in seconds, frame JSON)."""
-    entries = []
-    for identifier, flat in raw:
-        fields = {_text(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
-        entries.append((int(_text(identifier).split("-")[1]),
-                        int(_text(fields["t"])) / 1000, bytes(fields["f"])))
-    return entries
+def _entry(item: Any) -> tuple[int, float, bytes]:
+    if not isinstance(item, list | tuple) or len(item) != 2:
+        raise Malformed("stream_entry", "not an entry")
+    identifier, flat = _raw(item[0]), item[1]
+    if identifier is None or not identifier.startswith(b"0-") or \
+            not isinstance(flat, list | tuple) or len(flat) % 2:
+        raise Malformed("stream_entry", "not an entry")
+    fields = {_raw(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
+    if b"t" not in fields or b"f" not in fields:
+        raise Malformed("stream_entry", "missing fields")
+    try:
+        offset, at = checked_offset(identifier[2:]), checked_offset(fields[b"t"])
+    except Malformed:
+        raise Malformed("stream_entry", "not a position") from None
+    return offset, at / 1000, checked_frame(fields[b"f"], "stream_entry")
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value).decode()
-    return str(value)
+def _ignore(malformed: Malformed) -> None:
+    pass
+

@@ -9,8 +9,12 @@ The rules it holds:
 - **Numbering.** Every frame gets the next `offset` in the log's `epoch`; offsets grow
   by one within an epoch. An epoch is a name chosen by the caller when the log starts
   (or, in a cluster, by Redis); a new epoch means the history before it is gone.
-- **Retention.** The last `size` frames are kept for `ttl` seconds each. What was
-  dropped is remembered as the reason a recovery fails (`too_many`, `too_old`).
+- **Retention.** The last `size` frames are kept for `ttl` seconds each, within the
+  node's memory budget (`protocol.budget`, shared by every log of the node: past it
+  the node's oldest frames go). What was dropped is remembered as the reason a
+  recovery fails (`too_many`, `too_old`; a frame the budget dropped is `too_old`).
+- **Kept once.** A log keeps one bytes object per frame (the caller's, opaque here),
+  and the budget counts its `len()`.
 - **Lifetime.** A room lives on for `ttl` seconds after its last frame *or* its last
   member's departure, whichever is later, even with nothing retained: a client that
   reconnects within that time finds the same epoch and recovers. Past it, the room is
@@ -30,6 +34,7 @@ from collections.abc import Iterable
 
 import attrs
 
+from roomcast.protocol.budget import HistoryBudget
 from roomcast.protocol.frames import Position, RecoveryFailure
 
 
@@ -43,6 +48,13 @@ def new_epoch(now: float, salt: str) -> str:
 class Retention:
     size: int = 100  # frames kept per room; 0 keeps none
     ttl: float = 300.0  # seconds a frame is kept, and an idle room remembered
+    # The node's accountant, shared by every log built with this retention (None: no
+    # limit but size and ttl, for tests of one log).
+    budget: HistoryBudget | None = attrs.field(default=None, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.budget is not None and self.budget.ttl != self.ttl:
+            raise ValueError("a history budget expires frames at its rooms' ttl")
 
 
 @attrs.frozen
@@ -62,8 +74,10 @@ class Kept:
 
     offset: int
     at: float
-    frame: bytes
+    frame: bytes  # emptied once dropped: a record the budget still holds pins nothing
     delivered: bool = False  # reached a connection when it was published
+    # The log holding the frame; None once dropped (what the budget's queue checks).
+    log: RoomLog | None = attrs.field(default=None, eq=False, repr=False)
 
 
 class RoomLog:
@@ -100,7 +114,11 @@ class RoomLog:
         self.active_at = now
         entry = Kept(offset, now, frame, delivered)
         if self.retention.size > 0:
+            entry.log = self
             self.kept.append(entry)
+            budget = self.retention.budget
+            if budget is not None:
+                budget.kept(entry)  # may drop the node's oldest frames, this one last
             self.evict(now)
         return entry
 
@@ -108,8 +126,19 @@ class RoomLog:
         kept, retention = self.kept, self.retention
         while len(kept) > retention.size:
             self._drop(kept.popleft(), RecoveryFailure.TOO_MANY)
-        while kept and now - kept[0].at > retention.ttl:
+        while kept and now - kept[0].at >= retention.ttl:
             self._drop(kept.popleft(), RecoveryFailure.TOO_OLD)
+
+    def drop_oldest(self, entry: Kept, reason: RecoveryFailure) -> None:
+        """The budget's call: drop `entry`, this log's oldest frame."""
+        if not self.kept or self.kept[0] is not entry:
+            raise ValueError("the budget drops a log's oldest frame only")
+        self._drop(self.kept.popleft(), reason)
+
+    def close(self) -> None:
+        """The log is forgotten (its room's next life is a new epoch): its frames leave
+        the budget."""
+        self._drop_all(RecoveryFailure.EPOCH_CHANGED)
 
     def _drop_all(self, reason: RecoveryFailure) -> None:
         while self.kept:
@@ -119,6 +148,12 @@ class RoomLog:
         self._evicted_by = reason
         if not entry.delivered:
             self._lost_undelivered = reason
+        if entry.log is not None:
+            budget = self.retention.budget
+            if budget is not None:
+                budget.dropped(entry)
+            entry.log = None
+        entry.frame = b""
 
     def touch(self, now: float) -> None:
         """A member came or went: the room is remembered for `ttl` from now."""

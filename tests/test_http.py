@@ -185,6 +185,16 @@ async def test_metrics_count_handshake_failures_closes_drops_and_restarts():
         assert not any(label == "user" for (_, labels) in samples(text) for label, _ in labels)
 
 
+async def test_messages_dropped_from_redis_are_counted_on_the_metrics_page():
+    # The backplane counts each malformed message it drops (tests/test_cluster_trust.py
+    # publishes them on a real Redis); the scrape shows the counts by kind.
+    async with http_service() as (service, client):
+        service.registry.metrics.dropped_from_redis("presence_shape")
+        service.registry.metrics.dropped_from_redis("presence_shape")
+        key = ("roomcast_redis_dropped_total", (("kind", "presence_shape"),))
+        assert (await scrape(client))[key] == 2
+
+
 async def test_services_in_one_process_keep_separate_metrics():
     async with http_service() as (one, client_one), http_service() as (_, client_two):
         async with connect(one, 1) as c:

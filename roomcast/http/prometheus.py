@@ -69,6 +69,8 @@ class _Collector:
                        "by cause", "cause", m.handshake_failures)
         yield _counter("roomcast_closes", "connections closed, by the close code the "
                        "service sent (4009 slow consumer, 4008 policy...)", "code", m.closes)
+        yield _counter("roomcast_redis_dropped", "malformed messages and replies from "
+                       "Redis, dropped, by kind", "kind", m.redis_dropped)
         yield _counter("roomcast_actor_restarts", "actor restarts by the supervisor, by "
                        "actor kind", "actor", m.restarts)
         yield HistogramMetricFamily("roomcast_fan_out_seconds",

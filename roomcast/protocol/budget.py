@@ -27,12 +27,30 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from roomcast.protocol.frames import RecoveryFailure
 
-if TYPE_CHECKING:
-    from roomcast.protocol.roomlog import Kept
+
+class Holder(Protocol):
+    """What the budget asks of a log (`RoomLog`): to drop its oldest frame."""
+
+    # `entry` is the holder's own kind of record (a log takes only its own `Kept`).
+    def drop_oldest(self, entry: Any, reason: RecoveryFailure) -> None: ...
+
+
+class Kept(Protocol):
+    """What the budget reads of a kept frame (`roomlog.Kept`): its bytes, when it was
+    kept, and the log holding it (None once dropped)."""
+
+    @property
+    def frame(self) -> bytes: ...
+
+    @property
+    def at(self) -> float: ...
+
+    @property
+    def log(self) -> Holder | None: ...
 
 
 class HistoryBudget:

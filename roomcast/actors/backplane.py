@@ -21,7 +21,7 @@ import contextlib
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar, TypeVarTuple
 
 import anyio
@@ -42,12 +42,15 @@ from roomcast.actors.presence import (
     diff,
     load_presence,
 )
-from roomcast.actors.room import LOBBY, Check, Join, Publish, Room
+from roomcast.actors.room import LOBBY, Check, Delivery, Join, Publish, Room
+from roomcast.actors.sequencer import Outgoing, Sequencer
 from roomcast.actors.streams import BackplaneUnavailable, Numbered, Streams
 from roomcast.protocol import (
     UserId,
     is_personal_room,
 )
+from roomcast.protocol.batch import RoomBatch
+from roomcast.protocol.batch import parse_room_message as parse_batch
 from roomcast.protocol.holdback import Fetch
 from roomcast.protocol.roomlog import Stretch
 
@@ -61,6 +64,12 @@ class Directory(Protocol):
     def room(self, name: str) -> Room | None: ...
 
     def room_names(self) -> list[str]: ...
+
+    async def hand(
+        self, outgoing: Outgoing[Reply[Delivery] | None], numbered: Numbered | None
+    ) -> None:
+        """A frame from the sequencer to its room (numbered None: numbered there)."""
+        ...
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +143,9 @@ class Backplane(Actor):
         # Redis is known to be out of reach (an attempt failed): first joins go on at
         # once. Until the first attempt ends, they wait, as they do for a subscription.
         self._away = False
+        # Frames to number in Redis, in one round trip per batch (its task runs below).
+        self.sequencer: Sequencer[Reply[Delivery] | None] = Sequencer(
+            self.sequence_batch, registry.hand)
 
     # called by other actors, never waiting -------------------------------------------
 
@@ -186,6 +198,20 @@ class Backplane(Actor):
         node (with a pending copy for `pending`, a user connected nowhere)."""
         return await self._redis(self.streams.sequence, room, body, self._origin, pending)
 
+    async def submit(self, outgoing: Outgoing[Reply[Delivery] | None]) -> None:
+        await self.sequencer.submit(outgoing)
+
+    async def sequence_batch(
+        self, frames: Sequence[tuple[str, bytes, UserId | None]]
+    ) -> list[Numbered]:
+        """Number frames of several rooms in one round trip (the sequencer's batch);
+        the outage, if Redis fails it, is logged once."""
+        try:
+            return await self._redis(self.streams.sequence_batch, frames, self._origin)
+        except BackplaneUnavailable as exc:
+            self._tell_outage(str(exc))
+            raise
+
     async def position(self, room: str) -> tuple[str, int]:
         return await self._redis(self.streams.position, room)
 
@@ -216,6 +242,7 @@ class Backplane(Actor):
         after it. Whatever Redis does, this actor does not crash: it retries."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._follow_rooms)
+            nursery.start_soon(self.sequencer.run)
             while True:
                 try:
                     await self._run_connected()
@@ -353,7 +380,7 @@ class Backplane(Actor):
         if room is None:
             return  # our last member left since; the unsubscribe is on its way
         try:
-            body, numbered = parse_room_message(message)
+            parsed = parse_batch(message)
         except ValueError:
             # Anything with access to Redis can publish here: not our format, not sent.
             log.warning("backplane: ignored a malformed message on room %r", room_name)
@@ -363,11 +390,12 @@ class Backplane(Actor):
         # for a frame that is held until the next one on this channel comes).
         with contextlib.suppress(trio.ClosedResourceError, trio.EndOfChannel,
                                  trio.BrokenResourceError):
-            if numbered is not None:
-                await room.send(Publish(body, None, numbered))
+            if isinstance(parsed, RoomBatch):
+                for offset, epoch, frame in parsed.numbered():
+                    await room.send(Publish(frame, None, Numbered(offset, epoch, frame)))
             else:
                 with contextlib.suppress(ActorCrashed):
-                    await room.call(Publish(body, Reply(), numbered))
+                    await room.call(Publish(parsed, Reply(), None))
 
     def _on_presence(self, data: bytes) -> None:
         try:
@@ -525,20 +553,6 @@ class Backplane(Actor):
                                  json.dumps(bye).encode())
             except REDIS_ERRORS:
                 pass
-
-
-def parse_room_message(message: bytes) -> tuple[bytes, Numbered | None]:
-    """`OFFSET EPOCH\n` then the numbered JSON, or `\n` then an unnumbered one (after
-    the publisher's 16-byte origin). ValueError if it is neither."""
-    header, newline, body = message.partition(b"\n")
-    if not newline or not body.startswith(b"{"):
-        raise ValueError("not a room message")
-    if not header:
-        return body, None
-    offset, _, epoch = header.partition(b" ")
-    if not offset.isdigit() or not epoch:
-        raise ValueError("bad position")
-    return body, Numbered(int(offset), epoch.decode("ascii"), body)
 
 
 def _leaves(group: BaseException) -> list[BaseException]:

@@ -1,6 +1,6 @@
 """The sequencer over a real Redis and real nodes: frames published back to back are
 numbered a batch per round trip, go out a message per room and batch, and still reach
-every member once, in offset order."""
+every member once, in offset order; a worker's open facade does the same."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ import trio
 
 from roomcast import BackplaneUnavailable
 from roomcast.protocol.batch import RoomBatch, parse_room_message
+from roomcast.remote import RemoteNotificationService
 
 from .cluster import cluster_node, needs_redis
-from .conftest import connect, eventually
+from .conftest import connect, eventually, make_config
 
 pytestmark = needs_redis
 
@@ -76,6 +77,45 @@ async def test_a_burst_from_a_node_is_numbered_in_few_round_trips_and_kept_in_or
                 assert await script_calls(redis) - before < FRAMES / 4
                 await eventually(lambda: offsets_of(heard) == offsets)
                 assert len(heard) < FRAMES / 4
+
+
+async def test_a_worker_with_its_facade_open_sends_in_batches_in_order(redis):
+    async with cluster_node(redis.url) as node, connect(node, 1) as member:
+        await member.request({"type": "join_room", "room": "r"})
+        worker = RemoteNotificationService.from_config(make_config(redis_url=redis.url))
+        await eventually(lambda: worker.get_room_members("r") == {1})
+        before = await script_calls(redis)
+        async with worker:
+            answers = [await worker.notify_room("r", f"m{i}") for i in range(FRAMES)]
+        assert answers == [1] * FRAMES  # the room's members, from the presence view
+        frames = await member.frames(FRAMES)
+        assert [f["message"] for f in frames] == [f"m{i}" for i in range(FRAMES)]
+        assert await script_calls(redis) - before < FRAMES / 4
+
+
+async def test_personal_frames_a_worker_batched_that_nobody_heard_wait_in_order(redis):
+    async with cluster_node(redis.url) as node:
+        worker = RemoteNotificationService.from_config(make_config(redis_url=redis.url))
+        async with worker:
+            for i in range(5):
+                assert await worker.notify_user(9, f"n{i}") is False
+            await worker.broadcast("to everyone connected")  # unnumbered, in queue order
+        async with connect(node, 9, query="&recover=1") as later:
+            assert [(await later.recv())["message"] for _ in range(5)] == [
+                f"n{i}" for i in range(5)]
+            await later.nothing_within(0.3)
+
+
+async def test_an_open_worker_facade_tells_of_an_outage_at_the_latest_when_it_closes(redis):
+    worker = RemoteNotificationService.from_config(make_config(redis_url=redis.url))
+    with pytest.raises(BackplaneUnavailable):
+        async with worker:
+            await worker.notify_room("r", "before")
+            redis.kill()
+            with trio.fail_after(10):
+                while True:  # the next call after the failure raises, or the block's end
+                    await worker.notify_room("r", "during")
+                    await trio.sleep(0.01)
 
 
 async def test_a_batch_redis_fails_in_flight_is_numbered_and_delivered_here(redis, caplog):

@@ -193,11 +193,6 @@ class Backplane(Actor):
         await self._redis(publish_frame, self.keys, self._sharded, room,
                           self._origin + b"\n" + body)
 
-    async def sequence(self, room: str, body: bytes, pending: UserId | None) -> Numbered:
-        """Number a frame in Redis, keep it in the room's stream, publish it to every
-        node (with a pending copy for `pending`, a user connected nowhere)."""
-        return await self._redis(self.streams.sequence, room, body, self._origin, pending)
-
     async def submit(self, outgoing: Outgoing[Reply[Delivery] | None]) -> None:
         await self.sequencer.submit(outgoing)
 

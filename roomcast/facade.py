@@ -111,7 +111,8 @@ class NotificationService:
         presence) on the others. Raises BackplaneUnavailable, after delivering here,
         when the other nodes could not be reached (Redis known down at call time). In
         a cluster, returns once the frame is queued for numbering (it goes out in
-        queue order); the users are the room's members when it was queued."""
+        queue order); the users are the room's members when it was queued (a personal
+        room waits until its frame is handed out: see `Registry.publish`)."""
         delivery = await self._registry.publish(room, frame, wait=False)
         return delivery.user_ids | self._registry.members_elsewhere(room)
 

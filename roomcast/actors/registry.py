@@ -187,13 +187,15 @@ class Registry(MessageActor):
         In a cluster the room is numbered in Redis, so that every node agrees on its
         positions: the frame joins the node's sequencer, which numbers the frames
         queued meanwhile in one round trip. Without `wait`, the answer is the room's
-        members on this node now, and the call returns once the frame is queued."""
+        members on this node now, and the call returns once the frame is queued; not
+        for a personal room, whose answer is whether a connection had the frame (a
+        user connecting meanwhile would get a frame the answer says reached nobody)."""
         backplane = self.backplane
         if backplane is not None and room != LOBBY and backplane.cluster_history:
             # A personal frame that no node hears waits in the user's pending list
             # (Redis decides, in the same step that publishes it).
             pending = personal_room_owner(room)
-            if not wait:
+            if not wait and pending is None:
                 await backplane.submit(Outgoing(room, body, pending, None))
                 return self._members_here(room)
             reply: Reply[Delivery] = Reply()

@@ -127,8 +127,11 @@ class NotificationService:
     async def _send(self, room: str, frame: bytes) -> set[UserId]:
         """Publish everywhere; the users reached, on this node and (by the cluster's
         presence) on the others. Raises BackplaneUnavailable, after delivering here,
-        when the other nodes could not be reached."""
-        delivery = await self._registry.publish(room, frame)
+        when the other nodes could not be reached (Redis known down at call time). In
+        a cluster, returns once the frame is queued for numbering (it goes out in
+        queue order); the users are the room's members when it was queued (a personal
+        room waits until its frame is handed out: see `Registry.publish`)."""
+        delivery = await self._registry.publish(room, frame, wait=False)
         return delivery.user_ids | self._registry.members_elsewhere(room)
 
     def _has_user(self, user_id: UserId) -> bool:

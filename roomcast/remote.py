@@ -8,16 +8,27 @@ nodes of the cluster, and answers presence questions from what the nodes wrote t
 - a shell: `roomcast notify --user 42 --message "..."`.
 
 Every call connects, publishes and disconnects: simple and safe in short-lived workers.
-A Redis that cannot be reached raises `BackplaneUnavailable`, never a silent answer.
+A worker that sends many opens the facade once instead (`async with remote:`): one
+connection, the cluster's presence kept in memory (as a node keeps it), and calls that
+queue their frame and return; a task numbers what was queued meanwhile in one round
+trip (`Streams.sequence_batch`). A Redis that cannot be reached raises
+`BackplaneUnavailable`, never a silent answer (with `async with`: from the next call,
+or from the end of the block, for frames that were queued and then lost).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import threading
 from collections.abc import Awaitable, Callable
+from types import TracebackType
 from typing import Any, TypeVar
 
 import anyio
+import anyio.abc
+import anyio.lowlevel
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from roomcast.actors.backplane import REDIS_ERRORS, new_node_id, publish_frame, redis_client
 from roomcast.actors.presence import ClusterView, Keys, live_nodes, load_presence
@@ -46,6 +57,29 @@ class RemoteNotificationService(NotificationService):
         self._sharded = sharded
         self._streams = Streams(prefix, history_size, history_ttl)
         self._origin = new_node_id().encode()  # never any node's: every node delivers
+        self._session: _Session | None = None  # inside `async with`
+        self._binding: list[Any] = []
+
+    async def __aenter__(self) -> RemoteNotificationService:
+        """One connection and one presence view for every call in the block; the calls
+        queue their frames (the queue is sent in order, in batches) and return."""
+        if self._session is not None:
+            raise RuntimeError("this RemoteNotificationService is already open")
+        session = _Session(self)
+        await session.open()
+        self._session = session
+        self._binding.append(self._bind())  # class-level calls in the block use it
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Send what is queued, then close; BackplaneUnavailable if some was lost."""
+        session, self._session = self._session, None
+        self._unbind(self._binding.pop())
+        assert session is not None
+        await session.close()
 
     @classmethod
     def from_config(cls, config: Config) -> RemoteNotificationService:
@@ -76,6 +110,9 @@ class RemoteNotificationService(NotificationService):
         return view
 
     async def _send(self, room: str, body: bytes) -> set[UserId]:
+        if self._session is not None:
+            return await self._session.send(room, body)
+
         async def publish(client: Any) -> set[UserId]:
             view = await self._view(client)
             members = view.room_members(room)
@@ -112,6 +149,139 @@ class RemoteNotificationService(NotificationService):
 
     def _members(self, room_name: str) -> set[UserId]:
         return self._ask(lambda view: view.room_members(room_name))
+
+
+# Frames a worker's open facade queues at most (a call waits while the queue is full),
+# and numbers in one round trip at most.
+QUEUE_SIZE = 4096
+BATCH_SIZE = 512
+
+
+class _Session:
+    """An open `RemoteNotificationService`: its connection, its view of the cluster's
+    presence (loaded once, then kept by the presence channel, and reloaded every few
+    seconds as a node does), and its sender task."""
+
+    RELOAD_SECONDS = 3.0
+
+    def __init__(self, remote: RemoteNotificationService) -> None:
+        self._remote = remote
+        self.view = ClusterView()
+        self._client: Any = None
+        self._tasks: anyio.abc.TaskGroup | None = None
+        self._queue: MemoryObjectSendStream[tuple[str, bytes]]
+        self._queued: MemoryObjectReceiveStream[tuple[str, bytes]]
+        self._queue, self._queued = anyio.create_memory_object_stream[tuple[str, bytes]](
+            QUEUE_SIZE)
+        self._sent = anyio.Event()
+        self.failure: BackplaneUnavailable | None = None
+
+    async def open(self) -> None:
+        remote = self._remote
+        try:
+            client = redis_client(remote._url, remote._sharded)
+            self._client = await client.__aenter__()
+            self.view = await remote._view(self._client)
+        except REDIS_ERRORS as error:
+            raise BackplaneUnavailable(
+                f"Redis at the configured URL is unreachable ({type(error).__name__})"
+            ) from None
+        self._tasks = anyio.create_task_group()
+        await self._tasks.__aenter__()
+        self._tasks.start_soon(self._keep_view)
+        self._tasks.start_soon(self._send_queued)
+
+    async def send(self, room: str, body: bytes) -> set[UserId]:
+        if self.failure is not None:
+            raise self.failure
+        try:
+            self._queue.send_nowait((room, body))
+        except anyio.WouldBlock:
+            await self._queue.send((room, body))  # full: wait for the sender
+        else:
+            # A checkpoint once a batch is queued, not per call: a worker's calls back
+            # to back fill the next batch while the sender waits for Redis.
+            if self._queue.statistics().current_buffer_used >= BATCH_SIZE:
+                await anyio.lowlevel.checkpoint()
+        return self.view.room_members(room)
+
+    async def close(self) -> None:
+        self._queue.close()  # the sender ends once it has sent what was queued
+        await self._sent.wait()
+        assert self._tasks is not None
+        self._tasks.cancel_scope.cancel()
+        await self._tasks.__aexit__(None, None, None)
+        await self._client.__aexit__(None, None, None)
+        if self.failure is not None:
+            raise self.failure
+
+    async def _send_queued(self) -> None:
+        try:
+            while True:
+                try:
+                    batch = [await self._queued.receive()]
+                except anyio.EndOfStream:
+                    return
+                while len(batch) < BATCH_SIZE:
+                    try:
+                        batch.append(self._queued.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                try:
+                    await self._send_batch(batch)
+                except REDIS_ERRORS as error:
+                    self.failure = BackplaneUnavailable(
+                        f"Redis failed while sending queued notifications "
+                        f"({type(error).__name__}): some may not have been delivered")
+        finally:
+            self._sent.set()
+
+    async def _send_batch(self, batch: list[tuple[str, bytes]]) -> None:
+        """In queue order: runs of numbered frames in one script call each, frames
+        that are not numbered (broadcasts, sharded pub/sub) published one by one."""
+        remote, client = self._remote, self._client
+        numbered: list[tuple[str, bytes, UserId | None]] = []
+        for room, body in batch:
+            if room != LOBBY and not remote._sharded:
+                numbered.append((room, body, personal_room_owner(room)))
+                continue
+            if numbered:
+                await remote._streams.sequence_batch(client, numbered, remote._origin)
+                numbered = []
+            await publish_frame(client, remote._keys, remote._sharded, room,
+                                remote._origin + b"\n" + body)
+        if numbered:
+            await remote._streams.sequence_batch(client, numbered, remote._origin)
+
+    async def _keep_view(self) -> None:
+        """The presence channel's changes, and a reload every few seconds (Redis away:
+        the sender reports it; the view is kept as it was)."""
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self._follow_presence()
+
+    async def _follow_presence(self) -> None:
+        remote = self._remote
+        channel = remote._keys.presence_channel()
+        pubsub = (self._client.sharded_pubsub() if remote._sharded
+                  else self._client.pubsub())
+        async with pubsub:
+            await pubsub.subscribe(channel)
+            self.view = await remote._view(self._client)  # what changed meanwhile
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._reload)
+                async for message in pubsub:
+                    if message.get("type") in ("message", "smessage"):
+                        # A malformed change is skipped: the next reload reads Redis.
+                        with contextlib.suppress(ValueError, KeyError, TypeError,
+                                                 AttributeError):
+                            self.view.apply(json.loads(bytes(message["data"])))
+
+    async def _reload(self) -> None:
+        while True:
+            await anyio.sleep(self.RELOAD_SECONDS)
+            # Redis away: the sender reports it; the view is kept meanwhile.
+            with contextlib.suppress(*REDIS_ERRORS):
+                self.view = await self._remote._view(self._client)
 
 
 # Outside a service, `NotificationService.current()` (and so the class-level calls of

@@ -17,7 +17,9 @@ pytestmark = needs_redis
 ORIGIN = b"0123456789abcdef"  # no node's: 16 bytes, as a publisher's prefix
 DEEP = b"[" * 100_000
 
-# (channel, message, the kind it is dropped as)
+# (channel, message, the kind it is dropped as). A frame is checked as the script writes
+# it (UTF-8, an object, its position at its end), not parsed: what is inside is the
+# publisher's, and Redis is trusted for delivery (docs/security.md, Redis).
 GARBAGE = [
     ("presence", DEEP, "presence_not_json"),
     ("presence", b"\xff\xfe{}", "presence_not_json"),
@@ -32,13 +34,13 @@ GARBAGE = [
     ("room", ORIGIN + b"99999999999999999999 abc\n{}", "room_header"),
     ("room", ORIGIN + b"\nnot json", "room_frame"),
     ("room", ORIGIN + b"\n" + DEEP, "room_frame"),
-    ("room", ORIGIN + b'\n{"no": "type"}', "room_frame"),
+    ("room", ORIGIN + b'\n{"type": "room_message"', "room_frame"),
     ("room", ORIGIN + b'\n{"type": "room_message", "message": "\xff"}', "room_frame"),
     ("room", ORIGIN + b'5 abc\n{"type": "room_message", "offset": 6, "epoch": "abc"}',
      "room_frame"),
     ("broadcast", ORIGIN + b'1 abc\n{"type": "broadcast", "offset": 1, "epoch": "abc"}',
      "broadcast_header"),
-    ("broadcast", ORIGIN + b'\n{"type": NaN}', "broadcast_frame"),
+    ("broadcast", ORIGIN + b'\n{"type": "broadcast"', "broadcast_frame"),
     ("broadcast", ORIGIN + b"\n" + DEEP, "broadcast_frame"),
 ]
 CHANNELS = {"presence": "roomcast:presence", "room": "roomcast:room:r",

@@ -21,7 +21,7 @@ import contextlib
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar, TypeVarTuple
 
 import anyio
@@ -43,19 +43,15 @@ from roomcast.actors.presence import (
     diff,
     load_presence,
 )
-from roomcast.actors.room import LOBBY, Check, Join, Publish, Room
-from roomcast.actors.streams import (
-    BackplaneUnavailable,
-    Malformed,
-    Numbered,
-    Streams,
-    frame_object,
-    position_header,
-)
+from roomcast.actors.room import LOBBY, Check, Delivery, Join, Publish, Room
+from roomcast.actors.sequencer import Outgoing, Sequencer
+from roomcast.actors.streams import BackplaneUnavailable, Malformed, Numbered, Streams
 from roomcast.protocol import (
     UserId,
     is_personal_room,
 )
+from roomcast.protocol.batch import BadFrame, BadHeader, RoomBatch
+from roomcast.protocol.batch import parse_room_message as parse_batch
 from roomcast.protocol.holdback import Fetch
 from roomcast.protocol.roomlog import Stretch
 
@@ -69,6 +65,12 @@ class Directory(Protocol):
     def room(self, name: str) -> Room | None: ...
 
     def room_names(self) -> list[str]: ...
+
+    async def hand(
+        self, outgoing: Outgoing[Reply[Delivery] | None], numbered: Numbered | None
+    ) -> None:
+        """A frame from the sequencer to its room (numbered None: numbered there)."""
+        ...
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +146,9 @@ class Backplane(Actor):
         # Redis is known to be out of reach (an attempt failed): first joins go on at
         # once. Until the first attempt ends, they wait, as they do for a subscription.
         self._away = False
+        # Frames to number in Redis, in one round trip per batch (its task runs below).
+        self.sequencer: Sequencer[Reply[Delivery] | None] = Sequencer(
+            self.sequence_batch, registry.hand)
 
     # called by other actors, never waiting -------------------------------------------
 
@@ -191,10 +196,19 @@ class Backplane(Actor):
         await self._redis(publish_frame, self.keys, self._sharded, room,
                           self._origin + b"\n" + body)
 
-    async def sequence(self, room: str, body: bytes, pending: UserId | None) -> Numbered:
-        """Number a frame in Redis, keep it in the room's stream, publish it to every
-        node (with a pending copy for `pending`, a user connected nowhere)."""
-        return await self._redis(self.streams.sequence, room, body, self._origin, pending)
+    async def submit(self, outgoing: Outgoing[Reply[Delivery] | None]) -> None:
+        await self.sequencer.submit(outgoing)
+
+    async def sequence_batch(
+        self, frames: Sequence[tuple[str, bytes, UserId | None]]
+    ) -> list[Numbered]:
+        """Number frames of several rooms in one round trip (the sequencer's batch);
+        the outage, if Redis fails it, is logged once."""
+        try:
+            return await self._redis(self.streams.sequence_batch, frames, self._origin)
+        except BackplaneUnavailable as exc:
+            self._tell_outage(str(exc))
+            raise
 
     async def position(self, room: str) -> tuple[str, int]:
         return await self._redis(self.streams.position, room)
@@ -249,6 +263,7 @@ class Backplane(Actor):
         after it. Whatever Redis does, this actor does not crash: it retries."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._follow_rooms)
+            nursery.start_soon(self.sequencer.run)
             while True:
                 try:
                     await self._run_connected()
@@ -397,17 +412,18 @@ class Backplane(Actor):
             return  # our last member left since; the unsubscribe is on its way
         # Anything with access to Redis can publish here: not our format, not sent
         # (Malformed, which the subscriber counts and logs once).
-        body, numbered = parse_room_message(message, broadcast=room_name == LOBBY)
+        parsed = parse_channel_message(message, broadcast=room_name == LOBBY)
         # In order: frames from one publisher keep their order here too (numbered ones
         # are put in offset order by the room's hold-back buffer, so nobody waits here
         # for a frame that is held until the next one on this channel comes).
         with contextlib.suppress(trio.ClosedResourceError, trio.EndOfChannel,
                                  trio.BrokenResourceError):
-            if numbered is not None:
-                await room.send(Publish(body, None, numbered))
+            if isinstance(parsed, RoomBatch):
+                for offset, epoch, frame in parsed.numbered():
+                    await room.send(Publish(frame, None, Numbered(offset, epoch, frame)))
             else:
                 with contextlib.suppress(ActorCrashed):
-                    await room.call(Publish(body, Reply(), numbered))
+                    await room.call(Publish(parsed, Reply(), None))
 
     def _on_presence(self, data: bytes) -> None:
         change = PresenceChange.parse(data)  # Malformed: dropped by the subscriber
@@ -564,27 +580,19 @@ class Backplane(Actor):
                 pass
 
 
-def parse_room_message(
-    message: bytes, *, broadcast: bool = False
-) -> tuple[bytes, Numbered | None]:
-    """`OFFSET EPOCH\n` then the numbered JSON, or `\n` then an unnumbered one (after
-    the publisher's 16-byte origin); a broadcast is never numbered. The JSON must be a
-    frame (strict JSON, an object with a `type`) and a numbered one must carry the
-    header's position. `Malformed` otherwise."""
+def parse_channel_message(message: bytes, *, broadcast: bool = False) -> bytes | RoomBatch:
+    """A room channel's message (after the publisher's 16-byte origin), as
+    `protocol.batch` reads it; a broadcast is never numbered. `Malformed` otherwise."""
     channel = "broadcast" if broadcast else "room"
-    header, newline, body = message.partition(b"\n")
-    if not newline:
-        raise Malformed(f"{channel}_header", "no header line")
-    if header and broadcast:
+    if broadcast and message[:1] != b"\n":
         raise Malformed("broadcast_header", "a broadcast is never numbered")
-    position = position_header(header, f"{channel}_header") if header else None
-    frame = frame_object(body, f"{channel}_frame")
-    if position is None:
-        return body, None
-    offset, epoch = position
-    if frame.get("offset") != offset or frame.get("epoch") != epoch:
-        raise Malformed(f"{channel}_frame", "its position is not the header's")
-    return body, Numbered(offset, epoch, body)
+    try:
+        parsed = parse_batch(message)
+    except BadHeader as exc:
+        raise Malformed(f"{channel}_header", str(exc)) from None
+    except BadFrame as exc:
+        raise Malformed(f"{channel}_frame", str(exc)) from None
+    return parsed
 
 
 def _leaves(group: BaseException) -> list[BaseException]:

@@ -26,7 +26,8 @@ from roomcast.actors.room import (
     Publish,
     Room,
 )
-from roomcast.actors.streams import BackplaneUnavailable, Numbered
+from roomcast.actors.sequencer import Outgoing
+from roomcast.actors.streams import Numbered
 from roomcast.protocol import Position, UserId, personal_room, personal_room_owner
 from roomcast.protocol.roomlog import Recovery, Retention, RoomLog
 
@@ -55,7 +56,11 @@ class Cluster(ClusterHistory, Protocol):
 
     def presence_changed(self) -> None: ...
 
-    async def sequence(self, room: str, body: bytes, pending: UserId | None) -> Numbered: ...
+    async def submit(self, outgoing: Outgoing[Reply[Delivery] | None]) -> None:
+        """Queue a frame for the node's sequencer: numbered in Redis with the frames
+        queued meanwhile, then handed to its room (`Registry.hand`), in queue order.
+        Waits only while the sequencer's queue is full."""
+        ...
 
     async def forward(self, room: str, body: bytes) -> None:
         """An unnumbered frame (a broadcast) to the other nodes."""
@@ -177,25 +182,67 @@ class Registry(MessageActor):
     def all_connections(self) -> list[Member]:
         return [c for conns in self.users.values() for c in conns.values()]
 
-    async def publish(self, room: str, body: bytes) -> Delivery:
+    async def publish(self, room: str, body: bytes, *, wait: bool = True) -> Delivery:
         """Fan a frame's JSON out through the room's actor (which numbers and frames
-        it), on this node and the others, and wait until this node's room has: callers
-        that await each publish keep their frames in order. In a cluster the room is
-        numbered in Redis first, so that every node agrees on its positions."""
+        it), on this node and the others. With `wait`, return once this node's room has
+        handed it to its members (a client's own copy of its `room_message` then comes
+        before the replies to its next frames); callers that await each publish keep
+        their frames in order either way.
+
+        In a cluster the room is numbered in Redis, so that every node agrees on its
+        positions: the frame joins the node's sequencer, which numbers the frames
+        queued meanwhile in one round trip. Without `wait`, the answer is the room's
+        members on this node now, and the call returns once the frame is queued; not
+        for a personal room, whose answer is whether a connection had the frame (a
+        user connecting meanwhile would get a frame the answer says reached nobody)."""
         backplane = self.backplane
         if backplane is not None and room != LOBBY and backplane.cluster_history:
-            try:
-                # A personal frame that no node hears waits in the user's pending list
-                # (Redis decides, in the same step that publishes it).
-                numbered = await backplane.sequence(room, body, personal_room_owner(room))
-            except BackplaneUnavailable:
-                await self._publish_here(room, body)  # numbered here; other nodes missed it
-                raise
-            return await self._publish_here(room, body, numbered)
+            # A personal frame that no node hears waits in the user's pending list
+            # (Redis decides, in the same step that publishes it).
+            pending = personal_room_owner(room)
+            if not wait and pending is None:
+                await backplane.submit(Outgoing(room, body, pending, None))
+                return self._members_here(room)
+            reply: Reply[Delivery] = Reply()
+            await backplane.submit(Outgoing(room, body, pending, reply))
+            return await reply.wait()
         delivery = await self._publish_here(room, body)
         if backplane is not None:
             await backplane.forward(room, body)
         return delivery
+
+    def _members_here(self, room: str) -> Delivery:
+        """Who a frame queued now reaches on this node: the room's members."""
+        actor = self.room(room)
+        if actor is None:
+            return NOBODY
+        users = actor.member_users()
+        return Delivery(len(users), len(actor.members), users)
+
+    async def hand(
+        self, outgoing: Outgoing[Reply[Delivery] | None], numbered: Numbered | None
+    ) -> None:
+        """The sequencer's frame to its room, in queue order: numbered in Redis, or (the
+        batch failed) numbered here, as during an outage."""
+        reply = outgoing.reply
+        if numbered is None:
+            delivery = await self._publish_here(outgoing.room, outgoing.body)
+            if reply is not None:
+                reply.set(delivery)
+            return
+        for _ in range(2):  # again, once, if the room stopped meanwhile
+            actor = self.room(outgoing.room)
+            if actor is None:
+                break  # nobody here: its history lives in Redis
+            try:
+                await actor.send(Publish(outgoing.body, reply, numbered))
+                return
+            except trio.ClosedResourceError:
+                continue
+            except (trio.BrokenResourceError, trio.EndOfChannel):
+                break  # the service has stopped
+        if reply is not None:
+            reply.set(NOBODY)
 
     async def _publish_here(
         self, room: str, body: bytes, numbered: Numbered | None = None

@@ -32,12 +32,13 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
 
 from roomcast.protocol import UserId, jsontext
+from roomcast.protocol.batch import group_by_room, positioned_json, spread
 from roomcast.protocol.holdback import Fetch
 from roomcast.protocol.roomlog import Stretch, new_epoch
 
@@ -69,6 +70,61 @@ if ARGV[8] == '1' and heard == 0 and size > 0 then
   redis.call('PEXPIRE', KEYS[4], ARGV[3])
 end
 return {offset, epoch, frame, heard}
+"""
+
+# SEQUENCE for a batch: frames of several rooms numbered in one round trip. KEYS: seq,
+# epoch, hist, pending, pending_lost of each room in turn; ARGV: maxlen, ttl ms, origin,
+# now ms, then per room: channel, candidate epoch, pending flag, COUNT, and COUNT bodies
+# without their closing brace. Each room's frames get consecutive offsets and go out
+# as ONE message (roomcast.protocol.batch has its format); a personal room's frames
+# that nobody heard go to the user's pending list, as SEQUENCE's do. Returns, per
+# room: its first offset, its epoch, and how many subscribers heard the message.
+SEQUENCE_BATCH = """
+local size = tonumber(ARGV[1])
+local at = 5
+local answers = {}
+for k = 0, #KEYS - 5, 5 do
+  local channel, candidate, pending = ARGV[at], ARGV[at + 1], ARGV[at + 2]
+  local count = tonumber(ARGV[at + 3])
+  at = at + 4
+  local epoch = redis.call('GET', KEYS[k + 2])
+  if not epoch then
+    epoch = candidate
+    redis.call('SET', KEYS[k + 2], epoch)
+    redis.call('DEL', KEYS[k + 1], KEYS[k + 3])
+  end
+  local first = redis.call('INCRBY', KEYS[k + 1], count) - count + 1
+  local frames, parts = {}, {}
+  for i = 0, count - 1 do
+    local offset = first + i
+    local frame = ARGV[at + i] .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
+    frames[i + 1] = frame
+    parts[i + 1] = #frame .. '\\n' .. frame
+    if size > 0 then
+      redis.call('XADD', KEYS[k + 3], 'MAXLEN', ARGV[1], '0-' .. offset, 't', ARGV[4], 'f', frame)
+    end
+  end
+  at = at + count
+  for i = 1, 3 do redis.call('PEXPIRE', KEYS[k + i], ARGV[2]) end
+  local message
+  if count == 1 then
+    message = ARGV[3] .. first .. ' ' .. epoch .. '\\n' .. frames[1]
+  else
+    message = ARGV[3] .. first .. ' ' .. epoch .. ' ' .. count .. '\\n' .. table.concat(parts)
+  end
+  local heard = redis.call('PUBLISH', channel, message)
+  if pending == '1' and heard == 0 and size > 0 then
+    for i = 1, count do
+      if redis.call('RPUSH', KEYS[k + 4], frames[i]) > size then
+        redis.call('LPOP', KEYS[k + 4])
+        redis.call('SET', KEYS[k + 5], 'too_many', 'PX', ARGV[2])
+      end
+    end
+    redis.call('PEXPIRE', KEYS[k + 4], ARGV[2])
+  end
+  answers[#answers + 1] = {first, epoch, heard}
+end
+return answers
 """
 
 # KEYS: seq, epoch, hist; ARGV: candidate epoch, ttl ms. A room's position, made if
@@ -179,14 +235,6 @@ def frame_object(raw: bytes, kind: str) -> dict[str, Any]:
     return frame
 
 
-def position_header(header: bytes, kind: str) -> tuple[int, str]:
-    """`OFFSET EPOCH` as the numbering script writes it before a frame, or Malformed."""
-    offset, _, epoch = header.partition(b" ")
-    if not _OFFSET.fullmatch(offset) or not _EPOCH.fullmatch(epoch):
-        raise Malformed(kind, "not a position")
-    return int(offset), epoch.decode("ascii")
-
-
 def _raw(value: Any) -> bytes | None:
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
@@ -238,6 +286,36 @@ class Streams:
             raise Malformed("stream_reply", "no frame")
         return Numbered(checked_offset(offset), checked_epoch(epoch), frame,
                         checked_offset(heard))
+
+    async def sequence_batch(
+        self, client: Any, frames: Sequence[tuple[str, bytes, UserId | None]], origin: bytes
+    ) -> list[Numbered]:
+        """Number `frames` (room, body, pending user) in one script call: each room's
+        frames in queue order, published to the room's channel as one message. The
+        answer is in the order of `frames`."""
+        groups = group_by_room([room for room, _, _ in frames])
+        keys: list[str] = []
+        args = [str(self._size), str(self._ttl_ms), origin, str(int(time.time() * 1000))]
+        for room, indexes in groups:
+            pending = frames[indexes[0]][2]
+            user = pending if pending is not None else "-"
+            keys += [self._key("seq", room), self._key("epoch", room), self._key("hist", room),
+                     self._key("pending", user), self._key("pending_lost", user)]
+            args += [self._channel_prefix + room, new_epoch(time.time(), secrets.token_hex(4)),
+                     "1" if pending is not None else "0", str(len(indexes))]
+            args += [frames[i][1][:-1] for i in indexes]
+        answers = await client.eval(SEQUENCE_BATCH, keys, args)
+        # Checked as every reply from Redis is: a malformed one is dropped, not trusted.
+        if not isinstance(answers, list | tuple) or len(answers) != len(groups) or not all(
+            isinstance(answer, list | tuple) and len(answer) == 3 for answer in answers
+        ):
+            raise Malformed("stream_reply", "not what the script returns")
+        runs = [(checked_offset(first), checked_epoch(epoch)) for first, epoch, _ in answers]
+        heard = {room: checked_offset(answer[2])
+                 for (room, _), answer in zip(groups, answers, strict=True)}
+        return [Numbered(offset, epoch, positioned_json(body, offset, epoch), heard[room])
+                for (room, body, _), (offset, epoch) in zip(frames, spread(groups, runs),
+                                                            strict=True)]
 
     async def position(self, client: Any, room: str) -> tuple[str, int]:
         """The room's epoch and last offset (a new epoch if it had none)."""

@@ -84,6 +84,9 @@ async def test_redis_restart_gives_an_honest_answer_not_a_wrong_recovery(redis):
             redis.start()  # empty: the room's history is gone
             await eventually(lambda: a.ready and b.ready, timeout=20)
             await a.notifications.notify_room("r", "after")
+            # notify_room returns once its frame is queued (a cluster node numbers a
+            # batch per round trip): node b has the new epoch once its member has it.
+            assert [(await member.recv())["message"] for _ in range(2)] == ["before", "after"]
             async with connect(b, 1) as again:
                 position = {"offset": seen["offset"], "epoch": seen["epoch"]}
                 answer = await again.request(

@@ -141,8 +141,11 @@ class HoldBack:
         cursor = self.cursor
         if cursor is None or fetch.epoch < cursor[0]:
             return self._release(now)
-        if self._expect is not None and self._expect[0] == fetch.epoch:
-            self._expect = None  # this fetch is the catching up
+        expect = self._expect
+        if expect is not None and expect[0] == fetch.epoch and fetch.upto >= expect[1]:
+            # This fetch is the catching up. A fetch that fills an earlier gap only
+            # leaves it: the frames after that gap are still to be read.
+            self._expect = None
         if fetch.epoch != cursor[0]:
             if not frames and not any(e == fetch.epoch for e, _ in self.held):
                 return self._release(now)  # nothing of that epoch, after all

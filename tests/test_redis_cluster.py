@@ -1,0 +1,100 @@
+"""Sharded mode on a real three-master Redis Cluster: rooms whose slots live on
+different masters, two nodes (one in this process, one in its own), and a master
+restarted mid-run."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from roomcast import Service
+
+from .cluster import Node, RedisCluster, needs_redis, nodes, redis_cluster_servers
+from .conftest import connect, eventually, running
+
+pytestmark = needs_redis
+
+PREFIX = "roomcast"  # the default redis_prefix
+
+
+def hist_key(room: str) -> str:
+    return f"{{{PREFIX}:room:{room}}}:hist"
+
+
+def rooms_on_each_master(cluster: RedisCluster) -> dict[int, str]:
+    """One room per master (by its port), found by the slot of its history key."""
+    found: dict[int, str] = {}
+    for i in range(200):
+        room = f"room-{i}"
+        found.setdefault(cluster.master_of(hist_key(room)), room)
+        if len(found) == len(cluster.ports):
+            return found
+    raise AssertionError("no room for every master")
+
+
+@asynccontextmanager
+async def two_nodes(cluster: RedisCluster) -> AsyncIterator[tuple[Service, Node]]:
+    """Node A in this process, node B in its own; both in sharded mode, joined."""
+    settings: dict[str, Any] = {"redis_url": cluster.url, "redis_sharded": True,
+                                "presence_lease": 2.0}
+    async with running(**settings) as a:
+        with nodes(cluster.url, 1, redis_sharded=True) as (b,):
+            await eventually(lambda: a.ready)
+            yield a, b
+
+
+async def test_sharded_rooms_on_different_masters_work_across_nodes():
+    with redis_cluster_servers() as cluster:
+        rooms = list(rooms_on_each_master(cluster).values())
+        # A hash tag per room: the history keys spread over the slots (and masters).
+        assert len({cluster.slot(hist_key(room)) for room in rooms}) == len(rooms)
+        async with two_nodes(cluster) as (a, b):
+            async with connect(a, 1) as x, connect(b, 2) as y:
+                for client in (x, y):
+                    for room in rooms:
+                        await client.request({"type": "join_room", "room": room})
+                # Presence across nodes.
+                await eventually(lambda: all(a.notifications.get_room_members(room) == {1, 2}
+                                             for room in rooms))
+                assert a.notifications.is_user_connected(2)
+                # Room messages both ways, in rooms on each master.
+                seen: dict[str, dict[str, Any]] = {}
+                for room in rooms:
+                    await y.request({"type": "room_message", "room": room, "data": f"to x {room}"})
+                    frame = await x.recv(positions=True)
+                    assert frame["message"] == f"to x {room}"
+                    seen[room] = frame
+                    await x.request({"type": "room_message", "room": room, "data": f"to y {room}"})
+                    assert (await y.recv())["message"] == f"to y {room}"
+                # Each room's history is a stream in its own slot, on its own master.
+                for room in rooms:
+                    master = cluster.master_of(hist_key(room))
+                    assert cluster.ask(master, "xlen", hist_key(room)).strip() == "2"
+                # notify_user to a user on the other node.
+                assert await a.notifications.notify_user(2, "hello y") is True
+                assert (await y.recv())["message"] == "hello y"
+                await x.nothing_within(0.2)
+            # Both leave (disconnecting); y comes back and publishes meanwhile.
+            async with connect(b, 2) as y:
+                for room in rooms:
+                    await y.request({"type": "join_room", "room": room})
+                for room in rooms:
+                    for i in range(3):
+                        await y.request({"type": "room_message", "room": room,
+                                         "data": f"missed {i}"})
+                # x comes back on the OTHER node (B) with its position in each room.
+                async with connect(b, 1) as again:
+                    for room in rooms:
+                        position = {"offset": seen[room]["offset"], "epoch": seen[room]["epoch"]}
+                        answer = await again.request(
+                            {"type": "join_room", "room": room, "data": position})
+                        assert answer["data"]["recovered"] is True, (room, answer)
+                        frames = [await again.recv(positions=True) for _ in range(4)]
+                        assert [f["message"] for f in frames] == \
+                            [f"to y {room}"] + [f"missed {i}" for i in range(3)]
+                        first = seen[room]["offset"] + 1
+                        assert [f["offset"] for f in frames] == list(range(first, first + 4))
+                    await again.nothing_within(0.2)

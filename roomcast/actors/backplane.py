@@ -513,7 +513,12 @@ class Backplane(Actor):
     async def _hearing(self, client: Any) -> bool:
         inbox = self.keys.inbox(self.node_id)
         if self._sharded:
-            counts = await client.pubsub_shardnumsub(inbox)
+            try:
+                # coredis asks every master and merges; with one out of reach its merge
+                # raises TypeError (it iterates the ConnectionError): a master is away.
+                counts = await client.pubsub_shardnumsub(inbox)
+            except TypeError:
+                raise coredis.exceptions.ConnectionError("a master is out of reach") from None
         else:
             counts = await client.pubsub_numsub(inbox)
         return any(count > 0 for count in counts.values())

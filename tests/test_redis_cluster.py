@@ -172,3 +172,29 @@ async def test_a_master_restarted_mid_run(caplog: pytest.LogCaptureFixture):
                 assert answer["data"]["recovered"] is False
                 assert answer["data"]["reason"] == "epoch_changed"
                 await again.nothing_within(0.2)
+
+
+async def test_a_batch_is_numbered_on_the_masters_that_answer():
+    """One script per room: with a master down, its rooms' frames are not numbered
+    (their room numbers them on the node), the others' are, in queue order."""
+    import coredis
+
+    from roomcast.actors.streams import PartlyNumbered, Streams
+
+    with redis_cluster_servers() as cluster:
+        by_master = rooms_on_each_master(cluster)
+        victim, lost_room = next(iter(by_master.items()))
+        live_room = next(room for port, room in by_master.items() if port != victim)
+        streams = Streams(PREFIX, 100, 60.0, sharded=True)
+        frames = [(room, b'{"type":"t","n":%d}' % n, None)
+                  for n, room in enumerate([live_room, lost_room, live_room])]
+        async with coredis.RedisCluster.from_url(cluster.url, decode_responses=False) as client:
+            first = await streams.sequence_batch(client, frames, b"0123456789abcdef")
+            assert [n.offset for n in first] == [1, 1, 2]
+            cluster.stop_master(victim)
+            with trio.fail_after(30), pytest.raises(PartlyNumbered) as partly:
+                await streams.sequence_batch(client, frames, b"0123456789abcdef")
+        numbered = partly.value.numbered
+        assert numbered[1] is None
+        assert [n.offset if n else None for n in numbered] == [3, None, 4]
+        assert numbered[0] and numbered[0].frame.startswith(b'{"type":"t","n":0,"offset":3')

@@ -198,3 +198,26 @@ async def test_a_batch_is_numbered_on_the_masters_that_answer():
         assert numbered[1] is None
         assert [n.offset if n else None for n in numbered] == [3, None, 4]
         assert numbered[0] and numbered[0].frame.startswith(b'{"type":"t","n":0,"offset":3')
+
+
+async def test_a_worker_process_notifies_through_the_cluster():
+    """The facade outside a node (RemoteNotificationService) numbers in sharded mode
+    too: a room's member hears it, and a user connected nowhere gets it on return."""
+    from roomcast.remote import RemoteNotificationService
+
+    with redis_cluster_servers() as cluster:
+        worker = RemoteNotificationService(cluster.url, sharded=True)
+        room = next(iter(rooms_on_each_master(cluster).values()))
+        async with two_nodes(cluster) as (a, b):
+            async with connect(b, 2) as y:
+                joined = await y.request({"type": "join_room", "room": room,
+                                          "data": {"recover": True}})
+                await eventually(lambda: a.notifications.get_room_members(room) == {2})
+                assert await worker.notify_room(room, "from the worker") == 1
+                frame = await y.recv(positions=True)
+                assert frame["message"] == "from the worker"
+                assert frame["offset"] == joined["data"]["offset"] + 1
+            assert await worker.notify_user(9, "your export is ready") is False
+            async with connect(a, 9, query="&recover=1") as tab:
+                assert (await tab.recv())["message"] == "your export is ready"
+                await tab.nothing_within(0.2)

@@ -55,7 +55,7 @@ class RemoteNotificationService(NotificationService):
         self._url = redis_url
         self._keys = Keys(prefix)
         self._sharded = sharded
-        self._streams = Streams(prefix, history_size, history_ttl)
+        self._streams = Streams(prefix, history_size, history_ttl, sharded)
         self._origin = new_node_id().encode()  # never any node's: every node delivers
         self._session: _Session | None = None  # inside `async with`
         self._binding: list[Any] = []
@@ -116,7 +116,7 @@ class RemoteNotificationService(NotificationService):
         async def publish(client: Any) -> set[UserId]:
             view = await self._view(client)
             members = view.room_members(room)
-            if room != LOBBY and not self._sharded:
+            if room != LOBBY:
                 # Numbered and kept in the room's history, as a node would; a personal
                 # notification that no node hears waits for the user. A node that hears
                 # the user's room has a connection of theirs now, even if its presence
@@ -238,11 +238,11 @@ class _Session:
 
     async def _send_batch(self, batch: list[tuple[str, bytes]]) -> None:
         """In queue order: runs of numbered frames in one script call each, frames
-        that are not numbered (broadcasts, sharded pub/sub) published one by one."""
+        that are not numbered (broadcasts) published one by one."""
         remote, client = self._remote, self._client
         numbered: list[tuple[str, bytes, UserId | None]] = []
         for room, body in batch:
-            if room != LOBBY and not remote._sharded:
+            if room != LOBBY:
                 numbered.append((room, body, personal_room_owner(room)))
                 continue
             if numbered:

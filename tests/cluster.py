@@ -85,10 +85,13 @@ def redis_server() -> Iterator[RedisServer]:
 
 class Node:
     """A roomcast node in its own process, through the real CLI. `settings` are more
-    Config fields, passed as flags (`rate_limit=1e6` is `--rate-limit 1000000.0`)."""
+    Config fields, passed as flags (`rate_limit=1e6` is `--rate-limit 1000000.0`,
+    `redis_sharded=True` is `--redis-sharded`)."""
 
     def __init__(self, redis_url: str, lease: float = 2.0, **settings: object) -> None:
-        flags = [f"--{name.replace('_', '-')}={value}" for name, value in settings.items()]
+        flags = [(f"--{name.replace('_', '-')}" if value else f"--no-{name.replace('_', '-')}")
+                 if isinstance(value, bool) else f"--{name.replace('_', '-')}={value}"
+                 for name, value in settings.items()]
         self.process = subprocess.Popen(
             [sys.executable, "-m", "roomcast.cli", "serve", "--port", "0", "--http-port=-1",
              "--redis-url", redis_url, "--presence-lease", str(lease),
@@ -141,47 +144,105 @@ async def cluster_node(redis_url: str, **settings: Any) -> AsyncIterator[Service
         yield node
 
 
+class RedisCluster:
+    """A Redis Cluster of masters (no replicas) on free loopback ports, from
+    redis-server; a master can be stopped and started again on its port with its
+    nodes.conf (no persistence: it comes back without its keys)."""
+
+    def __init__(self, workdir: str, masters: int = 3) -> None:
+        redis_cli = shutil.which("redis-cli")
+        assert REDIS is not None and redis_cli is not None, "redis-server/redis-cli not installed"
+        self.redis_cli = redis_cli
+        self.workdir = workdir
+        self.ports = [cluster_port() for _ in range(masters)]
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def start_master(self, port: int) -> None:
+        self.processes[port] = subprocess.Popen(
+            [REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--cluster-enabled", "yes",
+             "--cluster-config-file", f"{self.workdir}/nodes-{port}.conf",
+             "--dir", self.workdir, "--protected-mode", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        _wait_for_ping(port)
+
+    def stop_master(self, port: int) -> None:
+        process = self.processes.pop(port)
+        process.terminate()
+        process.wait(timeout=10)
+
+    def create(self) -> None:
+        subprocess.run(
+            [self.redis_cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30,
+        )
+        self.wait_until_ok()
+
+    def wait_until_ok(self) -> None:
+        """Every master says the cluster is ok (all slots served)."""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if all("cluster_state:ok" in self.ask(port, "cluster", "info")
+                   for port in self.ports):
+                return
+            time.sleep(0.1)  # the poll interval of a wait for the cluster (a subprocess)
+        raise RuntimeError("the Redis cluster did not come up")
+
+    def ask(self, port: int, *command: str) -> str:
+        return subprocess.run([self.redis_cli, "-p", str(port), *command],
+                              capture_output=True, text=True, timeout=10).stdout
+
+    def slot(self, key: str) -> int:
+        return int(self.ask(self.ports[0], "cluster", "keyslot", key))
+
+    def master_of(self, key: str) -> int:
+        """The port of the master that serves `key`'s slot."""
+        slot = self.slot(key)
+        for line in self.ask(self.ports[0], "cluster", "nodes").splitlines():
+            fields = line.split()
+            if "master" not in fields[2]:
+                continue
+            for served in fields[8:]:
+                first, _, last = served.partition("-")
+                if int(first) <= slot <= int(last or first):
+                    return int(fields[1].split(":")[1].split("@")[0])
+        raise RuntimeError(f"no master serves slot {slot}")
+
+    def close(self) -> None:
+        for process in self.processes.values():
+            process.terminate()
+        for process in self.processes.values():
+            process.wait(timeout=10)
+        self.processes.clear()
+
+
+@contextmanager
+def redis_cluster_servers(masters: int = 3) -> Iterator[RedisCluster]:
+    """A running Redis Cluster of `masters` servers (see `RedisCluster`)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as workdir:
+        cluster = RedisCluster(workdir, masters)
+        try:
+            for port in cluster.ports:
+                cluster.start_master(port)
+            cluster.create()
+            yield cluster
+        finally:
+            cluster.close()
+
+
 @contextmanager
 def redis_cluster(masters: int = 3) -> Iterator[str]:
     """A Redis Cluster of `masters` servers on free loopback ports; yields one's URL."""
-    import tempfile
-
-    redis_cli = shutil.which("redis-cli")
-    assert REDIS is not None and redis_cli is not None, "redis-server/redis-cli not installed"
-    ports = [cluster_port() for _ in range(masters)]
-    processes: list[subprocess.Popen[bytes]] = []
-    with tempfile.TemporaryDirectory() as workdir:
-        try:
-            for port in ports:
-                processes.append(subprocess.Popen(
-                    [REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                     "--appendonly", "no", "--cluster-enabled", "yes",
-                     "--cluster-config-file", f"{workdir}/nodes-{port}.conf",
-                     "--dir", workdir, "--protected-mode", "no"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                ))
-            for port in ports:
-                _wait_for_ping(port)
-            subprocess.run(
-                [redis_cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
-                 "--cluster-replicas", "0", "--cluster-yes"],
-                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30,
-            )
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                info = subprocess.run([redis_cli, "-p", str(ports[0]), "cluster", "info"],
-                                      capture_output=True, text=True).stdout
-                if "cluster_state:ok" in info:
-                    break
-                time.sleep(0.1)  # the poll interval of a wait for the cluster (a subprocess)
-            else:
-                raise RuntimeError("the Redis cluster did not come up")
-            yield f"redis://127.0.0.1:{ports[0]}/0"
-        finally:
-            for process in processes:
-                process.terminate()
-            for process in processes:
-                process.wait(timeout=10)
+    with redis_cluster_servers(masters) as cluster:
+        yield cluster.url
 
 
 def cluster_port() -> int:

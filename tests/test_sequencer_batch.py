@@ -20,6 +20,7 @@ from roomcast.protocol.batch import (
     parse_room_message,
     positioned_json,
     spread,
+    spread_partly,
 )
 from roomcast.protocol.wsframe import positioned_frame, text_frame
 
@@ -41,6 +42,18 @@ def test_each_room_gets_a_run_of_offsets_in_queue_order(queued, last):
         mine = [positions[i] for i, r in enumerate(queued) if r == room]
         first = last.get(room, 0) + 1
         assert mine == [(first + k, f"e-{room}") for k in range(len(mine))]
+
+
+@given(rooms, st.sets(st.sampled_from(["a", "b", "user_7", "c"])))
+def test_a_room_whose_script_failed_leaves_its_frames_unnumbered_only(queued, failed):
+    """Sharded mode numbers a batch one script per room: the rooms that answered get
+    their positions as if all had, the others None (numbered by the room, here)."""
+    groups = group_by_room(queued)
+    answers = [(10, f"e-{room}") for room, _ in groups]
+    partly = spread_partly(groups, [None if room in failed else answer
+                                    for (room, _), answer in zip(groups, answers, strict=True)])
+    for index, (room, whole) in enumerate(zip(queued, spread(groups, answers), strict=True)):
+        assert partly[index] == (None if room in failed else whole)
 
 
 def test_spread_refuses_an_answer_that_does_not_fit_the_batch():

@@ -45,7 +45,13 @@ from roomcast.actors.presence import (
 )
 from roomcast.actors.room import LOBBY, Check, Delivery, Join, Publish, Room
 from roomcast.actors.sequencer import Outgoing, Sequencer
-from roomcast.actors.streams import BackplaneUnavailable, Malformed, Numbered, Streams
+from roomcast.actors.streams import (
+    BackplaneUnavailable,
+    Malformed,
+    Numbered,
+    PartlyNumbered,
+    Streams,
+)
 from roomcast.protocol import (
     UserId,
     is_personal_room,
@@ -126,7 +132,8 @@ class Backplane(Actor):
         self._sharded: bool = config.redis_sharded
         self._lease = config.presence_lease
         self.keys = Keys(config.redis_prefix)
-        self.streams = Streams(config.redis_prefix, config.history_size, config.history_ttl)
+        self.streams = Streams(config.redis_prefix, config.history_size, config.history_ttl,
+                               sharded=self._sharded)
         self.streams.on_malformed = self.dropped
         self._malformed_told: set[str] = set()  # kinds of malformed message logged once
         self._registry = registry
@@ -187,9 +194,9 @@ class Backplane(Actor):
 
     @property
     def cluster_history(self) -> bool:
-        """Rooms are numbered, and their history kept, in Redis (classic pub/sub only:
-        the script that numbers also publishes, which a sharded channel forbids)."""
-        return not self._sharded and self.healthy and self._client is not None
+        """Rooms are numbered, and their history kept, in Redis (with sharded pub/sub
+        too: a room's keys share its channel's slot, and its script SPUBLISHes)."""
+        return self.healthy and self._client is not None
 
     async def forward(self, room: str, body: bytes) -> None:
         """Forward a frame's JSON, unnumbered, to the other nodes with members in `room`."""
@@ -206,6 +213,14 @@ class Backplane(Actor):
         the outage, if Redis fails it, is logged once."""
         try:
             return await self._redis(self.streams.sequence_batch, frames, self._origin)
+        except PartlyNumbered as partly:
+            # Sharded: a master failed its rooms' scripts, the others answered. Not an
+            # outage of the node: its presence task tells whether Redis is there.
+            if isinstance(partly.cause, Malformed):
+                self.dropped(partly.cause)
+            else:
+                self._tell_outage(f"{type(partly.cause).__name__}: {partly.cause}")
+            raise
         except BackplaneUnavailable as exc:
             self._tell_outage(str(exc))
             raise
@@ -498,7 +513,12 @@ class Backplane(Actor):
     async def _hearing(self, client: Any) -> bool:
         inbox = self.keys.inbox(self.node_id)
         if self._sharded:
-            counts = await client.pubsub_shardnumsub(inbox)
+            try:
+                # coredis asks every master and merges; with one out of reach its merge
+                # raises TypeError (it iterates the ConnectionError): a master is away.
+                counts = await client.pubsub_shardnumsub(inbox)
+            except TypeError:
+                raise coredis.exceptions.ConnectionError("a master is out of reach") from None
         else:
             counts = await client.pubsub_numsub(inbox)
         return any(count > 0 for count in counts.values())

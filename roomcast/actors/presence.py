@@ -11,6 +11,8 @@ that sharded pub/sub spreads rooms over the shards):
     {P}:node:ID:rooms          SET     rooms (personal rooms and the lobby left out)
     {P}:node:ID:room:R         SET     user ids with a connection in room R on node ID
     P:room:R                   channel frames for room R: 16 bytes of origin, then a frame
+                                       (sharded: the slot of the room's keys, `{P:room:R}:...`
+                                       in streams.py)
     P:presence                 channel presence changes, JSON
     P:node:ID:inbox            channel heard by node ID only: proves its pub/sub is up
 """

@@ -13,7 +13,9 @@ queue's, and the frames queued meanwhile make the next batch.
 
 The queue is bounded: when it is full, a publish waits (the node's back-pressure).
 A batch that Redis fails is numbered on this node instead, each frame by its room,
-as a publish during an outage is (the backplane logs the outage once).
+as a publish during an outage is (the backplane logs the outage once). With sharded
+pub/sub a batch is one script per room: the rooms whose master failed are numbered
+here, the others as Redis numbered them (`PartlyNumbered`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Generic, TypeVar
 import attrs
 import trio
 
-from roomcast.actors.streams import BackplaneUnavailable, Numbered
+from roomcast.actors.streams import BackplaneUnavailable, Numbered, PartlyNumbered
 from roomcast.protocol import UserId
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,8 @@ class Sequencer(Generic[R]):
             try:
                 numbered = await self._number([(o.room, o.body, o.pending) for o in batch])
                 self.batches += 1
+            except PartlyNumbered as partly:  # sharded: some rooms' masters failed
+                numbered = partly.numbered  # those rooms number theirs here
             except BackplaneUnavailable:
                 numbered = [None] * len(batch)  # numbered here, by each room
             self._handing = list(zip(batch, numbered, strict=True))

@@ -12,13 +12,24 @@ A personal notification that no node heard (Redis counts the subscribers a publi
 reached, in the same script) is also pushed to the user's pending list, which the
 user's next connection that asks for it, on any node, takes once.
 
-Keys, with the prefix as a hash tag so they share one slot on Redis Cluster:
+Keys, with classic pub/sub (one Redis), the prefix as a hash tag:
 
     {P}:seq:R        STRING  the room's last offset
     {P}:epoch:R      STRING  the room's epoch
     {P}:hist:R       STREAM  entries 0-OFFSET with fields t (ms) and f (the frame's JSON)
     {P}:pending:U    LIST    frames for user U that reached nobody (at most history_size)
     {P}:pending_lost:U STRING set when older ones were dropped: the user is told too_many
+
+With sharded pub/sub (`--redis-sharded`, Redis Cluster), a hash tag per room: its
+channel's name, `P:room:R`. The room's keys and its channel then hash to the same
+slot, so the script that numbers may SPUBLISH the frames (Redis 7 allows a script a
+shard channel of its keys' slot), and the rooms spread over the cluster's masters. A
+user's pending list lives under the tag of the user's personal room (`user:U`), the
+room whose script fills it (a prefix with braces in it would break this: keep it
+without):
+
+    {P:room:R}:seq  {P:room:R}:epoch  {P:room:R}:hist
+    {P:room:user:U}:pending  {P:room:user:U}:pending_lost
 
 Redis is trusted to deliver, not to keep this process alive: whatever it answers is
 checked before it is used (an epoch is an epoch, an offset a number, a stream entry
@@ -36,9 +47,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
+import trio
 
-from roomcast.protocol import UserId, jsontext
-from roomcast.protocol.batch import group_by_room, positioned_json, spread
+from roomcast.protocol import UserId, jsontext, personal_room
+from roomcast.protocol.batch import group_by_room, positioned_json, spread_partly
 from roomcast.protocol.holdback import Fetch
 from roomcast.protocol.roomlog import Stretch, new_epoch
 
@@ -127,6 +139,12 @@ end
 return answers
 """
 
+# The same scripts for sharded pub/sub: a room's channel is a shard channel of the
+# slot of its keys (one room per call: one slot per script).
+SHARDED_SEQUENCE = SEQUENCE.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'")
+SHARDED_SEQUENCE_BATCH = SEQUENCE_BATCH.replace("redis.call('PUBLISH'",
+                                                "redis.call('SPUBLISH'")
+
 # KEYS: seq, epoch, hist; ARGV: candidate epoch, ttl ms. A room's position, made if
 # missing. A join is activity: the room's keys live `history_ttl` from now.
 POSITION = """
@@ -179,6 +197,17 @@ return {frames, lost or ''}
 
 class BackplaneUnavailable(RuntimeError):
     """Redis could not be reached: other nodes (or this worker's recipients) were not."""
+
+
+class PartlyNumbered(BackplaneUnavailable):
+    """Some rooms of a batch were numbered (with sharded pub/sub, one script per room)
+    and some not: `numbered` holds each frame's number, None where its room's script
+    failed (those frames are numbered by their room on this node)."""
+
+    def __init__(self, numbered: list[Numbered | None], cause: Exception) -> None:
+        super().__init__(f"some rooms were not numbered ({type(cause).__name__})")
+        self.numbered = numbered
+        self.cause = cause
 
 
 class Malformed(ValueError):
@@ -255,28 +284,43 @@ class Streams:
     """A room's history in Redis, through the Lua scripts above: its sequence, its
     stream of numbered frames, and the pending lists of users who were away."""
 
-    def __init__(self, prefix: str, size: int, ttl: float) -> None:
+    def __init__(self, prefix: str, size: int, ttl: float, sharded: bool = False) -> None:
         self._tag = "{" + prefix + "}"
         self._size = size
         self._ttl_ms = max(1, int(ttl * 1000))
         self._channel_prefix = f"{prefix}:room:"
+        self._sharded = sharded
+        self._sequence = SHARDED_SEQUENCE if sharded else SEQUENCE
+        self._sequence_batch = SHARDED_SEQUENCE_BATCH if sharded else SEQUENCE_BATCH
         # Told of each stream entry skipped for breaking its format (the backplane logs
         # it once per kind and counts it).
         self.on_malformed: Callable[[Malformed], None] = _ignore
 
-    def _key(self, kind: str, name: object) -> str:
-        return f"{self._tag}:{kind}:{name}"
+    def _key(self, kind: str, room: str) -> str:
+        """A room's key (the layout is in the module's docstring)."""
+        if self._sharded:
+            return "{" + self._channel_prefix + room + "}:" + kind
+        return f"{self._tag}:{kind}:{room}"
+
+    def _pending_keys(self, room: str, user: UserId | None) -> list[str]:
+        """The pending list and its `too_many` mark of `user` (who owns `room`, a
+        personal room) in the slot of `room`'s script; with no user, keys that the
+        script leaves alone."""
+        if self._sharded:
+            owner_room = personal_room(user) if user is not None else room
+            return [self._key("pending", owner_room), self._key("pending_lost", owner_room)]
+        name = user if user is not None else "-"
+        return [f"{self._tag}:pending:{name}", f"{self._tag}:pending_lost:{name}"]
 
     async def sequence(
         self, client: Any, room: str, body: bytes, origin: bytes, pending: UserId | None
     ) -> Numbered:
-        user = pending if pending is not None else "-"
         keys = [self._key("seq", room), self._key("epoch", room), self._key("hist", room),
-                self._key("pending", user), self._key("pending_lost", user)]
+                *self._pending_keys(room, pending)]
         args = [body[:-1], str(self._size), str(self._ttl_ms), self._channel_prefix + room,
                 origin, new_epoch(time.time(), secrets.token_hex(4)), str(int(time.time() * 1000)),
                 "1" if pending is not None else "0"]
-        reply = await client.eval(SEQUENCE, keys, args)
+        reply = await client.eval(self._sequence, keys, args)
         if not isinstance(reply, list | tuple) or len(reply) != 4:
             raise Malformed("stream_reply", "not what the script returns")
         offset, epoch, frame, heard = reply
@@ -290,32 +334,75 @@ class Streams:
     async def sequence_batch(
         self, client: Any, frames: Sequence[tuple[str, bytes, UserId | None]], origin: bytes
     ) -> list[Numbered]:
-        """Number `frames` (room, body, pending user) in one script call: each room's
-        frames in queue order, published to the room's channel as one message. The
-        answer is in the order of `frames`."""
+        """Number `frames` (room, body, pending user): each room's frames in queue
+        order, published to the room's channel as one message. The answer is in the
+        order of `frames`. One script call for every room; with sharded pub/sub one
+        per room (a script's keys share a slot), all at once, and `PartlyNumbered` if
+        some failed (their master out of reach): the others are numbered all the same."""
         groups = group_by_room([room for room, _, _ in frames])
+        if not self._sharded:
+            runs = await self._number(client, frames, groups, origin)
+            return [n for n in self._numbered(frames, groups, runs) if n is not None]
+        outcomes: list[tuple[int, str, int] | Exception | None] = [None] * len(groups)
+
+        async def number_room(index: int) -> None:
+            try:
+                [outcomes[index]] = await self._number(client, frames,
+                                                       groups[index:index + 1], origin)
+            except Exception as exc:  # this room only: told below, with the others
+                outcomes[index] = exc
+
+        async with trio.open_nursery() as nursery:
+            for index in range(len(groups)):
+                nursery.start_soon(number_room, index)
+        answered: list[tuple[int, str, int] | None] = [
+            o if isinstance(o, tuple) else None for o in outcomes]
+        numbered = self._numbered(frames, groups, answered)
+        failures = [o for o in outcomes if isinstance(o, Exception)]
+        if failures:
+            raise PartlyNumbered(numbered, failures[0])
+        return [n for n in numbered if n is not None]
+
+    async def _number(
+        self, client: Any, frames: Sequence[tuple[str, bytes, UserId | None]],
+        groups: Sequence[tuple[str, list[int]]], origin: bytes,
+    ) -> list[tuple[int, str, int]]:
+        """One SEQUENCE_BATCH call for `groups` (rooms and the indexes of their
+        frames): each room's first offset, epoch, and how many subscribers heard it."""
         keys: list[str] = []
         args = [str(self._size), str(self._ttl_ms), origin, str(int(time.time() * 1000))]
         for room, indexes in groups:
             pending = frames[indexes[0]][2]
-            user = pending if pending is not None else "-"
             keys += [self._key("seq", room), self._key("epoch", room), self._key("hist", room),
-                     self._key("pending", user), self._key("pending_lost", user)]
+                     *self._pending_keys(room, pending)]
             args += [self._channel_prefix + room, new_epoch(time.time(), secrets.token_hex(4)),
                      "1" if pending is not None else "0", str(len(indexes))]
             args += [frames[i][1][:-1] for i in indexes]
-        answers = await client.eval(SEQUENCE_BATCH, keys, args)
+        answers = await client.eval(self._sequence_batch, keys, args)
         # Checked as every reply from Redis is: a malformed one is dropped, not trusted.
         if not isinstance(answers, list | tuple) or len(answers) != len(groups) or not all(
             isinstance(answer, list | tuple) and len(answer) == 3 for answer in answers
         ):
             raise Malformed("stream_reply", "not what the script returns")
-        runs = [(checked_offset(first), checked_epoch(epoch)) for first, epoch, _ in answers]
-        heard = {room: checked_offset(answer[2])
-                 for (room, _), answer in zip(groups, answers, strict=True)}
-        return [Numbered(offset, epoch, positioned_json(body, offset, epoch), heard[room])
-                for (room, body, _), (offset, epoch) in zip(frames, spread(groups, runs),
-                                                            strict=True)]
+        return [(checked_offset(first), checked_epoch(epoch), checked_offset(heard))
+                for first, epoch, heard in answers]
+
+    @staticmethod
+    def _numbered(
+        frames: Sequence[tuple[str, bytes, UserId | None]],
+        groups: Sequence[tuple[str, list[int]]],
+        runs: Sequence[tuple[int, str, int] | None],
+    ) -> list[Numbered | None]:
+        """The frames in queue order, numbered from their room's run (None: none)."""
+        heard = [run[2] if run is not None else 0 for run in runs]
+        heard_by_frame = {index: count for (_, indexes), count in zip(groups, heard, strict=True)
+                          for index in indexes}
+        positions = spread_partly(groups, [run[:2] if run is not None else None for run in runs])
+        return [None if position is None else
+                Numbered(position[0], position[1],
+                         positioned_json(body, position[0], position[1]), heard_by_frame[index])
+                for index, ((_, body, _), position) in enumerate(zip(frames, positions,
+                                                                    strict=True))]
 
     async def position(self, client: Any, room: str) -> tuple[str, int]:
         """The room's epoch and last offset (a new epoch if it had none)."""
@@ -348,15 +435,18 @@ class Streams:
         return [(offset, frame) for offset, _, frame in self._entries(raw or [])]
 
     async def touch(self, client: Any, *rooms: str) -> None:
-        """Renew the rooms' keys for `history_ttl` (a key already gone stays gone)."""
-        for start in range(0, len(rooms), 300):  # bounded scripts
-            keys = [self._key(kind, room) for room in rooms[start:start + 300]
+        """Renew the rooms' keys for `history_ttl` (a key already gone stays gone).
+        Sharded: one script per room (one round trip each), as a script's keys share
+        a slot."""
+        step = 1 if self._sharded else 300  # bounded scripts
+        for start in range(0, len(rooms), step):
+            keys = [self._key(kind, room) for room in rooms[start:start + step]
                     for kind in ("seq", "epoch", "hist")]
             await client.eval(TOUCH, keys, [str(self._ttl_ms)])
 
     async def take_pending(self, client: Any, user: UserId) -> tuple[list[bytes], bool]:
         """What waited for `user` (taken: once), and whether some of it was dropped."""
-        keys = [self._key("pending", user), self._key("pending_lost", user)]
+        keys = self._pending_keys(personal_room(user), user)
         reply = await client.eval(TAKE_PENDING, keys, [])
         if not isinstance(reply, list | tuple) or len(reply) != 2 or \
                 not isinstance(reply[0], list | tuple):

@@ -128,16 +128,28 @@ def spread(
 ) -> list[tuple[int, str]]:
     """Each queued frame's (offset, epoch), in queue order, from the script's answer
     per group: the first offset of the group's run and the room's epoch."""
+    positions = spread_partly(groups, answers)
+    return [p for p in positions if p is not None]
+
+
+def spread_partly(
+    groups: Sequence[tuple[object, Sequence[int]]], answers: Sequence[tuple[int, str] | None]
+) -> list[tuple[int, str] | None]:
+    """`spread`, where a group may have no answer (None: its room's script failed,
+    with sharded pub/sub, one script per room): its frames have no position."""
     if len(groups) != len(answers):
         raise ValueError("one answer per room expected")
     size = sum(len(indexes) for _, indexes in groups)
     positions: list[tuple[int, str] | None] = [None] * size
-    for (_, indexes), (first, epoch) in zip(groups, answers, strict=True):
+    covered = [False] * size
+    for (_, indexes), answer in zip(groups, answers, strict=True):
         for step, index in enumerate(indexes):
-            positions[index] = (first + step, epoch)
-    if any(p is None for p in positions):
+            covered[index] = True
+            if answer is not None:
+                positions[index] = (answer[0] + step, answer[1])
+    if not all(covered):
         raise ValueError("the groups do not cover the batch")
-    return [p for p in positions if p is not None]
+    return positions
 
 
 # Epochs as `roomlog.new_epoch` makes them (hex time and salt), or any other short

@@ -19,8 +19,9 @@ from typing import Any, TypeVar
 
 import anyio
 
+from roomcast.actors import presence
 from roomcast.actors.backplane import REDIS_ERRORS, new_node_id, publish_frame, redis_client
-from roomcast.actors.presence import ClusterView, Keys, live_nodes, load_presence
+from roomcast.actors.presence import Keys
 from roomcast.actors.room import LOBBY
 from roomcast.actors.streams import BackplaneUnavailable, Streams
 from roomcast.config import Config
@@ -69,16 +70,9 @@ class RemoteNotificationService(NotificationService):
                 f"Redis at the configured URL is unreachable ({type(group.exceptions[0]).__name__})"
             ) from None
 
-    async def _view(self, client: Any) -> ClusterView:
-        view = ClusterView()
-        for node in await live_nodes(client, self._keys):
-            view.nodes[node] = await load_presence(client, self._keys, node)
-        return view
-
     async def _send(self, room: str, body: bytes) -> set[UserId]:
         async def publish(client: Any) -> set[UserId]:
-            view = await self._view(client)
-            members = view.room_members(room)
+            members = await presence.room_members(client, self._keys, room)
             if room != LOBBY and not self._sharded:
                 # Numbered and kept in the room's history, as a node would; a personal
                 # notification that no node hears waits for the user. A node that hears
@@ -96,22 +90,24 @@ class RemoteNotificationService(NotificationService):
         return await self._with_redis(publish)
 
     # The synchronous questions: a blocking round trip to Redis, from a worker thread,
-    # so that they work the same inside an event loop and outside one.
+    # so that they work the same inside an event loop and outside one. Each is one
+    # script (actors/presence.py), whatever the number of rooms and nodes; only
+    # `get_connected_users` reads every live node's users (still in one script).
 
-    def _ask(self, question: Callable[[ClusterView], T]) -> T:
+    def _ask(self, question: Callable[[Any], Awaitable[T]]) -> T:
         async def ask() -> T:
-            return question(await self._with_redis(self._view))
+            return await self._with_redis(question)
 
         return _run_in_thread(ask)
 
     def _has_user(self, user_id: UserId) -> bool:
-        return self._ask(lambda view: view.has_user(user_id))
+        return self._ask(lambda client: presence.has_user(client, self._keys, user_id))
 
     def _users(self) -> set[UserId]:
-        return self._ask(lambda view: view.users())
+        return self._ask(lambda client: presence.users(client, self._keys))
 
     def _members(self, room_name: str) -> set[UserId]:
-        return self._ask(lambda view: view.room_members(room_name))
+        return self._ask(lambda client: presence.room_members(client, self._keys, room_name))
 
 
 # Outside a service, `NotificationService.current()` (and so the class-level calls of

@@ -415,7 +415,9 @@ class Backplane(Actor):
         change = parse_change(data)  # Malformed: dropped by the subscriber
         if change.node != self.node_id:
             self.view.apply(change)
-            if self.view.reloads_wanted():  # a change was missed: the presence task reloads
+            # A change was missed (the presence task reloads that node), or a node is
+            # new (its lease is read, so that its end drops the node).
+            if self.view.reloads_wanted() or self.view.untimed():
                 self._presence_changed.set()
 
     # presence -------------------------------------------------------------------------
@@ -451,7 +453,8 @@ class Backplane(Actor):
                     await self._renew_rooms(client)
                     next_touch = now + tick
                 lease_end = self.view.next_lease_end()
-                if now >= (next_check if lease_end is None else min(next_check, lease_end)):
+                if now >= (next_check if lease_end is None else min(next_check, lease_end)) \
+                        or self.view.untimed():
                     await self._check_leases(client)
                     next_check = now + tick
                 await self._reload_missed(client)

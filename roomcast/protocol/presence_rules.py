@@ -165,8 +165,9 @@ class Lease:
 class NodeState:
     presence: Presence = attrs.Factory(Presence)
     seq: int = 0
-    # Local clock time its lease key ends, at the latest (None: not asked yet).
+    # Local clock time its lease key ends, at the latest (None: not timed).
     expires: float | None = None
+    timed: bool = False  # its lease was read at least once
     # A reload is wanted: a change was missed; the changes since are held here.
     stale: bool = False
     held: list[PresenceChange] = attrs.Factory(list)
@@ -274,7 +275,13 @@ class PresenceView:
                 state.stale = True  # a change was missed (or is on its way: harmless)
             # A lease key without an expiry (-1: not one of ours) is not timed.
             state.expires = asked_at + lease.ttl_ms / 1000 if lease.ttl_ms >= 0 else None
+            state.timed = True
         return dropped
+
+    def untimed(self) -> bool:
+        """A node heard of whose lease was never read (it wants a `leases` soon: its
+        lease's end is what drops it, whatever this node's own tick)."""
+        return any(not state.timed for state in self.nodes.values())
 
     def next_lease_end(self) -> float | None:
         """When the first lease known to this view ends, unless renewed meanwhile."""

@@ -70,6 +70,10 @@ class RemoteNotificationService(NotificationService):
                 f"Redis at the configured URL is unreachable ({type(group.exceptions[0]).__name__})"
             ) from None
 
+    async def _view(self, client: Any) -> presence.ClusterView:
+        """The whole cluster's presence: a round trip per node, not per room."""
+        return await presence.load_view(client, self._keys)
+
     async def _send(self, room: str, body: bytes) -> set[UserId]:
         async def publish(client: Any) -> set[UserId]:
             members = await presence.room_members(client, self._keys, room)

@@ -78,6 +78,12 @@ async def test_a_workers_questions_take_as_few_round_trips_with_800_rooms_as_wit
             assert len(joined[-1]["data"]["rooms"]) == 801
             await eventually(lambda: worker.get_room_members("room799") == {7})
             with_800_rooms = await round_trips(worker, "room0")
+            # A worker's whole view (what an open facade keeps): the leases, then a
+            # round trip per node, not per room.
+            with counted_commands() as sent:
+                view = await worker._with_redis(worker._view)
+            assert len(sent) == 2, sent
+            assert view.room_members("room799") == {7} and view.users() == {7}
         assert with_800_rooms == with_one_room
         assert max(with_800_rooms.values()) <= 3, with_800_rooms
         await eventually(lambda: worker.get_room_members("room0") == set())  # it left

@@ -28,6 +28,7 @@ pure: `protocol/presence_rules.py`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -353,6 +354,16 @@ async def load(client: Any, keys: Keys, node: str) -> tuple[int, Presence] | Non
     rooms = {_text(flat[i], "a room"): _texts(flat[i + 1], "room members")
              for i in range(0, len(flat), 2)}
     return _number(seq, "a seq"), presence_of(_texts(users, "users"), rooms)
+
+
+async def load_view(client: Any, keys: Keys) -> ClusterView:
+    """Every live node's whole presence: one script for the leases, then one per node,
+    whatever the number of rooms (a process that keeps a view of its own)."""
+    view = ClusterView()
+    view.leases("", await leases(client, keys, ""), time.monotonic())
+    for node in view.reloads_wanted():
+        view.loaded(node, *(await load(client, keys, node) or (None, None)))
+    return view
 
 
 async def has_user(client: Any, keys: Keys, user: UserId) -> bool:

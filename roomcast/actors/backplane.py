@@ -379,9 +379,9 @@ class Backplane(Actor):
                     self.dropped(Malformed("unexpected", type(exc).__name__))
             # The subscription is reconnecting: what was published meanwhile is lost
             # to it. Each room asks Redis where it is and catches up from its stream;
-            # the other nodes' presence is reloaded.
+            # the other nodes' presence is reloaded at the presence task's next round
+            # (not woken here: `healthy` would come before the rooms' checks).
             self.view.interrupted()
-            self._presence_changed.set()
             await self._check_rooms()
             await trio.sleep(0.05)
 
@@ -475,11 +475,13 @@ class Backplane(Actor):
             except Malformed as malformed:  # Redis answered a presence script oddly
                 self.dropped(malformed)
             now = trio.current_time()
-            wake = min(next_check, now + (tick if self.healthy else 0.5))
-            # Woken when the first lease it knows ends, unless renewed: a dead node
-            # leaves the view one round trip after its lease key expires.
-            if (lease_end := self.view.next_lease_end()) is not None:
-                wake = min(wake, max(lease_end, now + 0.01))
+            wake = now + 0.5  # Redis away or not heard yet: retried twice a second
+            if self.healthy:
+                wake = min(now + tick, next_check)
+                # Woken when the first lease it knows ends, unless renewed: a dead node
+                # leaves the view one round trip after its lease key expires.
+                if (lease_end := self.view.next_lease_end()) is not None:
+                    wake = min(wake, max(lease_end, now + 0.01))
             with trio.move_on_at(wake):
                 await self._presence_changed.wait()
                 await trio.sleep(0.005)  # let the rooms apply the joins that woke us

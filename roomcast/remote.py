@@ -19,7 +19,6 @@ or from the end of the block, for frames that were queued and then lost).
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -30,8 +29,9 @@ import anyio.abc
 import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from roomcast.actors import presence
 from roomcast.actors.backplane import REDIS_ERRORS, new_node_id, publish_frame, redis_client
-from roomcast.actors.presence import ClusterView, Keys, live_nodes, load_presence
+from roomcast.actors.presence import Keys
 from roomcast.actors.room import LOBBY
 from roomcast.actors.streams import BackplaneUnavailable, Streams
 from roomcast.config import Config
@@ -103,19 +103,16 @@ class RemoteNotificationService(NotificationService):
                 f"Redis at the configured URL is unreachable ({type(group.exceptions[0]).__name__})"
             ) from None
 
-    async def _view(self, client: Any) -> ClusterView:
-        view = ClusterView()
-        for node in await live_nodes(client, self._keys):
-            view.nodes[node] = await load_presence(client, self._keys, node)
-        return view
+    async def _view(self, client: Any) -> presence.ClusterView:
+        """The whole cluster's presence: a round trip per node, not per room."""
+        return await presence.load_view(client, self._keys)
 
     async def _send(self, room: str, body: bytes) -> set[UserId]:
         if self._session is not None:
             return await self._session.send(room, body)
 
         async def publish(client: Any) -> set[UserId]:
-            view = await self._view(client)
-            members = view.room_members(room)
+            members = await presence.room_members(client, self._keys, room)
             if room != LOBBY:
                 # Numbered and kept in the room's history, as a node would; a personal
                 # notification that no node hears waits for the user. A node that hears
@@ -133,22 +130,24 @@ class RemoteNotificationService(NotificationService):
         return await self._with_redis(publish)
 
     # The synchronous questions: a blocking round trip to Redis, from a worker thread,
-    # so that they work the same inside an event loop and outside one.
+    # so that they work the same inside an event loop and outside one. Each is one
+    # script (actors/presence.py), whatever the number of rooms and nodes; only
+    # `get_connected_users` reads every live node's users (still in one script).
 
-    def _ask(self, question: Callable[[ClusterView], T]) -> T:
+    def _ask(self, question: Callable[[Any], Awaitable[T]]) -> T:
         async def ask() -> T:
-            return question(await self._with_redis(self._view))
+            return await self._with_redis(question)
 
         return _run_in_thread(ask)
 
     def _has_user(self, user_id: UserId) -> bool:
-        return self._ask(lambda view: view.has_user(user_id))
+        return self._ask(lambda client: presence.has_user(client, self._keys, user_id))
 
     def _users(self) -> set[UserId]:
-        return self._ask(lambda view: view.users())
+        return self._ask(lambda client: presence.users(client, self._keys))
 
     def _members(self, room_name: str) -> set[UserId]:
-        return self._ask(lambda view: view.room_members(room_name))
+        return self._ask(lambda client: presence.room_members(client, self._keys, room_name))
 
 
 # Frames a worker's open facade queues at most (a call waits while the queue is full),
@@ -166,7 +165,7 @@ class _Session:
 
     def __init__(self, remote: RemoteNotificationService) -> None:
         self._remote = remote
-        self.view = ClusterView()
+        self.view = presence.ClusterView()
         self._client: Any = None
         self._tasks: anyio.abc.TaskGroup | None = None
         self._queue: MemoryObjectSendStream[tuple[str, bytes]]
@@ -271,10 +270,10 @@ class _Session:
                 tasks.start_soon(self._reload)
                 async for message in pubsub:
                     if message.get("type") in ("message", "smessage"):
-                        # A malformed change is skipped: the next reload reads Redis.
-                        with contextlib.suppress(ValueError, KeyError, TypeError,
-                                                 AttributeError):
-                            self.view.apply(json.loads(bytes(message["data"])))
+                        # A malformed change (Malformed, a ValueError) is skipped:
+                        # the next reload reads Redis.
+                        with contextlib.suppress(ValueError):
+                            self.view.apply(presence.parse_change(bytes(message["data"])))
 
     async def _reload(self) -> None:
         while True:

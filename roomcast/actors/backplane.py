@@ -8,9 +8,11 @@ What crosses Redis, and why:
   frame bytes it already built, prefixed with its node id; the other nodes hand those
   bytes to their own room actor, which fans them out as it does local frames.
 - Presence. Each node writes who is connected to it, and who is in which room, under
-  its own keys, and renews a lease. Changes are published, so every node keeps a
-  view of the others in memory: the facade's synchronous questions read that view
-  without waiting. A node that dies without a goodbye drops out when its lease ends.
+  its own keys and in the cluster's indexes (one script), and renews a lease. Changes
+  are published, numbered, so every node keeps a view of the others in memory: the
+  facade's synchronous questions read that view without waiting. A node reloads
+  another's presence only when it missed a change of it. A node that dies without a
+  goodbye drops out when its lease ends.
 
 The Redis keys and channels, and the presence records, are in `presence.py`.
 """
@@ -34,15 +36,9 @@ from coredis.retry import (
     ExponentialBackoffRetryPolicy,
 )
 
+from roomcast.actors import presence as cluster_presence
 from roomcast.actors.base import Actor, ActorCrashed, Reply
-from roomcast.actors.presence import (
-    ClusterView,
-    Keys,
-    Presence,
-    PresenceChange,
-    diff,
-    load_presence,
-)
+from roomcast.actors.presence import ClusterView, Keys, Presence, parse_change
 from roomcast.actors.room import LOBBY, Check, Delivery, Join, Publish, Room
 from roomcast.actors.sequencer import Outgoing, Sequencer
 from roomcast.actors.streams import (
@@ -59,6 +55,7 @@ from roomcast.protocol import (
 from roomcast.protocol.batch import BadFrame, BadHeader, RoomBatch
 from roomcast.protocol.batch import parse_room_message as parse_batch
 from roomcast.protocol.holdback import Fetch
+from roomcast.protocol.presence_rules import diff, index_writes, normalised
 from roomcast.protocol.roomlog import Stretch
 
 
@@ -147,6 +144,7 @@ class Backplane(Actor):
         self._rooms_changed = trio.Event()  # wakes `_follow_rooms`
         self._following = trio.CancelScope()  # its subscribing, cut short by an outage
         self._written: Presence | None = None  # our presence as Redis holds it; None: unknown
+        self._seq = 0  # the number of our last presence write (Redis holds it in our lease)
         self._presence_changed = trio.Event()
         self._connected = trio.Event()  # Redis answered: the subscriber may connect
         self._outage_told = False  # "delivering locally only" is logged once per outage
@@ -189,6 +187,7 @@ class Backplane(Actor):
         """Redis failed us: deliver locally; joins waiting for a channel go on at once."""
         self.healthy = False
         self._away = True
+        self.view.interrupted()  # changes may be missed: reloaded once Redis answers
         self._following.cancel()
         self._rooms_changed.set()
 
@@ -409,7 +408,10 @@ class Backplane(Actor):
                         log.exception("backplane: a message from Redis broke an assumption")
                     self.dropped(Malformed("unexpected", type(exc).__name__))
             # The subscription is reconnecting: what was published meanwhile is lost
-            # to it. Each room asks Redis where it is and catches up from its stream.
+            # to it. Each room asks Redis where it is and catches up from its stream;
+            # the other nodes' presence is reloaded at the presence task's next round
+            # (not woken here: `healthy` would come before the rooms' checks).
+            self.view.interrupted()
             await self._check_rooms()
             await trio.sleep(0.05)
 
@@ -441,9 +443,13 @@ class Backplane(Actor):
                     await room.call(Publish(parsed, Reply(), None))
 
     def _on_presence(self, data: bytes) -> None:
-        change = PresenceChange.parse(data)  # Malformed: dropped by the subscriber
+        change = parse_change(data)  # Malformed: dropped by the subscriber
         if change.node != self.node_id:
             self.view.apply(change)
+            # A change was missed (the presence task reloads that node), or a node is
+            # new (its lease is read, so that its end drops the node).
+            if self.view.reloads_wanted() or self.view.untimed():
+                self._presence_changed.set()
 
     # presence -------------------------------------------------------------------------
 
@@ -460,9 +466,11 @@ class Backplane(Actor):
 
     async def _keep_presence(self, client: Any) -> None:
         """Renew the lease, write presence changes, keep the view of the others, and
-        notice Redis going away and coming back."""
+        notice Redis going away and coming back. Idle, it costs a few commands every
+        `presence_lease / 3`: the view is kept from the channel's numbered changes, and
+        a node is read whole only when a change of it was missed."""
         tick = self._lease / 3
-        next_resync = 0.0
+        next_check = next_touch = 0.0
         while True:
             # Replaced before the state is read: a change during the write below sets
             # this one, and the next round writes it at once (not a tick later).
@@ -472,10 +480,15 @@ class Backplane(Actor):
                 self._connected.set()
                 await self._write_presence(client)
                 now = trio.current_time()
-                if now >= next_resync:
-                    await self._resync_view(client)
+                if now >= next_touch:
                     await self._renew_rooms(client)
-                    next_resync = now + tick
+                    next_touch = now + tick
+                lease_end = self.view.next_lease_end()
+                if now >= (next_check if lease_end is None else min(next_check, lease_end)) \
+                        or self.view.untimed():
+                    await self._check_leases(client)
+                    next_check = now + tick
+                await self._reload_missed(client)
                 if self._pubsub is None:
                     pass  # the subscriber is connecting: healthy once it hears its inbox
                 elif not await self._hearing(client):
@@ -489,8 +502,18 @@ class Backplane(Actor):
                 self._lost_redis()
                 self._tell_outage(f"{type(exc).__name__}: {exc}")
                 self._written = None  # rewrite everything once Redis is back
-                next_resync = 0.0
-            with trio.move_on_after(tick if self.healthy else 0.5):
+                next_check = 0.0
+            except Malformed as malformed:  # Redis answered a presence script oddly
+                self.dropped(malformed)
+            now = trio.current_time()
+            wake = now + 0.5  # Redis away or not heard yet: retried twice a second
+            if self.healthy:
+                wake = min(now + tick, next_check)
+                # Woken when the first lease it knows ends, unless renewed: a dead node
+                # leaves the view one round trip after its lease key expires.
+                if (lease_end := self.view.next_lease_end()) is not None:
+                    wake = min(wake, max(lease_end, now + 0.01))
+            with trio.move_on_at(wake):
                 await self._presence_changed.wait()
                 await trio.sleep(0.005)  # let the rooms apply the joins that woke us
 
@@ -524,64 +547,51 @@ class Backplane(Actor):
         return any(count > 0 for count in counts.values())
 
     async def _renew(self, client: Any) -> None:
-        lease_ms = int(self._lease * 1000)
-        existed = await client.exists([self.keys.node(self.node_id)])
-        await client.set(self.keys.node(self.node_id), b"1", px=lease_ms)
-        if not existed:
+        renewed = await client.pexpire(self.keys.node(self.node_id), int(self._lease * 1000))
+        if not renewed:
             self._written = None  # new, expired or Redis restarted: write it all again
-            await client.sadd(self.keys.nodes(), [self.node_id])
 
     async def _write_presence(self, client: Any) -> None:
-        current = self.local_presence()
+        current = normalised(self.local_presence())
         if self._written is None:
-            await self._clear(client, self.node_id)
-            await self._store(client, Presence(), current)
-            change: dict[str, Any] = {"node": self.node_id, "full": current.to_json()}
+            await self._store(client, None, current)
+            change: dict[str, Any] = {"node": self.node_id, "seq": self._seq,
+                                      "full": current.to_json()}
         else:
             add, remove = diff(self._written, current)
-            if not (add["users"] or add["rooms"] or remove["users"] or remove["rooms"]):
+            if add.empty() and remove.empty():
                 return
             await self._store(client, self._written, current)
-            change = {"node": self.node_id, "add": add, "del": remove}
+            change = {"node": self.node_id, "seq": self._seq, "add": add.to_json(),
+                      "del": remove.to_json()}
         self._written = current
         await publish_to(client, self._sharded, self.keys.presence_channel(),
                          json.dumps(change).encode())
 
-    async def _store(self, client: Any, old: Presence, new: Presence) -> None:
-        keys, node = self.keys, self.node_id
-        add, remove = diff(old, new)
-        if add["users"]:
-            await client.sadd(keys.users(node), add["users"])
-        if remove["users"]:
-            await client.srem(keys.users(node), remove["users"])
-        for room, members in add["rooms"].items():
-            await client.sadd(keys.room_members(node, room), members)
-            await client.sadd(keys.rooms(node), [room])
-        for room, members in remove["rooms"].items():
-            await client.srem(keys.room_members(node, room), members)
-            if room not in new.rooms:
-                await client.srem(keys.rooms(node), [room])
+    async def _store(self, client: Any, old: Presence | None, new: Presence) -> None:
+        """Write the change from `old` (None: unknown, cleared first) to `new`: our
+        sets, the cluster's indexes, our lease and the change's seq, in one script."""
+        self._seq += 1
+        add, remove = diff(old or Presence(), new)
+        await cluster_presence.write(
+            client, self.keys, self.node_id, self._seq, int(self._lease * 1000),
+            index_writes(self.node_id, add, remove, new), clear=old is None)
 
-    async def _clear(self, client: Any, node: str) -> None:
-        rooms = await client.smembers(self.keys.rooms(node))
-        doomed = [self.keys.users(node), self.keys.rooms(node)]
-        doomed += [self.keys.room_members(node, bytes(r).decode()) for r in rooms]
-        await client.delete(doomed)
+    async def _check_leases(self, client: Any) -> None:
+        """The other nodes' leases, in one round trip: a node without one is dropped
+        (and its keys cleaned up), a node new to us or whose last change we missed is
+        marked for a reload."""
+        asked_at = trio.current_time()
+        found = await cluster_presence.leases(client, self.keys, self.node_id)
+        for node in self.view.leases(self.node_id, found, asked_at):
+            log.info("backplane: node %s stopped renewing its lease; dropping it", node)
 
-    async def _resync_view(self, client: Any) -> None:
-        """Reload the other nodes from Redis, and reap those whose lease ended."""
-        nodes = sorted(bytes(n).decode() for n in await client.smembers(self.keys.nodes()))
-        others = [n for n in nodes if n != self.node_id]
-        alive = await client.mget([self.keys.node(n) for n in others]) if others else []
-        view: dict[str, Presence] = {}
-        for node, lease in zip(others, alive, strict=True):
-            if lease is None:
-                log.info("backplane: node %s stopped renewing its lease; dropping it", node)
-                await self._clear(client, node)
-                await client.srem(self.keys.nodes(), [node])
-                continue
-            view[node] = await load_presence(client, self.keys, node)
-        self.view.nodes = view
+    async def _reload_missed(self, client: Any) -> None:
+        """Read whole, one round trip each, the nodes whose changes the view missed."""
+        for node in self.view.reloads_wanted():
+            loaded = await cluster_presence.load(client, self.keys, node)
+            seq, presence = loaded if loaded is not None else (None, None)
+            self.view.loaded(node, seq, presence)
 
     async def leave_cluster(self) -> None:
         """A clean goodbye: our keys go, and the others drop us at once."""
@@ -590,9 +600,7 @@ class Backplane(Actor):
             return
         with trio.move_on_after(2.0, shield=True):
             try:
-                await self._clear(client, self.node_id)
-                await client.delete([self.keys.node(self.node_id)])
-                await client.srem(self.keys.nodes(), [self.node_id])
+                await cluster_presence.leave(client, self.keys, self.node_id)
                 bye = {"node": self.node_id, "bye": True}
                 await publish_to(client, self._sharded, self.keys.presence_channel(),
                                  json.dumps(bye).encode())

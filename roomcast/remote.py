@@ -119,7 +119,8 @@ class RemoteNotificationService(NotificationService):
                 # the user's room has a connection of theirs now, even if its presence
                 # is not written yet.
                 owner = personal_room_owner(room)
-                numbered = await self._streams.sequence(client, room, body, self._origin, owner)
+                [numbered] = await self._streams.sequence_batch(
+                    client, [(room, body, owner)], self._origin)
                 if owner is not None and numbered.heard:
                     members = members | {owner}
             else:

@@ -54,43 +54,15 @@ from roomcast.protocol.batch import group_by_room, positioned_json, spread_partl
 from roomcast.protocol.holdback import Fetch
 from roomcast.protocol.roomlog import Stretch, new_epoch
 
-# KEYS: seq, epoch, hist, pending, pending_lost (the last two may be unused); ARGV:
-# body without its closing brace, maxlen, ttl ms, channel, origin, candidate epoch, now
-# ms, pending flag. Returns the position, the frame, and how many subscribers heard it:
-# a personal frame that nobody heard is kept in the user's pending list (at most
-# maxlen; the oldest dropped, and that noted, so the user is told `too_many`).
-SEQUENCE = """
-local epoch = redis.call('GET', KEYS[2])
-if not epoch then
-  epoch = ARGV[6]
-  redis.call('SET', KEYS[2], epoch)
-  redis.call('DEL', KEYS[1], KEYS[3])
-end
-local offset = redis.call('INCR', KEYS[1])
-local frame = ARGV[1] .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
-local size = tonumber(ARGV[2])
-if size > 0 then
-  redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[2], '0-' .. offset, 't', ARGV[7], 'f', frame)
-end
-for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
-local heard = redis.call('PUBLISH', ARGV[4], ARGV[5] .. offset .. ' ' .. epoch .. '\\n' .. frame)
-if ARGV[8] == '1' and heard == 0 and size > 0 then
-  if redis.call('RPUSH', KEYS[4], frame) > size then
-    redis.call('LPOP', KEYS[4])
-    redis.call('SET', KEYS[5], 'too_many', 'PX', ARGV[3])
-  end
-  redis.call('PEXPIRE', KEYS[4], ARGV[3])
-end
-return {offset, epoch, frame, heard}
-"""
-
-# SEQUENCE for a batch: frames of several rooms numbered in one round trip. KEYS: seq,
-# epoch, hist, pending, pending_lost of each room in turn; ARGV: maxlen, ttl ms, origin,
+# Frames of one room or several numbered in one round trip. KEYS: seq, epoch, hist,
+# pending, pending_lost of each room in turn (the last two unused but for a personal
+# room); ARGV: maxlen, ttl ms, origin,
 # now ms, then per room: channel, candidate epoch, pending flag, COUNT, and COUNT bodies
 # without their closing brace. Each room's frames get consecutive offsets and go out
 # as ONE message (roomcast.protocol.batch has its format); a personal room's frames
-# that nobody heard go to the user's pending list, as SEQUENCE's do. Returns, per
-# room: its first offset, its epoch, and how many subscribers heard the message.
+# that nobody heard go to the user's pending list (at most maxlen; the oldest dropped,
+# and that noted, so the user is told `too_many`). Returns, per room: its first offset,
+# its epoch, and how many subscribers heard the message.
 SEQUENCE_BATCH = """
 local size = tonumber(ARGV[1])
 local at = 5
@@ -141,7 +113,6 @@ return answers
 
 # The same scripts for sharded pub/sub: a room's channel is a shard channel of the
 # slot of its keys (one room per call: one slot per script).
-SHARDED_SEQUENCE = SEQUENCE.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'")
 SHARDED_SEQUENCE_BATCH = SEQUENCE_BATCH.replace("redis.call('PUBLISH'",
                                                 "redis.call('SPUBLISH'")
 
@@ -290,7 +261,6 @@ class Streams:
         self._ttl_ms = max(1, int(ttl * 1000))
         self._channel_prefix = f"{prefix}:room:"
         self._sharded = sharded
-        self._sequence = SHARDED_SEQUENCE if sharded else SEQUENCE
         self._sequence_batch = SHARDED_SEQUENCE_BATCH if sharded else SEQUENCE_BATCH
         # Told of each stream entry skipped for breaking its format (the backplane logs
         # it once per kind and counts it).
@@ -311,25 +281,6 @@ class Streams:
             return [self._key("pending", owner_room), self._key("pending_lost", owner_room)]
         name = user if user is not None else "-"
         return [f"{self._tag}:pending:{name}", f"{self._tag}:pending_lost:{name}"]
-
-    async def sequence(
-        self, client: Any, room: str, body: bytes, origin: bytes, pending: UserId | None
-    ) -> Numbered:
-        keys = [self._key("seq", room), self._key("epoch", room), self._key("hist", room),
-                *self._pending_keys(room, pending)]
-        args = [body[:-1], str(self._size), str(self._ttl_ms), self._channel_prefix + room,
-                origin, new_epoch(time.time(), secrets.token_hex(4)), str(int(time.time() * 1000)),
-                "1" if pending is not None else "0"]
-        reply = await client.eval(self._sequence, keys, args)
-        if not isinstance(reply, list | tuple) or len(reply) != 4:
-            raise Malformed("stream_reply", "not what the script returns")
-        offset, epoch, frame, heard = reply
-        # The frame is the one the script just built from our JSON and the epoch.
-        frame = _raw(frame)
-        if frame is None:
-            raise Malformed("stream_reply", "no frame")
-        return Numbered(checked_offset(offset), checked_epoch(epoch), frame,
-                        checked_offset(heard))
 
     async def sequence_batch(
         self, client: Any, frames: Sequence[tuple[str, bytes, UserId | None]], origin: bytes

@@ -357,12 +357,12 @@ class Connection:
         if admission.rule is None:
             self._refuse_join(room, admission.why)
             return
-        if room in self.rooms:  # joined before, or meanwhile: only the expiry moves
+        # This connection handles one frame at a time: no other join ran meanwhile
+        # (the keeper may only have left a room), so the count checked above holds.
+        if room in self.rooms:  # a re-join with a room token: only the expiry moves
             self.keeper.watch_room(self, room, admission.expires_at)
             self._rooms_reply("Joined room", room)
             return
-        if len(self.rooms) >= self._config.max_rooms_per_connection:  # joins meanwhile
-            raise ProtocolError.too_many_rooms(self._config.max_rooms_per_connection)
         rooms = [*self.all_rooms(), room]
 
         def answer(recovery: Recovery) -> bytes:

@@ -25,8 +25,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +35,9 @@ from trio_websocket import open_websocket_url
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import roomcast.remote  # noqa: E402
 from roomcast import mint_token  # noqa: E402
 from roomcast.remote import RemoteNotificationService  # noqa: E402
-from tests.cluster import Node, RedisServer  # noqa: E402
+from tests.cluster import Node, RedisServer, counted_commands  # noqa: E402
 
 USER = 42
 
@@ -48,30 +46,6 @@ def cpu_seconds(pid: int) -> float:
     """The process's user + system CPU time so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@contextmanager
-def counted_commands() -> Iterator[list[str]]:
-    """Every command the worker's Redis clients send, by name (the handshake aside)."""
-    sent: list[str] = []
-    original = roomcast.remote.redis_client
-
-    def counting_client(url: str, sharded: bool) -> Any:
-        client = original(url, sharded)
-        execute = client.execute_command
-
-        async def execute_command(command: Any, *args: Any, **kwargs: Any) -> Any:
-            sent.append(bytes(command.name).decode())
-            return await execute(command, *args, **kwargs)
-
-        client.execute_command = execute_command
-        return client
-
-    roomcast.remote.redis_client = counting_client
-    try:
-        yield sent
-    finally:
-        roomcast.remote.redis_client = original
 
 
 async def measure(what: str, call: Callable[[], Any], samples: int) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+import roomcast.remote
 from roomcast import Service
 
 from .conftest import SECRET, eventually, make_config, running
@@ -272,3 +273,27 @@ def _wait_for_ping(port: int) -> None:
         except OSError:
             time.sleep(0.05)  # the poll interval of a wait for redis-server (a subprocess)
     raise RuntimeError(f"redis-server on {port} did not start")
+
+
+@contextmanager
+def counted_commands() -> Iterator[list[str]]:
+    """The Redis commands a worker's calls send (each a round trip), by name."""
+    sent: list[str] = []
+    original = roomcast.remote.redis_client
+
+    def counting_client(url: str, sharded: bool) -> Any:
+        client = original(url, sharded)
+        execute = client.execute_command
+
+        async def execute_command(command: Any, *args: Any, **kwargs: Any) -> Any:
+            sent.append(bytes(command.name).decode())
+            return await execute(command, *args, **kwargs)
+
+        client.execute_command = execute_command
+        return client
+
+    roomcast.remote.redis_client = counting_client
+    try:
+        yield sent
+    finally:
+        roomcast.remote.redis_client = original

@@ -4,43 +4,15 @@ node leaves every answer, and a missed change repaired without a periodic reload
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import trio
 
-import roomcast.remote
 from roomcast.remote import RemoteNotificationService
 
-from .cluster import needs_redis, nodes
+from .cluster import counted_commands, needs_redis, nodes
 from .conftest import connect, eventually, running
 
 pytestmark = needs_redis
-
-
-@contextmanager
-def counted_commands() -> Iterator[list[str]]:
-    """The Redis commands a worker's calls send (each a round trip), by name."""
-    sent: list[str] = []
-    original = roomcast.remote.redis_client
-
-    def counting_client(url: str, sharded: bool) -> Any:
-        client = original(url, sharded)
-        execute = client.execute_command
-
-        async def execute_command(command: Any, *args: Any, **kwargs: Any) -> Any:
-            sent.append(bytes(command.name).decode())
-            return await execute(command, *args, **kwargs)
-
-        client.execute_command = execute_command
-        return client
-
-    roomcast.remote.redis_client = counting_client
-    try:
-        yield sent
-    finally:
-        roomcast.remote.redis_client = original
 
 
 async def round_trips(worker: RemoteNotificationService, room: str) -> dict[str, int]:

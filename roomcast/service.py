@@ -94,9 +94,9 @@ async def open_service(
     config = config or Config()
     fit_descriptors(config)
     authenticate = checked(authenticator or JwtAuthenticator(config))
+    listeners = await open_listeners(config)  # a port in use: nothing to close yet
     http_authorizer = HttpJoinAuthorizer(config) if config.join_url else None
     rules = join_rules(config, room_authorizer, http_authorizer)
-    listeners = await open_listeners(config)
     try:
         async with trio.open_nursery() as nursery:
             service: Service = await nursery.start(_run, config, authenticate, rules,

@@ -30,6 +30,7 @@ class Member:
     def __init__(self, member_id: int, sink: int) -> None:
         self.id = member_id
         self.user_id = member_id
+        self.deflate = False
         self._sink = sink
 
     def deliver(self, frame: bytes, *, later: bool = False) -> bool:

@@ -158,6 +158,10 @@ class Config:
     max_message_size: int = _setting(
         64 * 1024, "largest client frame in bytes; larger closes with 1009"
     )
+    compression: bool = _setting(
+        True, "negotiate permessage-deflate with clients that offer it (browsers do): a "
+        "room's frame is compressed once per publish for all of them"
+    )
     handshake_timeout: float = _setting(10.0, "seconds a client has to finish the handshake")
     close_timeout: float = _setting(5.0, "seconds to wait for a client's closing handshake")
     ping_interval: float = _setting(

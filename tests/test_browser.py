@@ -146,11 +146,15 @@ def base_url(service: Service) -> str:
 # -- steps, run in the browser's thread -------------------------------------------
 
 
-def sign_in(browser: Browser, url: str, user: str, ttl: int | None = None) -> Any:
-    """A new page on the demo, signed in as `user` through /demo/token, connected."""
+def sign_in(browser: Browser, url: str, user: str, ttl: int | None = None,
+            init_script: str | None = None) -> Any:
+    """A new page on the demo, signed in as `user` through /demo/token, connected.
+    `init_script` runs in the page before its own scripts."""
     from playwright.sync_api import expect
 
     page = browser.context.new_page()
+    if init_script is not None:
+        page.add_init_script(init_script)
     page.clock.set_fixed_time(FROZEN)
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
@@ -312,6 +316,43 @@ async def test_backend_notifications_appear_as_toasts_by_level(browser: Browser)
         ))
         assert "alert" in roles and "status" in roles
         await browser(close_pages, alice, bob)
+
+
+# Keeps every WebSocket the page opens in `window.sockets`, to read what it negotiated.
+RECORD_SOCKETS = """
+window.sockets = [];
+window.WebSocket = class extends window.WebSocket {
+  constructor(...args) { super(...args); window.sockets.push(this); }
+};
+"""
+
+
+async def test_chromium_negotiates_permessage_deflate_and_reads_compressed_frames(
+    browser: Browser, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import roomcast.actors.room
+    from roomcast.protocol.deflate import deflated_frame
+
+    compressed: list[bytes] = []
+
+    def counted(frame: bytes) -> bytes:
+        deflated = deflated_frame(frame)
+        compressed.extend([deflated] if deflated is not frame else [])
+        return deflated
+
+    monkeypatch.setattr(roomcast.actors.room, "deflated_frame", counted)
+    async with demo_service() as service:
+        alice = await browser(sign_in, browser, base_url(service), "alice", None,
+                              RECORD_SOCKETS)
+        extensions = await browser(lambda: alice.evaluate("() => window.sockets[0].extensions"))
+        assert extensions.startswith("permessage-deflate"), extensions
+        assert "server_no_context_takeover" in extensions
+        await browser(join, alice, "project_42")
+        text = "Build #312 finished: " + "every check passed, " * 10
+        assert await service.notifications.notify_room("project_42", text, level="warning") == 1
+        await browser(toast, alice, "warning", "Build #312 finished")  # it decoded
+        assert len(compressed) == 1
+        await browser(close_pages, alice)
 
 
 async def test_page_reconnects_after_a_restart_and_is_back_in_its_rooms(

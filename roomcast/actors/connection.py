@@ -153,6 +153,7 @@ class Connection:
         self.user_id = principal.user_id
         self.personal_room = personal_room(principal.user_id)
         self.ws = ws
+        self.deflate = ws.deflate  # a room sends it the compressed variant of its frames
         self.outbox = outbox
         self.registry = registry
         self.keeper = keeper

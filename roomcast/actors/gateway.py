@@ -278,7 +278,7 @@ class Gateway:
                 await handshake.reject(rejection.status, b"application/json", body)
             return
         self._handshake_over(ticket)
-        ws = handshake.accept(config.max_message_size)
+        ws = handshake.accept(config.max_message_size, config.compression)
         connection = Connection(
             conn_id, principal, ws, outbox, self._registry, self._keeper, self._authenticate,
             config, self._rules,

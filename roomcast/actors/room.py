@@ -40,6 +40,7 @@ from roomcast.protocol import (
     positioned_frame,
     text_frame,
 )
+from roomcast.protocol.deflate import deflated_frame
 from roomcast.protocol.holdback import Fetch, HoldBack, Released
 from roomcast.protocol.roomlog import (
     Kept,
@@ -60,6 +61,11 @@ class Member(Protocol):
 
     @property
     def user_id(self) -> UserId: ...
+
+    @property
+    def deflate(self) -> bool:
+        """It negotiated permessage-deflate: it gets frames' compressed variants."""
+        ...
 
     def deliver(self, frame: bytes, *, later: bool = False) -> bool:
         """Queue complete frame bytes; False if they were dropped."""
@@ -166,6 +172,14 @@ class _FanOut:
     kept: Kept | None  # its record in the room's log, marked once someone has it
     users: set[UserId] = attrs.Factory(set)
     connections: int = 0
+    _deflated: bytes | None = attrs.field(default=None, init=False)
+
+    def deflated(self) -> bytes:
+        """The frame's compressed variant, for members that negotiated
+        permessage-deflate: built once per publish, when the first of them is met."""
+        if self._deflated is None:
+            self._deflated = deflated_frame(self.frame)
+        return self._deflated
 
 
 class Room(MessageActor):
@@ -375,7 +389,10 @@ class Room(MessageActor):
         may_yield = not self.inline
         for count, member in enumerate(fan_out.pending, 1):
             try:
-                delivered = member.deliver(frame, later=later)
+                if member.deflate:
+                    delivered = member.deliver(fan_out.deflated(), later=later)
+                else:
+                    delivered = member.deliver(frame, later=later)
             except Exception:
                 log.exception("conn %d user=%r: failed taking a frame; closing with 1011",
                               member.id, member.user_id)

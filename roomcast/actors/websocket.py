@@ -11,6 +11,7 @@ after the frames queued before it.
 from __future__ import annotations
 
 import contextlib
+import zlib
 from typing import cast
 
 import attrs
@@ -27,11 +28,15 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.extensions import PerMessageDeflate
+from wsproto.frame_protocol import CloseReason as WsCloseReason
+from wsproto.frame_protocol import FrameDecoder, FrameProtocol, Opcode, RsvBits
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError
 
 from roomcast.actors.outbox import RECEIVE_SIZE, Outbox
 from roomcast.protocol import CloseCode
+from roomcast.protocol.deflate import Inflater, MessageTooBig, negotiate
 
 ABNORMAL_CLOSURE = 1006  # RFC 6455: the stream ended without a closing frame
 
@@ -48,6 +53,66 @@ class ConnectionClosed(Exception):
     def __init__(self, reason: CloseReason) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class Deflate(PerMessageDeflate):
+    """permessage-deflate as the service speaks it: wsproto checks the RSV bits and
+    tracks which messages are compressed; the answer to an offer is
+    `protocol.deflate.negotiate` (the first acceptable offer wins), and a client's
+    messages are inflated by an `Inflater`, at most `max_message_size` bytes each
+    (past it: 1009). wsproto never compresses for us: server frames are prebuilt,
+    their compressed variants too (`protocol.deflate.deflated_frame`)."""
+
+    def __init__(self, max_message_size: int) -> None:
+        super().__init__(client_no_context_takeover=True, server_no_context_takeover=True)
+        self._inflater = Inflater(max_message_size)
+
+    def accept(self, offer: str) -> str | None:
+        if self._enabled:  # an earlier offer was accepted: one answer only
+            return None
+        answer = negotiate(offer)
+        self._enabled = answer is not None
+        return answer
+
+    def frame_inbound_header(
+        self, proto: FrameDecoder | FrameProtocol, opcode: Opcode, rsv: RsvBits,
+        payload_length: int,
+    ) -> WsCloseReason | RsvBits:
+        # wsproto's, without the zlib object it would make and keep: ours is the
+        # Inflater's, made per message and dropped at its end.
+        if rsv.rsv1 and (opcode.iscontrol() or opcode is Opcode.CONTINUATION):
+            return WsCloseReason.PROTOCOL_ERROR
+        self._inbound_is_compressible = self._compressible_opcode(opcode)
+        if self._inbound_compressed is None:
+            self._inbound_compressed = rsv.rsv1
+        return RsvBits(True, False, False)
+
+    def frame_inbound_payload_data(
+        self, proto: FrameDecoder | FrameProtocol, data: bytes
+    ) -> bytes | WsCloseReason:
+        if not self._inbound_compressed or not self._inbound_is_compressible:
+            return data
+        try:
+            return self._inflater.feed(bytes(data))
+        except MessageTooBig:
+            return WsCloseReason.MESSAGE_TOO_BIG
+        except zlib.error:
+            return WsCloseReason.INVALID_FRAME_PAYLOAD_DATA
+
+    def frame_inbound_complete(
+        self, proto: FrameDecoder | FrameProtocol, fin: bool
+    ) -> bytes | WsCloseReason | None:
+        if not fin:
+            return None
+        compressed, self._inbound_compressed = self._inbound_compressed, None
+        if not compressed or not self._inbound_is_compressible:
+            return None
+        try:
+            return self._inflater.end()
+        except MessageTooBig:
+            return WsCloseReason.MESSAGE_TOO_BIG
+        except zlib.error:
+            return WsCloseReason.INVALID_FRAME_PAYLOAD_DATA
 
 
 class Handshake:
@@ -91,11 +156,13 @@ class Handshake:
         self._h11 = None
         await self._send(data)
 
-    def accept(self, max_message_size: int) -> WebSocket:
+    def accept(self, max_message_size: int, compression: bool = False) -> WebSocket:
         """Answer 101 and drop the HTTP state. The answer is queued before any frame,
-        deferred: it goes out in one system call with the welcome that follows."""
+        deferred: it goes out in one system call with the welcome that follows.
+        `compression`: permessage-deflate is negotiated if the client offers it."""
         assert self._h11 is not None
-        response = self._h11.send(AcceptConnection())
+        deflate = Deflate(max_message_size) if compression else None
+        response = self._h11.send(AcceptConnection(extensions=[deflate] if deflate else []))
         frames = self._h11.connection
         assert frames is not None
         # Frames the client sent in the same segment as its request are still in h11's
@@ -103,7 +170,9 @@ class Handshake:
         frames.receive_data(bytes(self._h11._h11_connection.trailing_data[0]))
         self._h11 = None
         self._outbox.write_later(response)
-        return WebSocket(self._outbox, frames, max_message_size)
+        ws = WebSocket(self._outbox, frames, max_message_size)
+        ws.deflate = deflate is not None and deflate.enabled()
+        return ws
 
     async def _send(self, data: bytes) -> None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
@@ -122,7 +191,7 @@ class WebSocket:
     closing the socket never resets a peer that is still writing."""
 
     __slots__ = ("_frames", "_limit", "_outbox", "_owed", "_parseable", "_parts", "_size",
-                 "closed")
+                 "closed", "deflate")
 
     def __init__(self, outbox: Outbox, frames: FrameConnection, max_message_size: int) -> None:
         self._outbox = outbox
@@ -135,6 +204,7 @@ class WebSocket:
         self.closed: CloseReason | None = None
         self._owed: CloseConnection | None = None  # our Close, for `close` to send
         self._parseable = True  # False once wsproto failed to parse the peer's bytes
+        self.deflate = False  # permessage-deflate negotiated: its frames may be compressed
 
     async def get_message(self) -> str | bytes:
         """The next whole message: str for text, bytes for binary. Pings are answered
@@ -180,7 +250,10 @@ class WebSocket:
             # Not a closing frame: wsproto found a protocol error (1002, 1007...). What
             # follows in the stream cannot be parsed any more.
             self._parseable = False
-            self._fail(event.code, event.reason or "protocol error")
+            if event.code == CloseCode.MESSAGE_TOO_BIG:  # a message inflating past it
+                self._fail(event.code, f"message over {self._limit} bytes")
+            else:
+                self._fail(event.code, event.reason or "protocol error")
 
     def _fail(self, code: int, reason: str) -> None:
         """Close from our side: `close` sends the Close, after what is queued."""

@@ -1,8 +1,9 @@
 """RFC 6455 server frames, built once per publish, and the keeper's ping; the one
 module that knows the frame header's layout.
 
-Server frames are unmasked and we never negotiate compression, so the bytes of a
-frame are the same for every recipient: the fan-out writes one prebuilt object.
+Server frames are unmasked, so the bytes of a frame are the same for every
+recipient: the fan-out writes one prebuilt object (or, to members that negotiated
+permessage-deflate, its one compressed variant: `protocol.deflate`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ def text_frame(payload: bytes) -> bytes:
     else:
         header = struct.pack("!BBQ", _FIN_TEXT, 127, n)
     return header + payload
+
+
+def payload_of(frame: bytes) -> bytes:
+    """The payload of a prebuilt (unmasked) server frame."""
+    return frame[_HEADER_SIZE[frame[1] & 0x7F]:]
 
 
 def ping_frame(payload: bytes = b"") -> bytes:

@@ -13,7 +13,7 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
-from roomcast import CloseCode
+from roomcast import CloseCode, mint_token
 from roomcast.protocol.wsframe import PING_FRAME
 
 from .conftest import close_code, connect, eventually, running, token_for, ws_url
@@ -170,3 +170,20 @@ async def test_flood_past_the_rate_limit_is_answered_then_closed():
             for i in range(40):
                 await client.send({"type": "text", "data": str(i)})
             assert await close_code(client) == CloseCode.POLICY
+
+
+async def test_token_expiry_connect_checks_exp_at_the_handshake_only(jumping_clock):
+    """`token_expiry = connect` (the FastAPI design's behaviour): no 4001 once open, but
+    an expired token is still refused at the handshake, and room tokens still expire."""
+    async with running(jwt_leeway=0.0, token_expiry="connect", open_rooms=()) as service:
+        config = service.config
+        async with connect(service, 1, token=token_for(1, ttl=2)) as client:
+            room = mint_token(config, 1, ttl=30, extra={"room": "project_7"})
+            joined = await client.request({"type": "join_room", "room": "project_7", "token": room})
+            assert joined["message"] == "Joined room: project_7"
+            jumping_clock.jump(60)  # far past both tokens' expiry, on the keeper's clock
+            left = await client.recv()
+            assert left["data"]["code"] == "room_token_expired"
+            assert (await client.request({"type": "text", "data": "x"}))["message"] == "Echo: x"
+        refused = await _refused(ws_url(service, f"?token={token_for(1, ttl=-60)}"))
+        assert refused.status_code == 403

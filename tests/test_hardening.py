@@ -4,6 +4,7 @@ token expiry."""
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import struct
 import time
@@ -187,3 +188,18 @@ async def test_token_expiry_connect_checks_exp_at_the_handshake_only(jumping_clo
             assert (await client.request({"type": "text", "data": "x"}))["message"] == "Echo: x"
         refused = await _refused(ws_url(service, f"?token={token_for(1, ttl=-60)}"))
         assert refused.status_code == 403
+
+
+async def test_a_refused_origin_is_logged_once_at_warning_escaped(caplog):
+    """The page only sees 1006: the operator must see which Origin was refused, once,
+    escaped and cut short (an Origin is the peer's text)."""
+    async with running(allowed_origins=("https://app.example",)) as service:
+        url = ws_url(service, f"?token={token_for(1)}")
+        with caplog.at_level(logging.WARNING, logger="roomcast.actors.gateway"):
+            for origin in (b"http://localhost:5173", b"http://localhost:5173",
+                           b"https://evil.example\x1b[2J" + b"x" * 500):
+                await _refused(url, extra_headers=[(b"Origin", origin)])
+        lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(lines) == 2, lines
+        assert "'http://localhost:5173'" in lines[0] and "--allowed-origins" in lines[0]
+        assert "\x1b" not in lines[1] and "\\x1b" in lines[1] and len(lines[1]) < 400

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -206,7 +207,23 @@ async def _run(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """The `roomcast` command; without `argv`, the process's own, and it then readies
+    the process to exit at once."""
+    code = _command(list(sys.argv[1:] if argv is None else argv))
+    if argv is None:
+        _exit_soon()
+    return code
+
+
+def _exit_soon() -> None:
+    """The interpreter's teardown runs full garbage collections over every object the
+    imports made (~95,000): measured, 0.9-1.3 s between `roomcast stopped` and the end
+    of the process after a SIGTERM. Frozen, those objects are skipped; the process is
+    ending, so nothing is lost (atexit handlers and stream flushes still run)."""
+    gc.freeze()
+
+
+def _command(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = config_from(args)

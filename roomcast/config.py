@@ -124,6 +124,13 @@ class Config:
     jwt_issuer: str | None = _setting(None, "required 'iss' claim, when set")
     jwt_leeway: float = _setting(10.0, "seconds of clock skew allowed for exp and nbf")
     jwt_require_exp: bool = _setting(True, "refuse tokens without an 'exp' claim")
+    token_expiry: str = _setting(
+        "close", "'close': a connection is closed with 4001 when its token expires, unless "
+        "refresh_token renewed it; 'connect': exp is checked at the handshake only, as the "
+        "FastAPI design did (risk: a revoked or leaked token keeps its open connections for "
+        "as long as they last; room tokens still expire)",
+        validator=attrs.validators.in_(("close", "connect")),
+    )
     user_id_claim: str = _setting("sub", "claim that holds the user id")
     broadcast_claim: str = _setting("scope", "claim listing the client's permissions")
     broadcast_scope: str = _setting(

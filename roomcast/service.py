@@ -28,6 +28,7 @@ from roomcast.limits import fit_descriptors
 from roomcast.metrics import Metrics
 from roomcast.protocol.access import RoomAccess
 from roomcast.protocol.budget import HistoryBudget
+from roomcast.protocol.deadlines import TokenExpiry
 from roomcast.protocol.roomlog import Retention
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,8 @@ async def _run(
             history = Retention(size=config.history_size, ttl=config.history_ttl,
                                 budget=HistoryBudget(config.history_memory, config.history_ttl))
             registry = Registry(config.mailbox_size, supervisor.start, history)
-            keeper = Keeper(config.ping_interval, config.ping_timeout, config.jwt_leeway)
+            keeper = Keeper(config.ping_interval, config.ping_timeout, config.jwt_leeway,
+                            token_expiry=TokenExpiry(config.token_expiry))
             supervisor.start(registry)
             supervisor.start(keeper)
             backplane = None

@@ -468,3 +468,71 @@ async def test_frames_missed_while_offline_are_recovered_on_reconnect(browser: B
             await bob.request({"type": "room_message", "room": "project_42", "data": "live again"})
             await browser(sees, alice, "live again")
         await browser(close_pages, alice)
+
+
+async def test_the_paste_form_offers_the_services_own_websocket_port(browser: Browser) -> None:
+    async with demo_service() as service:
+        assert service.port != 8000
+
+        def open_page() -> Any:
+            from playwright.sync_api import expect
+
+            page = browser.context.new_page()
+            page.errors = []
+            page.on("pageerror", lambda error: page.errors.append(str(error)))
+            page.goto(base_url(service))
+            expect(page.locator("#ws-url")).to_have_value(
+                f"ws://127.0.0.1:{service.port}/api/v1/ws"
+            )
+            return page
+
+        page = await browser(open_page)
+        await browser(close_pages, page)
+
+
+async def test_a_refused_join_is_dropped_not_left_pending_or_preselected(
+    browser: Browser,
+) -> None:
+    async with demo_service(open_rooms=("team.*",)) as service:
+        alice = await browser(sign_in, browser, base_url(service), "alice")
+        await browser(join, alice, "team.ops")
+
+        def join_a_closed_room() -> None:
+            from playwright.sync_api import expect
+
+            alice.fill("#room-name", "project_7")
+            alice.click("#join")
+            refusal = alice.locator("#log .entry-warning", has_text="project_7 is closed")
+            expect(refusal).to_have_count(1)
+            expect(alice.locator('#rooms li[data-room="project_7"]')).to_have_count(0)
+            expect(alice.locator("#send-room option")).to_have_text(["team.ops", "user_alice"])
+            expect(alice.locator("#send-room")).not_to_have_value("project_7")
+
+        await browser(join_a_closed_room)
+        assert await browser(demo_value, alice, "[...demo.client.rooms]") == ["team.ops"]
+        await browser(close_pages, alice)
+
+
+async def test_a_refused_origin_shows_a_hint_instead_of_reconnecting_silently(
+    browser: Browser,
+) -> None:
+    async with demo_service(allowed_origins=("https://app.example.com",)) as service:
+
+        def sign_in_refused() -> Any:
+            from playwright.sync_api import expect
+
+            page = browser.context.new_page()
+            page.errors = []
+            page.on("pageerror", lambda error: page.errors.append(str(error)))
+            page.goto(base_url(service))
+            hint = page.locator("#unreachable")
+            expect(hint).to_be_hidden()
+            page.fill("#user-id", "alice")
+            page.click("#mint")
+            expect(hint).to_be_visible()
+            expect(hint).to_contain_text("--allowed-origins")
+            return page
+
+        page = await browser(sign_in_refused)
+        assert await browser(demo_value, page, "demo.client.stats.opens") == 0
+        await browser(close_pages, page)

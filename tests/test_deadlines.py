@@ -8,7 +8,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from roomcast.protocol.deadlines import GRANULARITY, JITTER, Deadlines, Heartbeat
+from roomcast.protocol.deadlines import GRANULARITY, JITTER, Deadlines, Heartbeat, TokenExpiry
 
 
 def deadlines(jitter: float = 0.0, ping_interval: float = 10.0,
@@ -154,3 +154,10 @@ def test_each_watched_connection_expires_once_at_its_last_deadline(settings):
             assert conn_id not in seen
             seen[conn_id] = now
     assert seen == last
+
+
+def test_a_token_closes_its_connection_at_expiry_only_with_token_expiry_close() -> None:
+    assert TokenExpiry.CLOSE.closes_at(1_700_000_000.0) == 1_700_000_000.0
+    assert TokenExpiry.CONNECT.closes_at(1_700_000_000.0) is None
+    assert TokenExpiry.CLOSE.closes_at(None) is None  # a token without exp
+    assert TokenExpiry("connect") is TokenExpiry.CONNECT  # the setting's text

@@ -4,6 +4,7 @@ token expiry."""
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import struct
 import time
@@ -13,7 +14,7 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
-from roomcast import CloseCode
+from roomcast import CloseCode, mint_token
 from roomcast.protocol.wsframe import PING_FRAME
 
 from .conftest import close_code, connect, eventually, running, token_for, ws_url
@@ -170,3 +171,35 @@ async def test_flood_past_the_rate_limit_is_answered_then_closed():
             for i in range(40):
                 await client.send({"type": "text", "data": str(i)})
             assert await close_code(client) == CloseCode.POLICY
+
+
+async def test_token_expiry_connect_checks_exp_at_the_handshake_only(jumping_clock):
+    """`token_expiry = connect` (the FastAPI design's behaviour): no 4001 once open, but
+    an expired token is still refused at the handshake, and room tokens still expire."""
+    async with running(jwt_leeway=0.0, token_expiry="connect", open_rooms=()) as service:
+        config = service.config
+        async with connect(service, 1, token=token_for(1, ttl=2)) as client:
+            room = mint_token(config, 1, ttl=30, extra={"room": "project_7"})
+            joined = await client.request({"type": "join_room", "room": "project_7", "token": room})
+            assert joined["message"] == "Joined room: project_7"
+            jumping_clock.jump(60)  # far past both tokens' expiry, on the keeper's clock
+            left = await client.recv()
+            assert left["data"]["code"] == "room_token_expired"
+            assert (await client.request({"type": "text", "data": "x"}))["message"] == "Echo: x"
+        refused = await _refused(ws_url(service, f"?token={token_for(1, ttl=-60)}"))
+        assert refused.status_code == 403
+
+
+async def test_a_refused_origin_is_logged_once_at_warning_escaped(caplog):
+    """The page only sees 1006: the operator must see which Origin was refused, once,
+    escaped and cut short (an Origin is the peer's text)."""
+    async with running(allowed_origins=("https://app.example",)) as service:
+        url = ws_url(service, f"?token={token_for(1)}")
+        with caplog.at_level(logging.WARNING, logger="roomcast.actors.gateway"):
+            for origin in (b"http://localhost:5173", b"http://localhost:5173",
+                           b"https://evil.example\x1b[2J" + b"x" * 500):
+                await _refused(url, extra_headers=[(b"Origin", origin)])
+        lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(lines) == 2, lines
+        assert "'http://localhost:5173'" in lines[0] and "--allowed-origins" in lines[0]
+        assert "\x1b" not in lines[1] and "\\x1b" in lines[1] and len(lines[1]) < 400

@@ -27,6 +27,7 @@ from roomcast.auth import Authenticator, AuthError, Principal
 from roomcast.config import Config
 from roomcast.protocol import CloseCode, Position, ProtocolError, position_from
 from roomcast.protocol.admission import EVICTED, Admission, Refusal, Ticket, address_key
+from roomcast.protocol.lognotes import FirstSeen
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,7 @@ class Gateway:
         self._evicted: set[Ticket] = set()  # handshakes cut short to make room
         self._refused = 0  # sockets refused or cut short since the last log line
         self._next_refusal_log = float("-inf")
+        self._refused_origins = FirstSeen()  # each refused Origin is logged once
         self._connections: set[Connection] = set()  # accepted, until their socket closes
         self._all_closed = trio.Event()
         self._all_closed.set()
@@ -204,6 +206,20 @@ class Gateway:
             self._refused = 0
             self._next_refusal_log = now + _REFUSAL_LOG_INTERVAL
 
+    def _refused_origin(self, origin: str) -> None:
+        """A browser page's Origin refused: the page itself only sees a 1006 (browsers
+        hide the 403), so say it at WARNING, once per origin (`FirstSeen`)."""
+        note = self._refused_origins.see(origin, trio.current_time())
+        if note is None:
+            return
+        if note.text is not None:
+            log.warning("refused a page from Origin%s: not in --allowed-origins (add it "
+                        "there if the page is yours); repeats are logged at INFO only",
+                        note.text)
+        else:
+            log.warning("refused pages from %d more Origin(s) not in --allowed-origins "
+                        "since the last report", note.unlisted)
+
     async def drain(self, timeout: float) -> None:
         """Stop accepting new clients, close every open one with 1001, and wait (at
         most `timeout` seconds) until their sockets are closed."""
@@ -270,6 +286,8 @@ class Gateway:
             principal = await self._admit(request)
         except Rejection as rejection:
             self._handshake_over(ticket)
+            if rejection.cause == "origin":
+                self._refused_origin(rejection.detail)
             log.info("conn %d: handshake refused: %d %s%s", conn_id, rejection.status,
                      rejection.cause, rejection.detail)
             self._registry.metrics.handshake_failed(rejection.cause)

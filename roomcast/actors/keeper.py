@@ -15,7 +15,8 @@ never read again.
   random) is sent a prebuilt ping frame; one that then stays silent for `ping_timeout`
   is closed with 4000 (the outbox records when the socket last received a byte).
 - Token expiry: a connection whose token expires is closed with 4001 at that moment
-  (plus the leeway), unless a `refresh_token` frame moved its expiry first.
+  (plus the leeway), unless a `refresh_token` frame moved its expiry first; never with
+  `token_expiry = connect` (`TokenExpiry`).
 - Room token expiry: a room joined by a room token is left when that token expires
   (plus the leeway), with an event to the client (`Watched.leave_expired_room`),
   unless a re-join with a fresh room token moved its expiry first. The keeper awaits
@@ -33,7 +34,7 @@ import trio
 
 from roomcast.actors.base import Actor
 from roomcast.protocol import CloseCode, UserId
-from roomcast.protocol.deadlines import Deadlines, Heartbeat
+from roomcast.protocol.deadlines import Deadlines, Heartbeat, TokenExpiry
 from roomcast.protocol.wsframe import PING_FRAME
 
 
@@ -74,8 +75,10 @@ class Keeper(Actor):
     name = "keeper"
 
     def __init__(self, ping_interval: float, ping_timeout: float, leeway: float, *,
+                 token_expiry: TokenExpiry = TokenExpiry.CLOSE,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.leeway = leeway
+        self.token_expiry = token_expiry
         self.wall_clock = wall_clock  # read only at `watch`, to convert a token's `exp`
         self.connections: dict[int, Watched] = {}
         self.deadlines = Deadlines(ping_interval, ping_timeout)
@@ -94,8 +97,8 @@ class Keeper(Actor):
         now = trio.current_time()
         self.connections[connection.id] = connection
         self.deadlines.watch(connection.id, now)
-        expires_at = connection.expires_at
-        self.deadlines.expire_at(connection.id, self._deadline(now, expires_at))
+        closes_at = self.token_expiry.closes_at(connection.expires_at)
+        self.deadlines.expire_at(connection.id, self._deadline(now, closes_at))
         self._wake_by(self.deadlines.next_wakeup())
 
     def watch_room(self, connection: Watched, room: str, expires_at: float | None) -> None:

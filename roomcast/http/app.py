@@ -11,7 +11,8 @@ Routes (the OpenAPI document in openapi.py says the same, with schemas):
 - `/api/v1/...`: notifications and presence, behind `Authorization: Bearer API_KEY`;
   404 while the service has no `api_key` (the API does not exist then);
 - `/static/roomcast.js` and `.d.ts`: the JavaScript client, from roomcast/web/;
-- demo mode only: `/` (the demo page), `/static/demo.css`, `POST /demo/token`.
+- demo mode only: `/` (the demo page), `/static/demo.css`, `POST /demo/token`,
+  `GET /demo/ws-url`.
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ class HttpApp:
                 Route("/", {"GET": self._static("demo.html", "text/html; charset=utf-8")}),
                 Route("/static/demo.css", {"GET": self._static("demo.css", "text/css")}),
                 Route("/demo/token", {"POST": self.demo_token}, self._same_site),
+                Route("/demo/ws-url", {"GET": self.demo_ws_url}),
             ]
         self._routes = routes
         self._serving = 0  # requests past their guard, not yet answered
@@ -301,6 +303,11 @@ class HttpApp:
         except ConfigError:
             raise HttpError(503, "Demo tokens need a jwt_secret to sign with") from None
         return json_response({"token": token, "ws_url": self._ws_url(request)})
+
+    async def demo_ws_url(self, request: Request) -> Response:
+        """Where the page's "paste a token" form connects: this service's WebSocket
+        port, which is rarely the HTTP port the page came from."""
+        return json_response({"ws_url": self._ws_url(request)})
 
     def _ws_url(self, request: Request) -> str:
         """The WebSocket URL on the host the browser used to reach this page (a name

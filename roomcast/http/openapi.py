@@ -171,6 +171,11 @@ _DEMO_PATHS: dict[str, Any] = {
             "503": _error("the service has no `jwt_secret` to sign with; or "
                           "`http_max_requests` requests are being served already"),
         }}},
+    "/demo/ws-url": {"get": {
+        "summary": "the WebSocket URL on the host the page used (demo mode only)",
+        "tags": ["demo"],
+        "responses": {"200": _json(_object(["ws_url"], ws_url={"type": "string"}),
+                                   "where the demo page connects")}}},
 }
 
 

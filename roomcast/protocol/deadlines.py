@@ -7,7 +7,8 @@ a 4001. Plain values on one clock (the caller's; the keeper passes Trio's), no T
   `ping_timeout` of the ping: it times out (4000). Each connection has an entry of its
   own in a heap, so thousands opened together are not looked at in one sweep.
 - Token expiry: a deadline per connection on the same clock (the caller converts the
-  token's wall-clock `exp` once); a new deadline replaces the old one (a refresh).
+  token's wall-clock `exp` once); a new deadline replaces the old one (a refresh). With
+  `TokenExpiry.CONNECT` a connection has none (its `exp` was checked at the handshake).
 - Room token expiry: a deadline per (connection, room) joined by a room token, kept the
   same way: a re-join with a fresh room token replaces it, a leave (or a join that
   another rule allowed) drops it, and the connection's departure drops them all.
@@ -35,6 +36,19 @@ GRANULARITY = 0.005
 class Heartbeat(enum.Enum):
     PING = "ping"  # quiet for an interval: send it a ping
     TIMEOUT = "timeout"  # no answer to the ping within ping_timeout: close with 4000
+
+
+class TokenExpiry(enum.Enum):
+    """What a connection token's `exp` means once the connection is open (the
+    `token_expiry` setting)."""
+
+    CLOSE = "close"  # the connection closes with 4001 then, unless refresh_token renewed it
+    CONNECT = "connect"  # nothing: it was checked at the handshake only
+
+    def closes_at(self, expires_at: float | None) -> float | None:
+        """When a connection whose token expires at `expires_at` must close, if ever.
+        Room tokens are not concerned: a room is always left at its token's expiry."""
+        return expires_at if self is TokenExpiry.CLOSE else None
 
 
 class Deadlines:

@@ -179,6 +179,9 @@ export interface EventMap {
   info: { message: string; data: Record<string, unknown>; room: string | null; frame: Frame };
   error: ErrorEvent;
   close: CloseEvent;
+  /** A join refused (`forbidden`, naming the room): the room is no longer in
+   *  `rooms`, so it is not sent again on reconnect; join() it again when allowed. */
+  refused: { room: string; code: string; message: string; frame: Frame };
   /** After a stop code (4008): no retry; call connect() to resume. */
   stopped: { code: number; reason: string };
   /** A queued frame dropped because the offline queue was full. */

@@ -482,6 +482,9 @@ export class RoomcastClient extends Emitter {
     if (frame?.type === "error" && frame.data?.code === "room_token_expired") {
       this._onRoomTokenExpired(frame.room);
     }
+    if (frame?.type === "error" && frame.data?.code === "forbidden") {
+      this._onJoinRefused(frame);
+    }
     // A frame through a room: remember where we are, to recover from there.
     this._setPosition(frame.room ?? this._personalRoom(), positionOf(frame));
     for (const [type, detail] of routeFrame(frame)) {
@@ -567,6 +570,17 @@ export class RoomcastClient extends Emitter {
       this.rooms.delete(room);
       this.roomTokens.delete(room);
     }
+  }
+
+  /** The service refused to let us into a room (`forbidden`, naming it): stop wanting
+   *  it, so that it is not sent again after every reconnect, and say so ("refused"). */
+  _onJoinRefused(frame) {
+    const room = frame.room;
+    if (typeof room !== "string" || !this.rooms.has(room)) return;
+    this.rooms.delete(room);
+    this.roomTokens.delete(room);
+    this.positions.delete(room);
+    this.emit("refused", { room, code: frame.data.code, message: frame.message ?? "", frame });
   }
 
   _onClose(code, reason, opened) {

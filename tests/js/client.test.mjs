@@ -478,6 +478,26 @@ describe("rooms", () => {
     assert.equal(ctx.named("error").at(-1).code, "room_token_expired");
   });
 
+  test("a refused join (forbidden, naming the room) is dropped: not re-sent on reconnect", async () => {
+    const ctx = setup({ recover: false });
+    const refused = [];
+    ctx.client.on("refused", (detail) => refused.push(detail));
+    const ws = await connected(ctx);
+    ctx.client.join("project_7", { token: "rt-bad" });
+    ctx.client.join("open_room");
+    ws.receive({ type: "error", message: "Not allowed: room project_7 is closed",
+      data: { code: "forbidden" }, room: "project_7" });
+    // A forbidden error naming no wanted room (a broadcast refused) changes nothing.
+    ws.receive({ type: "error", message: "Not allowed: broadcasting", data: { code: "forbidden" }, room: null });
+    assert.deepEqual([...ctx.client.rooms], ["open_room"]);
+    assert.deepEqual(refused.map(({ room, code }) => [room, code]), [["project_7", "forbidden"]]);
+    assert.equal(ctx.named("error").at(-1).code, "forbidden"); // still an error event too
+    ws.serverClose(1001);
+    await ctx.clock.advance(500);
+    ctx.WS.last.open();
+    assert.deepEqual(ctx.WS.last.frames, [{ type: "join_room", room: "open_room" }]);
+  });
+
   test("room names are checked before anything is sent", () => {
     const ctx = setup();
     assert.throws(() => ctx.client.join("project 42"), RangeError);

@@ -3,15 +3,21 @@ the test cuts, recovery, in-band token renewal, refusals."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from trio_websocket import WebSocketRequest, serve_websocket
 
 from roomcast.client import (
     Backoff,
+    BadFrameReceived,
     ClientClosed,
+    ClientStopped,
     Connected,
     Event,
     HandshakeRefused,
@@ -191,3 +197,49 @@ async def test_after_the_block_the_client_is_closed():
             await client.receive()
         with pytest.raises(ClientClosed):
             await client.send_text("x")
+
+
+WELCOME = ('{"type": "info", "message": "Connected", "data": {"user_id": 1, "rooms": '
+           '["user_1"]}, "room": null}')
+
+
+@asynccontextmanager
+async def fake_service(*frames: str | bytes, close: int | None = None) -> AsyncIterator[str]:
+    """A WebSocket server that is not roomcast: it sends the welcome, then `frames`,
+    then closes with `close` (or waits); yields its URL."""
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        for frame in (WELCOME, *frames):
+            await ws.send_message(frame)
+        if close is not None:
+            await ws.aclose(close)
+        else:
+            await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(
+            functools.partial(serve_websocket, handler, "127.0.0.1", 0, ssl_context=None))
+        yield f"ws://127.0.0.1:{server.port}/api/v1/ws"
+        nursery.cancel_scope.cancel()
+
+
+async def test_bad_frames_from_the_service_are_dropped_and_reported_not_fatal():
+    watcher = Watcher()
+    garbage = ["not json", "[1, 2]", '{"type": "info", "offset": -3, "epoch": "e"}',
+               b"\xff\xfe binary", '{"type": "x", "data": ' + "[" * 100 + "]" * 100 + "}"]
+    echo = '{"type": "text", "message": "Echo: hi", "data": null, "room": null}'
+    async with fake_service(*garbage, echo) as url:
+        async with connect(url, token="t", on_event=watcher) as client:
+            assert (await client.receive()).message == "Echo: hi"
+            assert len(watcher.of(BadFrameReceived)) == len(garbage) == client.bad_frames
+            assert watcher.of(Reconnecting) == []
+
+
+async def test_a_policy_close_stops_the_client_instead_of_a_retry_loop():
+    async with fake_service(close=4008) as url:
+        async with connect(url, token="t", backoff=FAST) as client:
+            with pytest.raises(ClientClosed) as closed:
+                await client.receive()
+            assert isinstance(closed.value.__cause__, ClientStopped)
+            assert closed.value.__cause__.code == 4008

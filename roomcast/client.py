@@ -162,7 +162,8 @@ Event = Connected | Reconnecting | Recovery | TokenRefreshed | BadFrameReceived
 class _Reply:
     """A one-shot slot for the answer to a join or a leave."""
 
-    def __init__(self) -> None:
+    def __init__(self, kind: str) -> None:
+        self.kind = kind  # "join" or "leave"
         self.event = trio.Event()
         self.frame: Frame | None = None
         self.failure: BaseException | None = None
@@ -254,13 +255,15 @@ class Client:
         once joined, or raises `JoinRefused`. `token`: a room token for a closed room."""
         self._check_open()
         frame = self._rules.join(room, token)
-        reply = _Reply()
-        self._replies.setdefault(room, []).append(reply)
-        ws = self._ws
-        if ws is not None and self._connected.is_set():
-            await self._send_on(ws, frame)
-        # else: the next connection's rejoin sends it
-        await reply.event.wait()
+        reply = self._await_answer(room, "join")
+        try:
+            ws = self._ws
+            if ws is not None and self._connected.is_set():
+                await self._send_on(ws, frame)
+            # else: the next connection's rejoin sends it
+            await reply.event.wait()
+        finally:
+            self._forget(room, reply)
         if reply.failure is not None:
             raise self._closed_error() from reply.failure
         assert reply.frame is not None
@@ -276,12 +279,24 @@ class Client:
         ws = self._ws
         if ws is None or not self._connected.is_set():
             return
-        reply = _Reply()
+        reply = self._await_answer(room, "leave")
+        try:
+            if await self._send_on(ws, frame):
+                await reply.event.wait()  # or the socket drops: left all the same
+        finally:
+            self._forget(room, reply)
+
+    def _await_answer(self, room: str, kind: str) -> _Reply:
+        reply = _Reply(kind)
         self._replies.setdefault(room, []).append(reply)
-        if await self._send_on(ws, frame):
-            await reply.event.wait()
-        else:
-            reply.set(None)
+        return reply
+
+    def _forget(self, room: str, reply: _Reply) -> None:
+        waiting = self._replies.get(room, [])
+        if reply in waiting:
+            waiting.remove(reply)
+        if not waiting:
+            self._replies.pop(room, None)
 
     async def send_room_message(self, room: str, data: Any) -> None:
         """Publish `data` (a string or any JSON value) to `room`, which this client
@@ -433,6 +448,7 @@ class Client:
                 finally:
                     self._ws = None
                     self._connected = trio.Event()
+                    self._socket_dropped()
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             # trio-websocket's reader task raises the rejection too: one failure, bare.
@@ -542,6 +558,14 @@ class Client:
             log.warning("roomcast.client: dropped a frame from the service (%d so far): %s",
                         self.bad_frames, exc)
         self._emit(BadFrameReceived(str(exc)))
+
+    def _socket_dropped(self) -> None:
+        """A leave waiting for its answer is done: the next socket does not join the
+        room. (A join waits on: the next socket's rejoin answers it.)"""
+        for replies in self._replies.values():
+            for reply in replies:
+                if reply.kind == "leave":
+                    reply.set(None)
 
     def _fail(self, failure: BaseException) -> None:
         self._failure = failure

@@ -28,6 +28,7 @@ from roomcast.client import (
     connect,
 )
 
+from .cluster import cluster_node, needs_redis
 from .conftest import running, token_for
 from .proxy import tcp_proxy
 
@@ -103,6 +104,32 @@ async def test_frames_published_while_cut_arrive_once_in_order_then_live_frames(
             assert len({f.epoch for f in frames}) == 1
             assert {(f.type, f.room) for f in frames} == {("room_message", "project_7")}
             assert proxy.accepted >= 2
+
+
+@needs_redis
+async def test_the_client_fails_over_to_another_node_and_recovers_there(redis):
+    """Cut from node A, the client comes back through the proxy on node B (the room's
+    history is in Redis): what A published meanwhile, once, in order, then B's frames."""
+    watcher = Watcher()
+    async with (
+        cluster_node(redis.url) as a, cluster_node(redis.url) as b, tcp_proxy(a.port) as proxy,
+    ):
+        async with connect(url_of(proxy.port, a), token=token_for(1), backoff=FAST,
+                           on_event=watcher) as client:
+            await client.join("r")
+            await publish(a, "r", range(0, 2))
+            before = await frames_of(client, 2)
+            proxy.cut()
+            await watcher.wait_for(Reconnecting)
+            await publish(a, "r", range(2, 6))  # on A, while the client is away
+            proxy.target_port = b.port
+            proxy.restore()
+            missed = await frames_of(client, 4)
+            assert (await watcher.wait_for(Recovery, room="r")).recovered
+            await publish(b, "r", range(6, 8))
+            frames = before + missed + await frames_of(client, 2)
+            assert [f.data["seq"] for f in frames] == list(range(8))
+            assert [f.offset for f in frames] == list(range(1, 9))
 
 
 async def test_a_room_whose_history_is_gone_says_so_once_then_goes_on_live():
@@ -243,3 +270,36 @@ async def test_a_policy_close_stops_the_client_instead_of_a_retry_loop():
                 await client.receive()
             assert isinstance(closed.value.__cause__, ClientStopped)
             assert closed.value.__cause__.code == 4008
+
+
+async def test_a_fixed_token_that_expires_ends_in_a_clear_refusal_not_a_retry_loop():
+    """4001, a reconnect with the same token, 403 Token expired: the client stops and
+    says why (no get_token to ask for another)."""
+    watcher = Watcher()
+    async with running(jwt_leeway=0.0) as service:
+        async with connect(service.url, token=token_for(1, ttl=2), backoff=FAST,
+                           on_event=watcher) as client:
+            with trio.fail_after(10), pytest.raises(ClientClosed) as closed:
+                await client.receive()
+            refusal = closed.value.__cause__
+            assert isinstance(refusal, HandshakeRefused)
+            assert (refusal.status, refusal.reason) == (403, "Token expired")
+            assert [event.code for event in watcher.of(Reconnecting)] == [4001]
+
+
+async def test_a_leave_cut_by_a_drop_returns_and_the_room_is_not_rejoined():
+    async with running() as service, tcp_proxy(service.port) as proxy:
+        watcher = Watcher()
+        async with connect(url_of(proxy.port, service), token=token_for(1), backoff=FAST,
+                           on_event=watcher) as client:
+            await client.join("r")
+            with trio.fail_after(10):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(client.leave, "r")
+                    proxy.cut()  # the leave's answer may never come on this socket
+            proxy.restore()
+            await watcher.wait_for(Connected, 2)
+            assert client.rooms == []
+            await client.send_text("x")
+            assert (await client.receive()).message == "Echo: x"
+            assert not any(r.room == "r" for r in watcher.of(Recovery))

@@ -526,7 +526,12 @@ class Client:
                 for reply in self._replies.pop(seen.answer.room, []):
                     reply.set(seen.answer.frame)
             if seen.frame is not None:
-                await self._frames_in.send(seen.frame)
+                try:
+                    await self._frames_in.send(seen.frame)
+                except trio.ClosedResourceError:
+                    # Closed while the application's buffer was full: aclose() is
+                    # closing this socket and will cancel this task.
+                    await trio.sleep_forever()
 
     async def _refresh(self, ws: WebSocketConnection, token: str) -> None:
         """Renew the token in-band before it expires, as long as this socket lives."""

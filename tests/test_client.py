@@ -303,3 +303,12 @@ async def test_a_leave_cut_by_a_drop_returns_and_the_room_is_not_rejoined():
             await client.send_text("x")
             assert (await client.receive()).message == "Echo: x"
             assert not any(r.room == "r" for r in watcher.of(Recovery))
+
+
+async def test_leaving_the_block_with_unread_frames_is_clean_and_prompt():
+    async with running() as service:
+        with trio.fail_after(5):
+            async with connect(service.url, token=token_for(1), buffer=1) as client:
+                await client.join("r")
+                await publish(service, "r", range(5))  # none read: the buffer is full
+                await trio.testing.wait_all_tasks_blocked()

@@ -7,9 +7,9 @@ the facade is called from Trio code running inside the service, as here.
 from __future__ import annotations
 
 import trio
-from trio_websocket import open_websocket_url
 
 from roomcast import Config, NotificationLevel, NotificationService, mint_token, open_service
+from roomcast.client import connect
 
 
 async def announce_maintenance(minutes: int = 5) -> int:
@@ -23,13 +23,13 @@ async def announce_maintenance(minutes: int = 5) -> int:
 async def main() -> None:
     config = Config(jwt_secret="example-secret-change-me-0123456789", port=0, http_port=-1)
     async with open_service(config) as service:
-        urls = [f"{service.url}?token={mint_token(config, user)}" for user in (1, 2)]
-        async with open_websocket_url(urls[0]) as a, open_websocket_url(urls[1]) as b:
-            await a.get_message()  # welcome
-            await b.get_message()
+        async with (
+            connect(service.url, token=mint_token(config, 1)) as a,
+            connect(service.url, token=mint_token(config, 2)) as b,
+        ):
             print("users warned:", await announce_maintenance(5))
-            print("user 1 got:", await a.get_message())
-            print("user 2 got:", await b.get_message())
+            print("user 1 got:", await a.receive())
+            print("user 2 got:", await b.receive())
 
 
 if __name__ == "__main__":

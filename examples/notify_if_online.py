@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import trio
-from trio_websocket import open_websocket_url
 
 from roomcast import Config, NotificationLevel, NotificationService, mint_token, open_service
+from roomcast.client import connect
 
 
 def save_notification_to_db(db: list[dict[str, Any]], user_id: int, message: str) -> None:
@@ -38,10 +38,9 @@ async def main() -> None:
     config = Config(jwt_secret="example-secret-change-me-0123456789", port=0, http_port=-1)
     db: list[dict[str, Any]] = []
     async with open_service(config) as service:
-        async with open_websocket_url(f"{service.url}?token={mint_token(config, 7)}") as tab:
-            await tab.get_message()  # welcome
+        async with connect(service.url, token=mint_token(config, 7)) as tab:
             print("user 7 online, sent:", await notify_if_online(7, "Your report is ready", db))
-            print("user 7 got:", await tab.get_message())
+            print("user 7 got:", await tab.receive())
         print("user 8 offline, sent:", await notify_if_online(8, "You were mentioned", db))
         print("database:", db)
 

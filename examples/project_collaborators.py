@@ -11,12 +11,10 @@ room, which he sends in his `join_room` frame.
 
 from __future__ import annotations
 
-import json
-
 import trio
-from trio_websocket import open_websocket_url
 
 from roomcast import Config, NotificationLevel, NotificationService, mint_token, open_service
+from roomcast.client import connect
 
 
 async def notify_project_update(project_id: int, update_message: str) -> int:
@@ -38,21 +36,19 @@ async def main() -> None:
     config = Config(jwt_secret="example-secret-change-me-0123456789", port=0, http_port=-1)
     async with open_service(config) as service:
         # alice may join every project room: her token says so
-        alice = f"{service.url}?token={mint_token(config, 1, extra={'rooms': 'project_*'})}"
-        bob = f"{service.url}?token={mint_token(config, 2)}"
+        alice = mint_token(config, 1, extra={"rooms": "project_*"})
+        bob = mint_token(config, 2)
         # bob may join project 123 only: the backend gave him a room token for it
         bobs_room_token = mint_token(config, 2, ttl=600, extra={"room": "project_123"})
-        async with open_websocket_url(alice) as a, open_websocket_url(bob) as b:
-            for tab, join in (
-                (a, {"type": "join_room", "room": "project_123"}),
-                (b, {"type": "join_room", "room": "project_123", "token": bobs_room_token}),
-            ):
-                await tab.get_message()  # welcome
-                await tab.send_message(json.dumps(join))
-                print("tab got:", await tab.get_message())  # "Joined room: project_123"
+        async with (
+            connect(service.url, token=alice) as a,
+            connect(service.url, token=bob) as b,
+        ):
+            print("alice got:", await a.join("project_123"))  # "Joined room: project_123"
+            print("bob got:", await b.join("project_123", token=bobs_room_token))
             await notify_project_update(123, "New screening result available")
-            print("alice got:", await a.get_message())
-            print("bob got:", await b.get_message())
+            print("alice got:", await a.receive())
+            print("bob got:", await b.receive())
 
 
 if __name__ == "__main__":

@@ -7,9 +7,9 @@ Trio code running inside the service (a request handler, a background task) call
 from __future__ import annotations
 
 import trio
-from trio_websocket import open_websocket_url
 
 from roomcast import Config, NotificationLevel, NotificationService, mint_token, open_service
+from roomcast.client import connect
 
 
 def process_upload(project_id: int, filename: str) -> None:
@@ -33,12 +33,10 @@ async def upload_file(project_id: int, filename: str, user_id: int) -> dict[str,
 async def main() -> None:
     config = Config(jwt_secret="example-secret-change-me-0123456789", port=0, http_port=-1)
     async with open_service(config) as service:
-        # A browser tab of user 42, as `new WebSocket(url + "?token=...")` would open it.
-        token = mint_token(config, 42)
-        async with open_websocket_url(f"{service.url}?token={token}") as tab:
-            print("tab got:", await tab.get_message())  # the welcome frame
+        # A client of user 42 (a browser tab would use roomcast.js; Python code, this).
+        async with connect(service.url, token=mint_token(config, 42)) as tab:
             print("upload_file returned:", await upload_file(456, "report.pdf", user_id=42))
-            print("tab got:", await tab.get_message())  # the notification
+            print("tab got:", await tab.receive())  # the notification
 
 
 if __name__ == "__main__":

@@ -13,8 +13,13 @@ import datetime
 import ipaddress
 import json
 import logging
+import os
+import re
+import signal
 import socket
 import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -35,7 +40,8 @@ from roomcast.actors.outbox import TlsOutbox
 from roomcast.cli import main
 from roomcast.tls import TlsUnavailable
 
-from .conftest import Client, eventually, make_config, running, token_for
+from .cluster import needs_redis
+from .conftest import SECRET, Client, eventually, make_config, running, token_for
 from .test_closing import (
     BACKLOG,
     REPLIES,
@@ -417,3 +423,42 @@ async def test_open_service_refuses_an_unusable_key_before_binding(certificate, 
     with pytest.raises(TlsUnavailable, match="key values mismatch"):
         async with running(tls_cert=cert, tls_key=key):
             pass
+
+
+# --- roomcast serve --workers N -----------------------------------------------------------
+
+
+_NODE_PID = re.compile(r'^roomcast_node\{node="\w*",pid="(\d+)"\} 1\.0$', re.MULTILINE)
+
+
+@needs_redis
+async def test_every_worker_of_serve_workers_serves_tls(certificate, redis):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "roomcast.cli", "serve", "--workers", "2", "--port", "0",
+         "--http-port", "0", "--redis-url", redis.url, "--tls-cert", str(certificate.cert),
+         "--tls-key", str(certificate.key)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "ROOMCAST_JWT_SECRET": SECRET, "ROOMCAST_OPEN_ROOMS": "*"},
+    )
+    try:
+        assert process.stdout is not None
+        ws, http = process.stdout.readline(), process.stdout.readline()
+        assert "wss://127.0.0.1:" in ws and "(2 workers)" in ws, ws
+        base = re.search(r"https://[\d.]+:\d+", http)
+        assert base is not None, http
+        pids: set[int] = set()
+        for _ in range(60):  # a new connection each: until both workers answered
+            async with httpx.AsyncClient(verify=certificate.client_context()) as client:
+                page = (await client.get(f"{base[0]}/metrics")).text
+            pids.add(int(_NODE_PID.search(page)[1]))  # type: ignore[index]
+            if len(pids) == 2:
+                break
+        assert len(pids) == 2, pids
+        port = int(re.search(r":(\d+)/", ws)[1])  # type: ignore[index]
+        for user in range(8):  # the kernel spreads them over both workers
+            url = f"wss://127.0.0.1:{port}/api/v1/ws?token={token_for(user)}"
+            async with open_websocket_url(url, ssl_context=certificate.client_context()) as c:
+                assert json.loads(await c.get_message())["data"]["user_id"] == user
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert await trio.to_thread.run_sync(process.wait, 30) == 0

@@ -462,3 +462,37 @@ async def test_every_worker_of_serve_workers_serves_tls(certificate, redis):
     finally:
         process.send_signal(signal.SIGTERM)
         assert await trio.to_thread.run_sync(process.wait, 30) == 0
+
+
+# --- the TLS outbox alone ------------------------------------------------------------------
+
+
+async def test_a_write_after_close_notify_is_dropped_never_raised(certificate):
+    """After our close_notify TLS refuses to encrypt: a frame queued then (by nobody
+    today: `deliver` stops at the closing handshake) is dropped like one on a broken
+    socket, and the publisher's task never sees ssl.SSLError."""
+    server_sock, client_sock = trio.socket.socketpair()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certificate.cert, certificate.key)
+    outbox = TlsOutbox(trio.SocketStream(server_sock), 1 << 20, context)
+    client = trio.SSLStream(trio.SocketStream(client_sock), certificate.client_context(),
+                            server_hostname="127.0.0.1")
+    async with trio.open_nursery() as nursery:
+        outbox.writers = nursery
+        failure: list[str | None] = []
+
+        async def serve_handshake() -> None:
+            failure.append(await outbox.handshake())
+
+        nursery.start_soon(serve_handshake)
+        with trio.fail_after(5):
+            await client.do_handshake()
+            assert outbox.write_nowait(b"frame")
+            assert await client.receive_some(100) == b"frame"
+            await outbox.send_eof()
+            assert await client.receive_some(100) == b""  # close_notify: a clean EOF
+        assert failure == [None]
+        assert not outbox.write_nowait(b"too late")
+        assert outbox.broken is not None
+    outbox.close_now()
+    await client.aclose()

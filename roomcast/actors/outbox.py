@@ -389,8 +389,20 @@ class TlsOutbox(Outbox):
 
     def _write_through(self, data: bytes) -> None:
         self._queued += len(data)
-        self._tls.write(data)
-        self._send_sealed(len(data))
+        if self._seal(data):
+            self._send_sealed(len(data))
+
+    def _seal(self, data: bytes) -> bool:
+        """Encrypt `data` into the outgoing BIO. False once TLS refuses (after our
+        close_notify, or a failure): the stream is then broken, as a socket error would
+        leave it, and nothing more is written."""
+        try:
+            self._tls.write(data)
+        except ssl.SSLError as exc:
+            self.broken = exc
+            self._progressed()
+            return False
+        return True
 
     def _send_sealed(self, done: int) -> None:
         """Hand the ciphertext made so far to the kernel now; what it does not take is
@@ -421,7 +433,8 @@ class TlsOutbox(Outbox):
             data = b"".join(self._backlog) if len(self._backlog) > 1 else self._backlog[0]
             self._backlog.clear()
             self._backlog_bytes = 0
-            self._tls.write(data)
+            if not self._seal(data):
+                return None
             self._sealed += self._outgoing.read()
             self._sealed_done += len(data)
         if not self._sealed:

@@ -295,6 +295,15 @@ async def test_a_bad_client_hello_is_one_debug_line_and_costs_nothing(
     assert not tracebacks(caplog)
 
 
+async def test_a_socket_that_hangs_up_before_its_client_hello_counts_as_hung_up(certificate):
+    """As on a plain port (a load balancer's TCP check): not a TLS failure."""
+    async with tls_running(certificate, **FAST) as service:
+        client = await RawClient.open(service.port)
+        await client.aclose()
+        await eventually(lambda: service.registry.metrics.handshake_failures["hung_up"] == 1)
+        assert service.registry.metrics.handshake_failures["tls"] == 0
+
+
 async def refuse_the_certificate(port: int) -> None:
     """A client that does not trust the service's certificate (the default context
     trusts only the system's authorities): it answers the certificate with TLS's alert
@@ -349,7 +358,8 @@ async def test_a_silent_socket_on_the_tls_port_is_a_pending_handshake(certificat
 # --- the HTTP port ------------------------------------------------------------------------
 
 
-async def test_https_healthz_and_the_demo_page_over_https(certificate):
+async def test_https_healthz_and_the_demo_page_over_https(certificate, caplog):
+    caplog.set_level(logging.DEBUG)
     async with tls_running(certificate, http_port=0, demo=True) as service:
         base = f"https://127.0.0.1:{service.http_port}"
         async with httpx.AsyncClient(base_url=base, verify=certificate.client_context(),
@@ -367,6 +377,7 @@ async def test_https_healthz_and_the_demo_page_over_https(certificate):
         with pytest.raises(httpx.RemoteProtocolError):  # plain http:// to the https port
             async with httpx.AsyncClient(timeout=5) as plain:
                 await plain.get(f"http://127.0.0.1:{service.http_port}/healthz")
+    assert not tracebacks(caplog)
 
 
 # --- settings --------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from wsproto.events import Request
 
 from roomcast.actors.connection import Connection, JoinRules, next_connection_id
 from roomcast.actors.keeper import Keeper
-from roomcast.actors.outbox import Outbox, TlsOutbox
+from roomcast.actors.outbox import HUNG_UP, Outbox, TlsOutbox
 from roomcast.actors.registry import Registry
 from roomcast.actors.websocket import Handshake
 from roomcast.auth import Authenticator, AuthError, Principal
@@ -258,7 +258,7 @@ class Gateway:
             evicted = ticket in self._evicted
             self._handshake_over(ticket)
             if tls_failure is not None:
-                cause = "tls"
+                cause = "hung_up" if tls_failure == HUNG_UP else "tls"
             elif handshake.refused:
                 cause = "bad_request"
             elif not deadline.cancelled_caught:

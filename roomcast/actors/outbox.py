@@ -329,6 +329,9 @@ _PLAIN_TEXT_REFUSAL = (
 )
 
 
+HUNG_UP = "hung up"  # a TLS handshake the peer ended without a word: not a TLS failure
+
+
 class TlsOutbox(Outbox):
     """The same outbox over TLS, with the same shape: an `ssl.SSLObject` between two
     memory BIOs, so that a frame is encrypted where it is queued (synchronously, in
@@ -351,8 +354,8 @@ class TlsOutbox(Outbox):
 
     async def handshake(self) -> str | None:
         """The TLS handshake, before the peer's first plain byte is read. None once it
-        is done; otherwise why it failed (for one log line: OpenSSL's reason, or "hung
-        up"); the peer got TLS's alert, or a plain-text 400 if it spoke plain HTTP."""
+        is done; otherwise why it failed (for one log line: OpenSSL's reason, or
+        HUNG_UP); the peer got TLS's alert, or a plain-text 400 if it spoke plain HTTP."""
         while True:
             try:
                 self._tls.do_handshake()
@@ -368,7 +371,7 @@ class TlsOutbox(Outbox):
                     await self._send_raw(self._outgoing.read())  # the alert
                 return reason.lower().replace("_", " ")
             if self._outgoing.pending and not await self._send_raw(self._outgoing.read()):
-                return "hung up"
+                return HUNG_UP
             if done:
                 return None
             try:
@@ -376,7 +379,7 @@ class TlsOutbox(Outbox):
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
             if not data:
-                return "hung up"
+                return HUNG_UP
             self._incoming.write(data)
 
     async def _send_raw(self, data: bytes) -> bool:

@@ -170,7 +170,8 @@ class Conn:
         self.lat_time = 0.0
         # wss:// (bench/tls.py): an SSLObject over two memory BIOs; None for ws://.
         self.tls: ssl.SSLObject | None = None
-        self.tls_in = self.tls_out = ssl.MemoryBIO()
+        self.tls_in: ssl.MemoryBIO | None = None
+        self.tls_out: ssl.MemoryBIO | None = None
         if lg.tls is not None:
             self.tls_in, self.tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
             self.tls = lg.tls.wrap_bio(self.tls_in, self.tls_out, server_hostname="127.0.0.1")
@@ -199,7 +200,7 @@ class Conn:
     def send(self, data: bytes) -> None:
         if self.tls is not None:
             self.tls.write(data)
-            data = self.tls_out.read()
+            data = self.tls_out.read()  # type: ignore[union-attr]
         self._send_raw(data)
 
     def _send_raw(self, data: bytes) -> None:
@@ -243,7 +244,7 @@ class Conn:
 
     def _tls_handshake(self) -> bool:
         """One step of the TLS handshake; True once it is done (the upgrade is sent)."""
-        assert self.tls is not None
+        assert self.tls is not None and self.tls_out is not None
         try:
             self.tls.do_handshake()
             done = True
@@ -261,7 +262,7 @@ class Conn:
     def _decrypted(self, data: bytes) -> bytes | None:
         """The plain text that `data` completes (b"" at close_notify), None while the
         TLS handshake is still going on."""
-        assert self.tls is not None
+        assert self.tls is not None and self.tls_in is not None
         self.tls_in.write(data)
         if not self.accept_key and not self._tls_handshake():  # the upgrade not yet sent
             return None

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import ssl
 from collections.abc import Callable
@@ -322,10 +323,11 @@ class Outbox:
 
 # The answer to a plain-text HTTP request on a TLS port, in plain text: the one a
 # client can read (nginx answers the same case with a 400 too).
+_PLAIN_TEXT_ERROR = json.dumps({"error": "This port speaks TLS: connect with wss://"}).encode()
 _PLAIN_TEXT_REFUSAL = (
-    b'HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n'
-    b'Content-Length: 55\r\nConnection: close\r\n\r\n'
-    b'{"error": "This port speaks TLS: connect with wss://"}\n'
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_PLAIN_TEXT_ERROR),
+                                                             _PLAIN_TEXT_ERROR)
 )
 
 
@@ -383,7 +385,8 @@ class TlsOutbox(Outbox):
             self._incoming.write(data)
 
     async def _send_raw(self, data: bytes) -> bool:
-        """During the handshake (nothing is queued yet): bytes straight to the socket."""
+        """Bytes straight to the socket, when nothing else is being written: during the
+        handshake (nothing is queued yet) and for close_notify (everything is out)."""
         try:
             await self._stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):

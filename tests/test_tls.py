@@ -491,18 +491,21 @@ async def test_a_write_after_close_notify_is_dropped_never_raised(certificate):
     async with trio.open_nursery() as nursery:
         outbox.writers = nursery
         failure: list[str | None] = []
+        handshaken = trio.Event()  # the server's side is done (the client's may be first)
 
         async def serve_handshake() -> None:
             failure.append(await outbox.handshake())
+            handshaken.set()
 
         nursery.start_soon(serve_handshake)
         with trio.fail_after(5):
             await client.do_handshake()
+            await handshaken.wait()
+            assert failure == [None]
             assert outbox.write_nowait(b"frame")
             assert await client.receive_some(100) == b"frame"
             await outbox.send_eof()
             assert await client.receive_some(100) == b""  # close_notify: a clean EOF
-        assert failure == [None]
         assert not outbox.write_nowait(b"too late")
         assert outbox.broken is not None
     outbox.close_now()

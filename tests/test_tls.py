@@ -369,7 +369,8 @@ async def test_https_healthz_and_the_demo_page_over_https(certificate, caplog):
             page = await client.get("/")
             assert page.status_code == 200 and page.headers["content-type"].startswith(
                 "text/html")
-            minted = (await client.post("/demo/token", json={"user_id": "ada"})).json()
+            minted = (await client.post("/demo/token", json={"user_id": "ada"},
+                                        headers={"Origin": base})).json()  # as a browser
         assert minted["ws_url"] == f"wss://127.0.0.1:{service.port}/api/v1/ws"
         async with open_websocket_url(f"{minted['ws_url']}?token={minted['token']}",
                                       ssl_context=certificate.client_context()) as ws:

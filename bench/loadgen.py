@@ -31,6 +31,7 @@ import re
 import select
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -141,7 +142,7 @@ class Conn:
     __slots__ = (
         "accept_key", "bg_errors", "bg_next", "buf", "close_code", "dialect", "end", "error",
         "errors", "got", "hbuf", "lat_seq", "lat_time", "lg", "next", "on_done",
-        "out", "sock", "state", "token", "user",
+        "out", "sock", "state", "tls", "tls_in", "tls_out", "token", "user",
     )
 
     def __init__(self, lg: Loadgen, user: int, token: str) -> None:
@@ -167,6 +168,13 @@ class Conn:
         self.bg_errors = 0
         self.lat_seq = -1
         self.lat_time = 0.0
+        # wss:// (bench/tls.py): an SSLObject over two memory BIOs; None for ws://.
+        self.tls: ssl.SSLObject | None = None
+        self.tls_in: ssl.MemoryBIO | None = None
+        self.tls_out: ssl.MemoryBIO | None = None
+        if lg.tls is not None:
+            self.tls_in, self.tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+            self.tls = lg.tls.wrap_bio(self.tls_in, self.tls_out, server_hostname="127.0.0.1")
 
     # socket plumbing -------------------------------------------------------------------
 
@@ -190,6 +198,12 @@ class Conn:
         self.lg.sel.register(sock, WRITE, self)
 
     def send(self, data: bytes) -> None:
+        if self.tls is not None:
+            self.tls.write(data)
+            data = self.tls_out.read()  # type: ignore[union-attr]
+        self._send_raw(data)
+
+    def _send_raw(self, data: bytes) -> None:
         if self.out:
             self.out += data
             return
@@ -212,7 +226,10 @@ class Conn:
                 return
             self.lg.sel.modify(self.sock, READ)
             self.state = UPGRADING
-            self.send(self._upgrade_request())
+            if self.tls is not None:
+                self._tls_handshake()
+            else:
+                self.send(self._upgrade_request())
             return
         try:
             sent = self.sock.send(self.out)  # type: ignore[union-attr]
@@ -224,6 +241,43 @@ class Conn:
         self.out = self.out[sent:]
         if not self.out:
             self.lg.sel.modify(self.sock, READ)
+
+    def _tls_handshake(self) -> bool:
+        """One step of the TLS handshake; True once it is done (the upgrade is sent)."""
+        assert self.tls is not None and self.tls_out is not None
+        try:
+            self.tls.do_handshake()
+            done = True
+        except ssl.SSLWantReadError:
+            done = False
+        except ssl.SSLError as exc:
+            self.fail(f"TLS handshake: {exc}")
+            return False
+        if self.tls_out.pending:
+            self._send_raw(self.tls_out.read())
+        if done:
+            self.send(self._upgrade_request())
+        return done
+
+    def _decrypted(self, data: bytes) -> bytes | None:
+        """The plain text that `data` completes (b"" at close_notify), None while the
+        TLS handshake is still going on."""
+        assert self.tls is not None and self.tls_in is not None
+        self.tls_in.write(data)
+        if not self.accept_key and not self._tls_handshake():  # the upgrade not yet sent
+            return None
+        chunks = []
+        while True:
+            try:
+                chunk = self.tls.read(1 << 18)
+            except ssl.SSLWantReadError:
+                break
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return b"".join(chunks) if chunks else b""
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks) if chunks else None
 
     def _upgrade_request(self) -> bytes:
         key = base64.b64encode(os.urandom(16))
@@ -281,6 +335,11 @@ class Conn:
             else:
                 self.fail(f"recv: {exc}")
             return
+        if data and self.tls is not None:
+            plain = self._decrypted(data)
+            if plain is None:  # a handshake step, or a record not yet whole
+                return
+            data = plain
         if not data:
             if self.state == CLOSING:
                 self._finish()
@@ -443,9 +502,11 @@ class Control:
 class Loadgen:
     """Every client connection of one benchmark against one server, on one loop."""
 
-    def __init__(self, dialect: str, port: int, sel: Epoll | None = None) -> None:
+    def __init__(self, dialect: str, port: int, sel: Epoll | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.dialect = dialect
         self.port = port
+        self.tls = tls  # a client context: every connection speaks wss://
         # Load generators of servers measured side by side share one epoll, so that
         # the clients of a server not being measured still answer its pings.
         self.sel = sel or Epoll()

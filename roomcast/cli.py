@@ -25,6 +25,7 @@ from roomcast.node import open_service
 from roomcast.protocol import NotificationLevel
 from roomcast.remote import RemoteNotificationService
 from roomcast.service import CannotListen, ServiceFailed
+from roomcast.tls import TlsUnavailable, server_context
 from roomcast.workers import WorkersFailed, stop_when_orphaned, supervise, worker_index
 
 log = logging.getLogger("roomcast")
@@ -189,7 +190,8 @@ async def _serve_until_signalled(config: Config, authenticator: Authenticator) -
                 nursery.start_soon(stop_when_orphaned, nursery.cancel_scope)
             print(f"roomcast listening on {service.url}", flush=True)
             if service.http_port is not None:
-                http = f"http://{config.host}:{service.http_port}/"
+                scheme = "http" if config.tls_cert is None else "https"
+                http = f"{scheme}://{config.host}:{service.http_port}/"
                 print(f"Demo page: open {http} in a browser" if config.demo else
                       f"HTTP (health, metrics, API) on {http}", flush=True)
             async for signum in signals:
@@ -246,12 +248,16 @@ def _command(argv: list[str]) -> int:
         else:
             # Built first, so that a bad key setup is refused before binding anything.
             authenticator = JwtAuthenticator(config)
+            server_context(config)  # likewise an unreadable certificate or key (exit 1)
             if config.workers > 1 and worker_index() is None:
                 return _run_workers(config, argv)
             return _run_service(config, authenticator)
     except ConfigError as exc:
         print(f"roomcast: {exc}", file=sys.stderr)
         return 2
+    except TlsUnavailable as exc:
+        print(f"roomcast: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

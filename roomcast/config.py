@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -60,6 +61,20 @@ def _tuple_of_str(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _optional_path(value: Any) -> Path | None:
+    """A file's path from a flag or a variable; unset (or empty) is None."""
+    if value is None or value == "":
+        return None
+    return Path(value)
+
+
+def _both_or_neither(instance: Config, _: attrs.Attribute[Any], key: Path | None) -> None:
+    """tls_cert and tls_key go together: one alone would serve plain text by surprise."""
+    if (instance.tls_cert is None) != (key is None):
+        missing = "tls_key (--tls-key)" if key is None else "tls_cert (--tls-cert)"
+        raise ValueError(f"TLS needs both tls_cert and tls_key: set {missing} too, or neither")
+
+
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -105,6 +120,15 @@ class Config:
     path: str = _setting("/api/v1/ws", "WebSocket URL path")
     http_port: int = _setting(
         8080, "HTTP port (health, metrics, API, client script); 0 picks a free one, -1 disables"
+    )
+    # (RUF009: ruff does not know Path is immutable; _setting is every field's default.)
+    tls_cert: Path | None = _setting(  # noqa: RUF009
+        None, "PEM certificate chain file: serve wss:// and https:// on both ports (with "
+        "tls_key); unset serves plain ws:// and http://", converter=_optional_path
+    )
+    tls_key: Path | None = _setting(  # noqa: RUF009
+        None, "PEM private key file of tls_cert (read at startup, never logged)",
+        converter=_optional_path, validator=_both_or_neither,
     )
     api_key: str | None = _setting(
         None, "key that backends send as 'Authorization: Bearer KEY' to the HTTP API; "

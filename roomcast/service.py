@@ -7,6 +7,7 @@ above it."""
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Protocol
@@ -30,6 +31,7 @@ from roomcast.protocol.access import RoomAccess
 from roomcast.protocol.budget import HistoryBudget
 from roomcast.protocol.deadlines import TokenExpiry
 from roomcast.protocol.roomlog import Retention
+from roomcast.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,8 @@ class Service:
 
     @property
     def url(self) -> str:
-        return f"ws://{self.config.host}:{self.port}{self.config.path}"
+        scheme = "ws" if self.config.tls_cert is None else "wss"
+        return f"{scheme}://{self.config.host}:{self.port}{self.config.path}"
 
 
 @asynccontextmanager
@@ -95,13 +98,14 @@ async def open_service(
     config = config or Config()
     fit_descriptors(config)
     authenticate = checked(authenticator or JwtAuthenticator(config))
+    tls = server_context(config)  # a bad certificate or key: TlsUnavailable, nothing bound
     listeners = await open_listeners(config)  # a port in use: nothing to close yet
     http_authorizer = HttpJoinAuthorizer(config) if config.join_url else None
     rules = join_rules(config, room_authorizer, http_authorizer)
     try:
         async with trio.open_nursery() as nursery:
             service: Service = await nursery.start(_run, config, authenticate, rules,
-                                                   listeners, ports)
+                                                   listeners, ports, tls)
             token = service.notifications._bind()
             try:
                 yield service
@@ -151,6 +155,7 @@ async def _run(
     rules: JoinRules,
     listeners: list[trio.SocketListener],
     ports: Sequence[Port],
+    tls: ssl.SSLContext | None,
     task_status: trio.TaskStatus[Service],
 ) -> None:
     # Shielded: cancelling the caller must not cut the connections before `drain`
@@ -179,14 +184,15 @@ async def _run(
             if config.redis_url:
                 backplane = registry.backplane = Backplane(config, registry)
                 supervisor.start(backplane)
-            gateway = Gateway(config, registry, keeper, authenticate, rules)
+            gateway = Gateway(config, registry, keeper, authenticate, rules, tls)
             notifications = NotificationService(registry)
             # Connection tasks inherit the context, so the facade finds this service.
             token = notifications._bind()
             await actors.start(gateway.serve, listeners)
             notifications._unbind(token)
             port = listeners[0].socket.getsockname()[1]
-            log.info("roomcast listening on ws://%s:%d%s", config.host, port, config.path)
+            log.info("roomcast listening on %s://%s:%d%s", "ws" if tls is None else "wss",
+                     config.host, port, config.path)
             service = Service(
                 config, port, notifications, registry, gateway, supervisor, metrics, scope,
                 backplane=backplane,

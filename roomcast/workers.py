@@ -198,11 +198,12 @@ async def supervise(config: Config, argv: Sequence[str]) -> None:
                 async def announce() -> None:
                     await workers.all_ready.wait()
                     count = f"({config.workers} workers)"
-                    print(f"roomcast listening on ws://{config.host}:{ws_port}{config.path} "
-                          f"{count}", flush=True)
+                    tls = "" if config.tls_cert is None else "s"
+                    print(f"roomcast listening on ws{tls}://{config.host}:{ws_port}"
+                          f"{config.path} {count}", flush=True)
                     if http_port >= 0:
                         print(f"HTTP (health, metrics, API) on "
-                              f"http://{config.host}:{http_port}/ {count}", flush=True)
+                              f"http{tls}://{config.host}:{http_port}/ {count}", flush=True)
 
                 async def stop_on_signal() -> None:
                     async for signum in signals:

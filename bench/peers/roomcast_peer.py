@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 from typing import Any
 
 import trio
@@ -106,6 +107,13 @@ class Control:
                     await stream.send_all((json.dumps(answer) + "\n").encode())
 
 
+def tls_files() -> dict[str, str]:
+    """wss:// for bench/tls.py, which sets ROOMCAST_TLS_CERT and _KEY; none otherwise."""
+    files = {"tls_cert": os.environ.get("ROOMCAST_TLS_CERT"),
+             "tls_key": os.environ.get("ROOMCAST_TLS_KEY")}
+    return {name: path for name, path in files.items() if path}
+
+
 async def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     setup_process(args.cpu)
@@ -119,6 +127,7 @@ async def main() -> None:
         # Every benchmark client connects from 127.0.0.1, hundreds of handshakes at once.
         max_handshakes_per_address=0,
         http_port=-1,  # the benchmark needs no HTTP port; 8080 would collide across peers
+        **tls_files(),
     )
     async with open_service(config) as service, trio.open_nursery() as nursery:
         done = trio.Event()

@@ -13,6 +13,7 @@ import errno
 import json
 import logging
 import re
+import ssl
 from urllib.parse import parse_qs, urlsplit
 
 import trio
@@ -20,7 +21,7 @@ from wsproto.events import Request
 
 from roomcast.actors.connection import Connection, JoinRules, next_connection_id
 from roomcast.actors.keeper import Keeper
-from roomcast.actors.outbox import Outbox
+from roomcast.actors.outbox import HUNG_UP, Outbox, TlsOutbox
 from roomcast.actors.registry import Registry
 from roomcast.actors.websocket import Handshake
 from roomcast.auth import Authenticator, AuthError, Principal
@@ -113,9 +114,10 @@ def origin_of(request: Request) -> str | None:
 class Gateway:
     def __init__(
         self, config: Config, registry: Registry, keeper: Keeper, authenticator: Authenticator,
-        rules: JoinRules | None = None,
+        rules: JoinRules | None = None, tls: ssl.SSLContext | None = None,
     ) -> None:
         self._rules = rules  # who may join which room, handed to every connection
+        self._tls = tls  # wss://: each socket's TLS handshake comes before its upgrade
         self._config = config
         self._registry = registry
         self._keeper = keeper
@@ -234,7 +236,9 @@ class Gateway:
     async def _serve_socket(self, stream: trio.SocketStream, ticket: Ticket) -> None:
         self.open_sockets += 1
         self._all_closed = self._all_closed if self.open_sockets > 1 else trio.Event()
-        outbox = Outbox(stream, self._config.outbox_limit)
+        limit = self._config.outbox_limit
+        outbox = Outbox(stream, limit) if self._tls is None else TlsOutbox(stream, limit,
+                                                                             self._tls)
         outbox.writers = self._nursery
         conn_id = next_connection_id()
         try:
@@ -258,14 +262,20 @@ class Gateway:
         config = self._config
         handshake = Handshake(outbox)
         request: Request | None = None
-        # Its deadline is handshake_timeout; a drain, or a newer socket when the pending
-        # ones are at their limit, cuts it short.
+        tls_failure: str | None = None
+        # Its deadline is handshake_timeout (TLS's handshake included); a drain, or a
+        # newer socket when the pending ones are at their limit, cuts it short.
         with self._handshakes[ticket] as deadline:
-            request = await handshake.request()
+            if isinstance(outbox, TlsOutbox):
+                tls_failure = await outbox.handshake()
+            if tls_failure is None:
+                request = await handshake.request()
         if request is None:
             evicted = ticket in self._evicted
             self._handshake_over(ticket)
-            if handshake.refused:
+            if tls_failure is not None:
+                cause = "hung_up" if tls_failure == HUNG_UP else "tls"
+            elif handshake.refused:
                 cause = "bad_request"
             elif not deadline.cancelled_caught:
                 cause = "hung_up"
@@ -276,6 +286,8 @@ class Gateway:
             self._registry.metrics.handshake_failed(cause)
             if cause == EVICTED:
                 log.debug("conn %d: handshake cut short: too many pending", conn_id)
+            elif cause == "tls":  # a port scan or a plain-text client: no more than this
+                log.debug("conn %d: TLS handshake failed: %s", conn_id, tls_failure)
             elif cause in ("timeout", "draining"):
                 log.info("conn %d: handshake not completed within %.1f s", conn_id,
                          config.handshake_timeout)

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
+import ssl
 from collections.abc import Callable
 
 import trio
@@ -168,14 +170,14 @@ class Outbox:
         while more has come meanwhile, then ends. Ends too if the stream closes or
         breaks."""
         try:
-            while self._backlog and not self._closed and self.broken is None:
-                data = b"".join(self._backlog) if len(self._backlog) > 1 else self._backlog[0]
-                self._backlog.clear()
-                self._backlog_bytes = 0
-                self._partial_head = False
+            while not self._closed and self.broken is None:
+                chunk = self._take_backlog()
+                if chunk is None:
+                    break
+                data, done = chunk
                 try:
                     await self._stream.send_all(data)
-                    self._sent += len(data)
+                    self._sent += done
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     self.broken = exc
                     return
@@ -187,6 +189,17 @@ class Outbox:
                     self._progressed()
         finally:
             self._flushing = False
+
+    def _take_backlog(self) -> tuple[bytes, int] | None:
+        """The writer's next write: the whole backlog as one `bytes`, and how many
+        queued bytes it completes; None when there is nothing to write."""
+        if not self._backlog:
+            return None
+        data = b"".join(self._backlog) if len(self._backlog) > 1 else self._backlog[0]
+        self._backlog.clear()
+        self._backlog_bytes = 0
+        self._partial_head = False
+        return data, len(data)
 
     # the WebSocket layer's reads and awaited writes ------------------------------------
 
@@ -306,3 +319,172 @@ class Outbox:
     async def aclose(self) -> None:
         self.close_now()
         await self._stream.aclose()
+
+
+# The answer to a plain-text HTTP request on a TLS port, in plain text: the one a
+# client can read (nginx answers the same case with a 400 too).
+_PLAIN_TEXT_ERROR = json.dumps({"error": "This port speaks TLS: connect with wss://"}).encode()
+_PLAIN_TEXT_REFUSAL = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_PLAIN_TEXT_ERROR),
+                                                             _PLAIN_TEXT_ERROR)
+)
+
+
+HUNG_UP = "hung up"  # a TLS handshake the peer ended without a word: not a TLS failure
+
+
+class TlsOutbox(Outbox):
+    """The same outbox over TLS, with the same shape: an `ssl.SSLObject` between two
+    memory BIOs, so that a frame is encrypted where it is queued (synchronously, in
+    the publisher's task) and its ciphertext written with the same one non-blocking
+    system call, the writer task started only for a backlog.
+
+    The backlog stays plain text until the writer takes it (so that an overflow or a
+    close can still drop whole frames the peer has not started on); ciphertext once
+    made is part of the TLS stream and is always sent (`_sealed`). Reads feed the
+    incoming BIO and return plain text. Only this class knows TLS: a plain
+    connection's path has no test for it."""
+
+    def __init__(self, stream: trio.SocketStream, limit: int, context: ssl.SSLContext) -> None:
+        super().__init__(stream, limit)
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._sealed = b""  # ciphertext made but not yet with the kernel: the writer's
+        self._sealed_done = 0  # the queued (plain text) bytes that `_sealed` completes
+
+    async def handshake(self) -> str | None:
+        """The TLS handshake, before the peer's first plain byte is read. None once it
+        is done; otherwise why it failed (for one log line: OpenSSL's reason, or
+        HUNG_UP); the peer got TLS's alert, or a plain-text 400 if it spoke plain HTTP."""
+        while True:
+            try:
+                self._tls.do_handshake()
+                done = True
+            except ssl.SSLWantReadError:
+                done = False
+            except ssl.SSLError as error:
+                reason = str(error.reason or type(error).__name__)
+                if reason == "HTTP_REQUEST":
+                    self._outgoing.read()
+                    await self._send_raw(_PLAIN_TEXT_REFUSAL)
+                else:
+                    await self._send_raw(self._outgoing.read())  # the alert
+                return reason.lower().replace("_", " ")
+            if self._outgoing.pending and not await self._send_raw(self._outgoing.read()):
+                return HUNG_UP
+            if done:
+                return None
+            try:
+                data = await super().receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                return HUNG_UP
+            self._incoming.write(data)
+
+    async def _send_raw(self, data: bytes) -> bool:
+        """Bytes straight to the socket, when nothing else is being written: during the
+        handshake (nothing is queued yet) and for close_notify (everything is out)."""
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    def _write_through(self, data: bytes) -> None:
+        self._queued += len(data)
+        if self._seal(data):
+            self._send_sealed(len(data))
+
+    def _seal(self, data: bytes) -> bool:
+        """Encrypt `data` into the outgoing BIO. False once TLS refuses (after our
+        close_notify, or a failure): the stream is then broken, as a socket error would
+        leave it, and nothing more is written."""
+        try:
+            self._tls.write(data)
+        except ssl.SSLError as exc:
+            self.broken = exc
+            self._progressed()
+            return False
+        return True
+
+    def _send_sealed(self, done: int) -> None:
+        """Hand the ciphertext made so far to the kernel now; what it does not take is
+        the writer's (so is all of it when the writer already has some)."""
+        sealed = self._outgoing.read()
+        if self._sealed or self._flushing:
+            self._sealed += sealed
+            self._sealed_done += done
+            self._start_writer()
+            return
+        try:
+            written = os.write(self._fd, sealed)
+        except BlockingIOError:
+            written = 0
+        except OSError as exc:
+            self.broken = exc
+            self._progressed()
+            return
+        if written == len(sealed):
+            self._sent += done
+            return
+        self._sealed = sealed[written:]
+        self._sealed_done = done
+        self._start_writer()
+
+    def _take_backlog(self) -> tuple[bytes, int] | None:
+        if self._backlog:
+            data = b"".join(self._backlog) if len(self._backlog) > 1 else self._backlog[0]
+            self._backlog.clear()
+            self._backlog_bytes = 0
+            if not self._seal(data):
+                return None
+            self._sealed += self._outgoing.read()
+            self._sealed_done += len(data)
+        if not self._sealed:
+            return None
+        chunk = self._sealed, self._sealed_done
+        self._sealed, self._sealed_done = b"", 0
+        return chunk
+
+    @property
+    def all_sent(self) -> bool:
+        return super().all_sent and not self._sealed and not self._flushing
+
+    async def receive_some(self, max_bytes: int) -> bytes:
+        """Plain text: what the TLS layer holds, else what the socket brings. b"" at
+        the peer's close_notify or at the end of the stream."""
+        while True:
+            try:
+                data = self._tls.read(max_bytes)
+            except ssl.SSLWantReadError:
+                pass
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                self.eof = True
+                return b""
+            except ssl.SSLError as error:
+                raise trio.BrokenResourceError(f"TLS failed: {error.reason}") from None
+            else:
+                if not data:
+                    self.eof = True
+                return data
+            if self._outgoing.pending:  # the TLS layer's own answer (a key update)
+                self._send_sealed(0)
+            received = await super().receive_some(RECEIVE_SIZE)
+            if received:
+                self._incoming.write(received)
+            else:
+                self._incoming.write_eof()
+
+    async def send_eof(self) -> None:
+        """TLS's close_notify, then the FIN; the peer's close_notify is not waited for
+        (the closing handshake reads until the peer's Close or EOF anyway)."""
+        if self._closed or self.broken is not None or not self.all_sent:
+            return
+        with contextlib.suppress(ssl.SSLError):  # SSLWantReadError: the peer's is not in
+            self._tls.unwrap()
+        if not await self._send_raw(self._outgoing.read()):
+            return
+        await super().send_eof()

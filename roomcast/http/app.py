@@ -313,7 +313,8 @@ class HttpApp:
         """The WebSocket URL on the host the browser used to reach this page (a name
         `_same_site` accepted), else on the configured host."""
         name = _host_name(request.headers.get("host", "").lower()) or self._config.host
-        return f"ws://{name}:{self._service.port}{self._config.path}"
+        scheme = "ws" if self._config.tls_cert is None else "wss"
+        return f"{scheme}://{name}:{self._service.port}{self._config.path}"
 
 
 def _host_name(host: str) -> str:

@@ -46,6 +46,10 @@ def hypercorn_config(sock: socket.socket, config: Config) -> HypercornConfig:
     # between requests); a head larger than h11_max_incomplete_size (16 KiB) is a 400.
     # The body's own time is the app's (asgi.read_body).
     hypercorn.keep_alive_timeout = config.http_timeout
+    if config.tls_cert is not None and config.tls_key is not None:
+        # https:// with the WebSocket port's files (checked at startup: roomcast.tls).
+        hypercorn.certfile = str(config.tls_cert)
+        hypercorn.keyfile = str(config.tls_key)
     return hypercorn
 
 

@@ -21,10 +21,12 @@ from __future__ import annotations
 import json
 import logging
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 import trio
@@ -100,7 +102,9 @@ class HandshakeRefused(Exception):
 
 class ClientStopped(Exception):
     """The client stopped reconnecting: the service closed with a code after which
-    retrying would repeat the fault (4008), or `max_attempts` failed in a row."""
+    retrying would repeat the fault (4008), its TLS certificate was refused (the
+    `ssl_context` does not trust it: `__cause__` is the `ssl.SSLCertVerificationError`),
+    or `max_attempts` failed in a row."""
 
     def __init__(self, message: str, code: int | None = None) -> None:
         super().__init__(message)
@@ -182,7 +186,7 @@ class Client:
         self, url: str, *, token: str | None, get_token: Callable[[], Awaitable[str]] | None,
         backoff: Backoff, refresh_margin: float, on_event: Callable[[Event], None] | None,
         random: Callable[[], float], buffer: int, connect_timeout: float,
-        max_message_size: int,
+        max_message_size: int, ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if token is None and get_token is None:
             raise TypeError("connect: give `token` or `get_token`")
@@ -196,6 +200,7 @@ class Client:
         self._random = random
         self._connect_timeout = connect_timeout
         self._max_message_size = max_message_size
+        self._ssl_context = ssl_context
         self._rules = ClientRules()
         self._frames_in, self._frames_out = trio.open_memory_channel[Frame](buffer)
         self._ws: WebSocketConnection | None = None
@@ -404,6 +409,11 @@ class Client:
                 if refusal.status not in (429, 503):
                     raise
                 reason = f"{refusal.status} {refusal.reason}"
+            except ssl.SSLCertVerificationError as refused:
+                # Not a drop: every retry would be refused alike, as a 403 would.
+                raise ClientStopped(
+                    f"the service's TLS certificate was refused: {refused.verify_message}"
+                ) from refused
             except (OSError, HandshakeError, trio.TooSlowError) as exc:
                 reason = f"{type(exc).__name__}: {exc}"
             if self._closed:
@@ -467,12 +477,36 @@ class Client:
                 watched.on_end = scope.cancel
                 ws = await connect_websocket_url(
                     watched, url, extra_headers=headers,  # type: ignore[arg-type]
-                    max_message_size=self._max_message_size)
+                    max_message_size=self._max_message_size,
+                    ssl_context=self._ssl_context)
                 watched.on_end = None
                 return ws
         except ConnectionRejected as rejected:
             raise HandshakeRefused(rejected.status_code, _refusal_text(rejected.body)) from None
+        if url.startswith("wss://"):
+            await self._check_certificate(url)
         raise HandshakeError("the connection closed during the opening handshake")
+
+    async def _check_certificate(self, url: str) -> None:
+        """After a wss:// handshake that ended early: was the service's certificate
+        refused? trio-websocket's reader takes that for a plain drop, so one TLS
+        handshake on its own tells; raises the `ssl.SSLCertVerificationError` if so."""
+        parts = urlsplit(url)
+        context = self._ssl_context or ssl.create_default_context()
+        with trio.move_on_after(self._connect_timeout):
+            try:
+                stream = await trio.open_ssl_over_tcp_stream(
+                    parts.hostname or "", parts.port or 443, ssl_context=context,
+                    https_compatible=True)
+            except OSError:
+                return
+            try:
+                await stream.do_handshake()
+            except trio.BrokenResourceError as broken:
+                if isinstance(broken.__cause__, ssl.SSLCertVerificationError):
+                    raise broken.__cause__ from None
+            finally:
+                await trio.aclose_forcefully(stream)
 
     async def _welcomed(self, ws: WebSocketConnection) -> bool:
         """Read the welcome, then rejoin every room wanted; False if the socket closed
@@ -652,6 +686,7 @@ async def connect(
     on_event: Callable[[Event], None] | None = None,
     random: Callable[[], float] = random.random, buffer: int = 1024,
     connect_timeout: float = 10.0, max_message_size: int = 1 << 20,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Client]:
     """A client connected to the roomcast service at `url` (`ws://` or `wss://`, the
     service's path), kept connected until the block ends.
@@ -662,11 +697,14 @@ async def connect(
     bounds the reconnects; `on_event` is called with every `Event`; `random` draws
     the jitter (seed it in tests); `buffer`: frames held for `receive()` before the
     client stops reading the socket (the service then cuts it as a slow consumer,
-    4009, and the client recovers on reconnect)."""
+    4009, and the client recovers on reconnect). `ssl_context`: for `wss://`, the
+    context that checks the service's certificate (the system's trusted authorities
+    when None; a context made with `cafile=` trusts a self-signed one)."""
     client = Client(
         url, token=token, get_token=get_token, backoff=backoff,
         refresh_margin=refresh_margin, on_event=on_event, random=random, buffer=buffer,
         connect_timeout=connect_timeout, max_message_size=max_message_size,
+        ssl_context=ssl_context,
     )
     # What the refusal or the block raises comes out as itself, not in an exception
     # group: the client's own task never raises once started (it stops the client).

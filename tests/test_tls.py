@@ -511,3 +511,26 @@ async def test_a_write_after_close_notify_is_dropped_never_raised(certificate):
         assert outbox.broken is not None
     outbox.close_now()
     await client.aclose()
+
+
+async def test_the_python_client_over_wss_trusting_a_self_signed_certificate(certificate):
+    """roomcast.client takes the context that checks the service's certificate: with
+    it, wss:// joins and receives; without it (the system's authorities), the
+    self-signed certificate is refused."""
+    from roomcast.client import ClientStopped
+    from roomcast.client import connect as client_connect
+
+    async with tls_running(certificate) as service:
+        url = f"wss://127.0.0.1:{service.port}{service.config.path}"
+        async with client_connect(url, token=token_for("ada"),
+                                  ssl_context=certificate.client_context()) as client:
+            await client.join("lab")
+            await service.notifications.notify_room("lab", "over tls")
+            with trio.fail_after(5):
+                frame = await client.receive()
+            assert (frame.type, frame.message, frame.room) == ("room_message", "over tls", "lab")
+        with pytest.raises(ClientStopped) as stopped, trio.fail_after(10):
+            async with client_connect(url, token=token_for("ada"), connect_timeout=5):
+                pass
+        assert "certificate was refused" in str(stopped.value)
+        assert isinstance(stopped.value.__cause__, ssl.SSLCertVerificationError)

@@ -277,7 +277,8 @@ def fan_out_round(room: Room, publisher: Node, measured: list[Node], frames: int
     cpu = [n.cpu() - c for n, c in zip(measured, cpu0, strict=True)]
     other = {f"{k}_cpu": cpu_seconds(pid) - other0[k] for k, pid in watched.items()}
     if process is not None:
-        process.result()
+        # its own count, from `go` to its last frame sent (not its exit)
+        other["worker_cpu"] = process.result()["cpu"]
     else:
         answer(control)
     deliveries = len(room.conns) * frames

@@ -6,6 +6,7 @@ port on which the benchmark asks this node's facade to publish.
     stats                       -> `stats WRITES MESSAGES FRAMES`: since the last stats,
                                    socket writes to clients (the outboxes' system calls),
                                    room messages heard from Redis, and frames in them
+    profile on | profile off PATH  -> cProfile this node from now; write the stats to PATH
 Each notification carries `data.t`, the monotonic clock in ns when it was published
 (the clock is shared by the processes of one machine), and `data.seq`; with TAG also
 `data.p` = TAG, so that a client can tell two publishers' frames apart. The answer is
@@ -15,6 +16,7 @@ Each notification carries `data.t`, the monotonic clock in ns when it was publis
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
 import sys
 import time
@@ -25,6 +27,7 @@ from roomcast import Config, open_service
 from roomcast.actors import backplane, outbox
 
 COUNTS = {"writes": 0, "messages": 0, "frames": 0}
+PROFILE = cProfile.Profile()
 
 
 def count_writes_and_batches() -> None:
@@ -62,6 +65,15 @@ async def control(stream: trio.SocketStream, service) -> None:
                 await stream.send_all(
                     "stats {writes} {messages} {frames}\n".format(**COUNTS).encode())
                 COUNTS.update(writes=0, messages=0, frames=0)
+                continue
+            if line.startswith(b"profile"):
+                _, switch, *path = line.decode().split()
+                if switch == "on":
+                    PROFILE.enable()
+                else:
+                    PROFILE.disable()
+                    PROFILE.dump_stats(path[0])
+                await stream.send_all(b"ok\n")
                 continue
             verb, target, count, pace_ms, *tag = line.decode().split()
             started = time.perf_counter()

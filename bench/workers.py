@@ -95,6 +95,16 @@ class Server:
     def cpu(self) -> float:
         return sum(cpu_seconds(pid) for pid in self.processes)
 
+    def writes(self) -> int:
+        """Write system calls of every server process (/proc/PID/io `syscw`: to the
+        clients, and the few to Redis and to the publisher)."""
+        total = 0
+        for pid in self.processes:
+            with open(f"/proc/{pid}/io") as io:
+                total += next(int(line.split()[1]) for line in io
+                              if line.startswith("syscw"))
+        return total
+
     def stop(self) -> None:
         self.process.terminate()
         try:
@@ -151,17 +161,19 @@ def publish(http_port: int, count: int) -> None:
 def one_round(server: Server, room: Room, frames: int) -> dict[str, float]:
     room.expect(frames)
     publisher = Publisher(server.http_port, frames)
-    cpu0, bench0 = server.cpu(), cpu_seconds(os.getpid())
+    cpu0, bench0, writes0 = server.cpu(), cpu_seconds(os.getpid()), server.writes()
     began = time.perf_counter()
     publisher.go()
     room.wait(frames)
     wall = time.perf_counter() - began
     cpu, clients = server.cpu() - cpu0, cpu_seconds(os.getpid()) - bench0
+    writes = server.writes() - writes0
     published = publisher.result()
     deliveries = len(room.conns) * frames
     return {"deliveries": deliveries, "wall": wall, "server_cpu": cpu,
             "clients_cpu": clients, "publisher_cpu": published["cpu"],
-            "per_s": deliveries / wall, "per_cpu_s": deliveries / max(cpu, 1e-6)}
+            "per_s": deliveries / wall, "per_cpu_s": deliveries / max(cpu, 1e-6),
+            "writes_per_delivery": writes / deliveries}
 
 
 def main() -> None:
@@ -209,14 +221,15 @@ def main() -> None:
     for title, setup_runs in runs.items():
         row = {key: statistics.median(r[key] for r in setup_runs)
                for key in ("per_s", "per_cpu_s", "server_cpu", "clients_cpu",
-                           "publisher_cpu", "wall")}
+                           "publisher_cpu", "wall", "writes_per_delivery")}
         figures[title] = {**row, "runs": setup_runs}
         low = min(r["per_cpu_s"] for r in setup_runs)
         high = max(r["per_cpu_s"] for r in setup_runs)
         print(f"  {title:<22} wall {row['per_s']:>9,.0f}/s  per server CPU s "
               f"{row['per_cpu_s']:>9,.0f} ({low:,.0f} to {high:,.0f}, "
               f"{row['per_cpu_s'] / base:.2f}x)  CPU s: server {row['server_cpu']:.2f}, "
-              f"clients {row['clients_cpu']:.2f}, publisher {row['publisher_cpu']:.2f}",
+              f"clients {row['clients_cpu']:.2f}, publisher {row['publisher_cpu']:.2f}; "
+              f"writes/delivery {row['writes_per_delivery']:.3f}",
               flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))

@@ -94,9 +94,12 @@ def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+FRAMES: int | None = None  # --frames: the same count for every room (a tiny run)
+
+
 def frames_for(size: int) -> int:
     """Frames per round: about 400,000 deliveries (at least 80 frames)."""
-    return max(80, min(2000, 400_000 // size))
+    return FRAMES or max(80, min(2000, 400_000 // size))
 
 
 class Node:
@@ -467,8 +470,11 @@ def main() -> None:
     parser.add_argument("--two-size", type=int, default=1000)
     parser.add_argument("--bg-pace-ms", type=float, default=10.0)
     parser.add_argument("--only", default="worker-rooms,worker-rate,two-nodes,latency")
+    parser.add_argument("--frames", type=int, default=0, help="per round (0: by size)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    global FRAMES
+    FRAMES = args.frames or None
     from tests.cluster import RedisServer
 
     if hasattr(os, "sched_setaffinity"):

@@ -13,20 +13,34 @@ to the last core; a worker process for the worker figures (this script, `--worke
   the command until the last client holds the last frame; every client checks it got
   every frame once, in order. Setups: a lone node, the same node with a Redis URL
   (node publishing, worker publishing). Rounds alternate between setups.
+  Each round also counts the node's socket writes to clients (per delivery: how well
+  frames published back to back share a write) and the room messages it heard from
+  Redis (and the frames in them: how the worker's batches arrived).
 - worker rate: `notify_room` calls a second from one worker process to a room of 100
   members: the open async facade (`async with`), a call per connection (no `async
-  with`), and `SyncNotificationService` (a thread per call).
+  with`), and `SyncNotificationService` (a thread per call); wall clock, and per CPU
+  second of the worker.
 - two nodes against one: N connections all on node 1, or split over nodes 1 and 2
-  (one core each), the worker publishing; deliveries per second of the busiest node's
-  CPU (what the pair delivers when each node has its core: on this machine the
-  clients share the cores, so wall-clock rates show the sharing, not the nodes).
+  (one core each), the worker publishing; rounds alternate one node / two nodes.
+  Wall-clock deliveries a second, and per CPU second of the busiest node (what the
+  pair delivers when each node has its core: on this machine the clients, the worker
+  and Redis share the two cores, so wall-clock rates show the sharing, not the
+  nodes), with the CPU seconds the clients, the worker and Redis spent per round.
+
+A worker process is started and has its facade open before a round's clock starts
+(its interpreter's start is not timed). CPU time is read from /proc/PID/task/*/schedstat
+(nanoseconds; /proc/PID/stat counts 10 ms ticks, too coarse for a round of 0.5 s).
+Every table prints the load average before and after it.
 - cross-node notify latency: `notify_user` on node 1 for a user on node 2, one at a
   time, while node 1 fans out to a background room of 1,000 (a frame every
   `--bg-pace-ms`, 10 by default: about half of what the node can deliver); p50 / p99
   from the command sent to the frame read.
 
-    .venv/bin/python bench/cluster_cpu.py [--sizes 100,1000,5000] [--reps 3]
-        [--only fanout,worker,two,latency] [--json PATH]
+    .venv/bin/python bench/cluster_cpu.py [--sizes 100,1000,5000] [--reps 5]
+        [--only worker-rooms,worker-rate,two-nodes,latency] [--json PATH]
+
+(`--only` also takes the old names fanout, worker, two; `bench/workers.py` compares
+`roomcast serve --workers 2` with one process.)
 """
 
 from __future__ import annotations
@@ -34,6 +48,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -54,14 +69,37 @@ CORES = os.cpu_count() or 1
 
 
 def cpu_seconds(pid: int) -> float:
+    """CPU seconds the process's live threads have run, to the nanosecond (schedstat);
+    the tick count of /proc/PID/stat where schedstat is missing."""
+    total, read = 0, False
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        tasks = []
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as schedstat:
+                total += int(schedstat.read().split()[0])
+                read = True
+        except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
+            continue
+    if read:
+        return total / 1e9
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+FRAMES: int | None = None  # --frames: the same count for every room (a tiny run)
+
+
 def frames_for(size: int) -> int:
-    """Frames per round: about 200,000 deliveries (at least 40 frames)."""
-    return max(40, min(1000, 200_000 // size))
+    """Frames per round: about 400,000 deliveries (at least 80 frames)."""
+    return FRAMES or max(80, min(2000, 400_000 // size))
 
 
 class Node:
@@ -87,6 +125,12 @@ class Node:
     def cpu(self) -> float:
         return cpu_seconds(self.process.pid)
 
+    def stats(self) -> tuple[int, int, int]:
+        """Socket writes to clients, room messages heard from Redis, frames in them,
+        since the last call."""
+        writes, messages, frames = answer(self.command("stats")).split()[1:]
+        return int(writes), int(messages), int(frames)
+
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=15)
@@ -103,12 +147,29 @@ def answer(sock: socket.socket) -> str:
     return data.decode()
 
 
-def worker(redis_url: str, room: str, count: int, mode: str) -> subprocess.Popen[str]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    return subprocess.Popen(
-        [sys.executable, __file__, "--worker", redis_url, room, str(count), mode],
-        stdout=subprocess.PIPE, text=True, env=env)
+class Worker:
+    """A worker process (this script, `--worker`), started and ready (its facade open,
+    for `open`) before `go` starts its calls."""
+
+    def __init__(self, redis_url: str, room: str, count: int, mode: str) -> None:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--worker", redis_url, room, str(count), mode],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        assert self.process.stdout is not None and self.process.stdin is not None
+        if self.process.stdout.readline().strip() != "ready":
+            raise BenchError("the worker did not start")
+
+    def go(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
+
+    def result(self) -> dict[str, float]:
+        out, _ = self.process.communicate(timeout=600)
+        figures: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+        return figures
 
 
 def run_worker(redis_url: str, room: str, count: int, mode: str) -> None:
@@ -125,26 +186,37 @@ def run_worker(redis_url: str, room: str, count: int, mode: str) -> None:
         for seq in range(count):
             await service.notify_room(room, "n", data={"t": time.monotonic_ns(), "seq": seq})
 
-    async def main() -> float:
+    def own_cpu() -> float:  # every thread's, those that ended too (a sync call's)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    def ready() -> None:
+        print("ready", flush=True)
+        sys.stdin.readline()
+
+    async def main() -> tuple[float, float]:
         if mode == "open":
             async with remote:
-                began = time.perf_counter()
+                ready()
+                cpu0, began = own_cpu(), time.perf_counter()
                 await calls(remote)
-            return time.perf_counter() - began  # the end of the block sent every frame
-        began = time.perf_counter()
+            # the end of the block sent every frame
+            return time.perf_counter() - began, cpu0
+        ready()
+        cpu0, began = own_cpu(), time.perf_counter()
         await calls(remote)
-        return time.perf_counter() - began
+        return time.perf_counter() - began, cpu0
 
-    cpu0 = cpu_seconds(os.getpid())
     if mode == "sync":
-        began = time.perf_counter()
+        ready()
+        cpu0, began = own_cpu(), time.perf_counter()
         for seq in range(count):
             SyncNotificationService.notify_room(room, "n", data={"t": 0, "seq": seq})
         elapsed = time.perf_counter() - began
     else:
-        elapsed = trio.run(main)
+        elapsed, cpu0 = trio.run(main)
     print(json.dumps({"calls_per_s": count / elapsed, "seconds": elapsed,
-                      "cpu": cpu_seconds(os.getpid()) - cpu0}), flush=True)
+                      "cpu": own_cpu() - cpu0}), flush=True)
 
 
 class Room:
@@ -187,30 +259,49 @@ class Room:
 
 
 def fan_out_round(room: Room, publisher: Node, measured: list[Node], frames: int,
-                  via_worker: bool) -> dict[str, float]:
+                  via_worker: bool, others: dict[str, int] | None = None) -> dict[str, float]:
+    """One round; `others` names more processes (pid) whose CPU the round reports."""
     room.expect(frames)
+    for node in measured:
+        node.stats()  # counted from here
+    process = Worker(publisher.redis_url, room.name, frames, "open") if via_worker else None
+    watched = {"bench": os.getpid(), **(others or {})}
+    if process is not None:
+        watched["worker"] = process.process.pid
     cpu0 = [n.cpu() for n in measured]
+    other0 = {k: cpu_seconds(pid) for k, pid in watched.items()}
     began = time.perf_counter()
-    if via_worker:
-        process = worker(publisher.redis_url, room.name, frames, "open")
+    if process is not None:
+        process.go()
     else:
         control = publisher.command(f"room {room.name} {frames} 0")
     room.wait(frames)
     wall = time.perf_counter() - began
     cpu = [n.cpu() - c for n, c in zip(measured, cpu0, strict=True)]
-    if via_worker:
-        process.wait()
+    other = {f"{k}_cpu": cpu_seconds(pid) - other0[k] for k, pid in watched.items()}
+    if process is not None:
+        # its own count, from `go` to its last frame sent (not its exit)
+        other["worker_cpu"] = process.result()["cpu"]
     else:
         answer(control)
     deliveries = len(room.conns) * frames
+    counts = [n.stats() for n in measured]
     return {"deliveries": deliveries, "wall": wall, "cpu": sum(cpu), "busiest_cpu": max(cpu),
-            "per_cpu_s": deliveries / max(sum(cpu), 0.01),
-            "per_busiest_cpu_s": deliveries / max(max(cpu), 0.01),
-            "per_s": deliveries / wall}
+            "per_cpu_s": deliveries / max(sum(cpu), 1e-6),
+            "per_busiest_cpu_s": deliveries / max(max(cpu), 1e-6),
+            "per_s": deliveries / wall,
+            "writes_per_delivery": sum(c[0] for c in counts) / deliveries,
+            "messages": sum(c[1] for c in counts), "frames_heard": sum(c[2] for c in counts),
+            **other}
 
 
 def median(runs: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
+
+
+def spread(runs: list[dict[str, float]], key: str) -> str:
+    values = [r[key] for r in runs]
+    return f"{min(values):,.0f} to {max(values):,.0f}"
 
 
 def fan_out(redis_url: str, sizes: list[int], reps: int) -> dict[str, Any]:
@@ -228,9 +319,10 @@ def fan_out(redis_url: str, sizes: list[int], reps: int) -> dict[str, Any]:
                 print(f"fan-out {size:>5}: {error}", flush=True)
                 continue
             time.sleep(0.5)  # presence written
+            load_before = load()
             runs: dict[str, list[dict[str, float]]] = {k: [] for k in
                                                        ("lone", "redis", "redis_worker")}
-            for _ in range(reps):
+            for _ in range(reps):  # the setups alternate: the load falls on all alike
                 runs["lone"].append(fan_out_round(rooms["lone"], lone, [lone], frames, False))
                 runs["redis"].append(fan_out_round(rooms["redis"], clustered, [clustered],
                                                    frames, False))
@@ -240,17 +332,26 @@ def fan_out(redis_url: str, sizes: list[int], reps: int) -> dict[str, Any]:
                 room.close()
             base = median(runs["lone"], "per_cpu_s")
             results[str(size)] = {
-                "frames": frames,
+                "frames": frames, "load_before": load_before, "load_after": load(),
                 **{k: {"per_cpu_s": median(v, "per_cpu_s"), "per_s": median(v, "per_s"),
-                       "ratio": median(v, "per_cpu_s") / base, "runs": v}
+                       "ratio": median(v, "per_cpu_s") / base,
+                       "writes_per_delivery": median(v, "writes_per_delivery"),
+                       "runs": v}
                    for k, v in runs.items()},
             }
             row = results[str(size)]
-            print(f"fan-out {size:>5} x {frames:>4}: lone {base:>10,.0f}/CPU s | redis "
-                  f"{row['redis']['per_cpu_s']:>10,.0f} ({row['redis']['ratio']:.2f}x) | "
-                  f"worker publishing {row['redis_worker']['per_cpu_s']:>10,.0f} "
-                  f"({row['redis_worker']['ratio']:.2f}x)   load {os.getloadavg()[0]:.2f}",
-                  flush=True)
+            print(f"room {size:>5} x {frames:>4} frames (load {load_before} -> {load()}), "
+                  f"deliveries per node CPU s, median of {reps} (min to max):", flush=True)
+            for key, title in (("lone", "lone node"), ("redis", "Redis, node publishing"),
+                               ("redis_worker", "Redis, worker publishing")):
+                v = runs[key]
+                heard = (f", {median(v, 'messages'):.0f} Redis messages of "
+                         f"{median(v, 'frames_heard'):.0f} frames" if key == "redis_worker"
+                         else "")
+                print(f"  {title:<26} {row[key]['per_cpu_s']:>10,.0f} ({spread(v, 'per_cpu_s')})"
+                      f"  {row[key]['ratio']:.2f}x lone  wall {row[key]['per_s']:>9,.0f}/s"
+                      f"  writes/delivery {row[key]['writes_per_delivery']:.4f}{heard}",
+                      flush=True)
     finally:
         lone.stop()
         clustered.stop()
@@ -259,7 +360,7 @@ def fan_out(redis_url: str, sizes: list[int], reps: int) -> dict[str, Any]:
 
 def worker_rate(redis_url: str, count: int) -> dict[str, Any]:
     node = Node(redis_url, 0)
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"load_before": load()}
     try:
         sel = Epoll()
         room = Room(sel, [node], 100, 200_000)
@@ -267,22 +368,24 @@ def worker_rate(redis_url: str, count: int) -> dict[str, Any]:
         for mode, calls in (("open", count), ("per_call", max(200, count // 20)),
                             ("sync", max(100, count // 50))):
             room.expect(calls)
-            process = worker(redis_url, ROOM, calls, "open" if mode == "open" else
+            process = Worker(redis_url, ROOM, calls, "open" if mode == "open" else
                              ("sync" if mode == "sync" else "plain"))
+            process.go()
             room.wait(calls)
-            out, _ = process.communicate()
-            results[mode] = json.loads(out.strip().splitlines()[-1])
+            results[mode] = process.result()
             print(f"worker {mode:>8}: {results[mode]['calls_per_s']:>8,.0f} notify_room "
-                  f"calls/s ({calls} calls, worker CPU {results[mode]['cpu']:.2f} s)   "
-                  f"load {os.getloadavg()[0]:.2f}", flush=True)
+                  f"calls/s wall, {calls / results[mode]['cpu']:>8,.0f} per worker CPU s "
+                  f"({calls} calls to a room of 100)   load {load()}", flush=True)
         room.close()
     finally:
         node.stop()
+    results["load_after"] = load()
     return results
 
 
-def two_nodes(redis_url: str, size: int, reps: int) -> dict[str, Any]:
+def two_nodes(redis_url: str, redis_pid: int, size: int, reps: int) -> dict[str, Any]:
     first, second = Node(redis_url, 0), Node(redis_url, 1)
+    load_before = load()
     try:
         frames = frames_for(size)
         sel = Epoll()
@@ -290,23 +393,36 @@ def two_nodes(redis_url: str, size: int, reps: int) -> dict[str, Any]:
         two = Room(sel, [first, second], size, 400_000, "two")
         time.sleep(0.5)
         runs: dict[str, list[dict[str, float]]] = {"one": [], "two": []}
-        for _ in range(reps):
-            runs["one"].append(fan_out_round(one, first, [first, second], frames, True))
-            runs["two"].append(fan_out_round(two, first, [first, second], frames, True))
+        for _ in range(reps):  # interleaved: one node, two nodes, one node, ...
+            for key, room in (("one", one), ("two", two)):
+                runs[key].append(fan_out_round(room, first, [first, second], frames, True,
+                                               {"redis": redis_pid}))
         one.close()
         two.close()
     finally:
         first.stop()
         second.stop()
-    figures = {k: {"per_busiest_cpu_s": median(v, "per_busiest_cpu_s"),
-                   "per_s": median(v, "per_s"), "runs": v} for k, v in runs.items()}
+    keys = ("per_busiest_cpu_s", "per_s", "per_cpu_s", "busiest_cpu", "cpu", "bench_cpu",
+            "worker_cpu", "redis_cpu", "wall")
+    figures: dict[str, Any] = {k: {key: median(v, key) for key in keys} | {"runs": v}
+                               for k, v in runs.items()}
     ratio = figures["two"]["per_busiest_cpu_s"] / figures["one"]["per_busiest_cpu_s"]
-    print(f"two nodes, room of {size} x {frames}: one node "
-          f"{figures['one']['per_busiest_cpu_s']:,.0f} per busiest-node CPU s, two nodes "
-          f"{figures['two']['per_busiest_cpu_s']:,.0f} ({ratio:.2f}x); wall "
-          f"{figures['one']['per_s']:,.0f} vs {figures['two']['per_s']:,.0f}/s   "
-          f"load {os.getloadavg()[0]:.2f}", flush=True)
-    return {"size": size, "frames": frames, "ratio": ratio, **figures}
+    wall_ratio = figures["two"]["per_s"] / figures["one"]["per_s"]
+    print(f"two nodes against one: {size} connections x {frames} frames, a worker "
+          f"publishing, median of {reps} interleaved rounds (load {load_before} -> "
+          f"{load()}):", flush=True)
+    for key, title in (("one", "one node"), ("two", "two nodes")):
+        f, v = figures[key], runs[key]
+        print(f"  {title:<9} per busiest-node CPU s {f['per_busiest_cpu_s']:>9,.0f} "
+              f"({spread(v, 'per_busiest_cpu_s')})  wall {f['per_s']:>8,.0f}/s "
+              f"({spread(v, 'per_s')})  CPU s: nodes {f['cpu']:.2f} (busiest "
+              f"{f['busiest_cpu']:.2f}), clients {f['bench_cpu']:.2f}, worker "
+              f"{f['worker_cpu']:.2f}, Redis {f['redis_cpu']:.2f}, wall {f['wall']:.2f}",
+              flush=True)
+    print(f"  two / one: {ratio:.2f}x per busiest-node CPU s, {wall_ratio:.2f}x wall",
+          flush=True)
+    return {"size": size, "frames": frames, "ratio": ratio, "wall_ratio": wall_ratio,
+            "load_before": load_before, "load_after": load(), **figures}
 
 
 def latency(redis_url: str, background: int, samples: int, pace_ms: float) -> dict[str, Any]:
@@ -349,34 +465,41 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="100,1000,5000")
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--worker-calls", type=int, default=20_000)
     parser.add_argument("--two-size", type=int, default=1000)
     parser.add_argument("--bg-pace-ms", type=float, default=10.0)
-    parser.add_argument("--only", default="fanout,worker,two,latency")
+    parser.add_argument("--only", default="worker-rooms,worker-rate,two-nodes,latency")
+    parser.add_argument("--frames", type=int, default=0, help="per round (0: by size)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    global FRAMES
+    FRAMES = args.frames or None
     from tests.cluster import RedisServer
 
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {CORES - 1})
-    only = set(args.only.split(","))
+    aliases = {"fanout": "worker-rooms", "worker": "worker-rate", "two": "two-nodes"}
+    only = {aliases.get(name, name) for name in args.only.split(",")}
     redis = RedisServer()
     redis.start()
     figures: dict[str, Any] = {"load_before": os.getloadavg()}
+    print(f"load average before: {load()}", flush=True)
     try:
-        if "fanout" in only:
+        if "worker-rooms" in only:
             figures["fanout"] = fan_out(redis.url, [int(s) for s in args.sizes.split(",")],
                                         args.reps)
-        if "worker" in only:
+        if "worker-rate" in only:
             figures["worker"] = worker_rate(redis.url, args.worker_calls)
-        if "two" in only:
-            figures["two_nodes"] = two_nodes(redis.url, args.two_size, args.reps)
+        if "two-nodes" in only:
+            figures["two_nodes"] = two_nodes(redis.url, redis.process.pid, args.two_size,
+                                             args.reps)
         if "latency" in only:
             figures["latency"] = latency(redis.url, 1000, 300, args.bg_pace_ms)
     finally:
         redis.stop()
     figures["load_after"] = os.getloadavg()
+    print(f"load average after: {load()}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
 

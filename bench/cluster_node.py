@@ -3,6 +3,10 @@ port on which the benchmark asks this node's facade to publish.
 
     notify USER COUNT PACE_MS   -> COUNT notify_user calls, PACE_MS apart
     room ROOM COUNT PACE_MS [TAG]  -> COUNT notify_room calls
+    stats                       -> `stats WRITES MESSAGES FRAMES`: since the last stats,
+                                   socket writes to clients (the outboxes' system calls),
+                                   room messages heard from Redis, and frames in them
+    profile on | profile off PATH  -> cProfile this node from now; write the stats to PATH
 Each notification carries `data.t`, the monotonic clock in ns when it was published
 (the clock is shared by the processes of one machine), and `data.seq`; with TAG also
 `data.p` = TAG, so that a client can tell two publishers' frames apart. The answer is
@@ -12,6 +16,7 @@ Each notification carries `data.t`, the monotonic clock in ns when it was publis
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
 import sys
 import time
@@ -19,6 +24,35 @@ import time
 import trio
 
 from roomcast import Config, open_service
+from roomcast.actors import backplane, outbox
+
+COUNTS = {"writes": 0, "messages": 0, "frames": 0}
+PROFILE = cProfile.Profile()
+
+
+def count_writes_and_batches() -> None:
+    """Count the outboxes' socket writes and the room messages heard from Redis (a
+    counter each, in this benchmark process only)."""
+    write_through, append = outbox.Outbox._write_through, outbox.Outbox._append
+    parse = backplane.parse_channel_message
+
+    def counted_write(self: outbox.Outbox, data: bytes) -> None:
+        COUNTS["writes"] += 1
+        write_through(self, data)
+
+    def counted_append(self: outbox.Outbox, data: bytes) -> None:
+        COUNTS["writes"] += 1  # written by the writer task, a call per append at most
+        append(self, data)
+
+    def counted_parse(message: bytes, *, broadcast: bool = False):  # type: ignore[no-untyped-def]
+        parsed = parse(message, broadcast=broadcast)
+        COUNTS["messages"] += 1
+        COUNTS["frames"] += len(parsed.frames) if hasattr(parsed, "frames") else 1
+        return parsed
+
+    outbox.Outbox._write_through = counted_write  # type: ignore[method-assign]
+    outbox.Outbox._append = counted_append  # type: ignore[method-assign]
+    backplane.parse_channel_message = counted_parse
 
 
 async def control(stream: trio.SocketStream, service) -> None:
@@ -27,6 +61,20 @@ async def control(stream: trio.SocketStream, service) -> None:
         buffer += chunk
         while b"\n" in buffer:
             line, buffer = buffer.split(b"\n", 1)
+            if line.strip() == b"stats":
+                await stream.send_all(
+                    "stats {writes} {messages} {frames}\n".format(**COUNTS).encode())
+                COUNTS.update(writes=0, messages=0, frames=0)
+                continue
+            if line.startswith(b"profile"):
+                _, switch, *path = line.decode().split()
+                if switch == "on":
+                    PROFILE.enable()
+                else:
+                    PROFILE.disable()
+                    PROFILE.dump_stats(path[0])
+                await stream.send_all(b"ok\n")
+                continue
             verb, target, count, pace_ms, *tag = line.decode().split()
             started = time.perf_counter()
             for seq in range(int(count)):
@@ -64,6 +112,7 @@ if __name__ == "__main__":
     arguments = parser.parse_args()
     if arguments.core is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {arguments.core % os.cpu_count()})
+    count_writes_and_batches()
     try:
         trio.run(main, arguments)
     except KeyboardInterrupt:

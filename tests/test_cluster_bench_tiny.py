@@ -34,3 +34,40 @@ def test_cluster_benchmark_runs_tiny():
     assert both["deliveries_per_s"] > 0
     assert both["same order at every client"] is True
     assert (both["reversals"], both["gaps"], both["frames lost"]) == (0, 0, 0)
+
+
+@needs_redis
+def test_cluster_cpu_benchmark_runs_every_table_tiny(tmp_path):
+    out = tmp_path / "figures.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "cluster_cpu.py"), "--sizes", "20", "--reps",
+         "1", "--frames", "20", "--worker-calls", "200", "--two-size", "20",
+         "--only", "worker-rooms,worker-rate,two-nodes", "--json", str(out)],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(out.read_text())
+    row = figures["fanout"]["20"]
+    for setup in ("lone", "redis", "redis_worker"):
+        assert row[setup]["per_cpu_s"] > 0
+        assert row[setup]["writes_per_delivery"] > 0
+    assert row["redis_worker"]["runs"][0]["frames_heard"] == row["frames"]
+    assert figures["worker"]["open"]["calls_per_s"] > 0
+    assert figures["two_nodes"]["frames"] == 20
+    assert figures["two_nodes"]["ratio"] > 0
+    assert "load average after" in result.stdout
+
+
+@needs_redis
+def test_workers_benchmark_runs_tiny(tmp_path):
+    out = tmp_path / "figures.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "workers.py"), "--size", "20", "--frames",
+         "10", "--reps", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(out.read_text())
+    for setup in ("one process, no Redis", "one process, Redis", "--workers 2, Redis"):
+        assert figures[setup]["per_cpu_s"] > 0
+        assert figures[setup]["server_cpu"] > 0

@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from roomcast import BackplaneUnavailable
+from roomcast.protocol import presence_rules
 from roomcast.protocol.batch import RoomBatch, parse_room_message
 from roomcast.remote import RemoteNotificationService
 
@@ -91,6 +92,40 @@ async def test_a_worker_with_its_facade_open_sends_in_batches_in_order(redis):
         frames = await member.frames(FRAMES)
         assert [f["message"] for f in frames] == [f"m{i}" for i in range(FRAMES)]
         assert await script_calls(redis) - before < FRAMES / 4
+
+
+async def test_an_open_worker_facade_reads_a_rooms_members_once_per_view_change(
+        redis, monkeypatch):
+    # Reading a room's members from the view parses a user id per member: per call, it
+    # was most of a worker's CPU (a room of 100: 80 %).
+    parsed: list[str] = []
+    user_from_text = presence_rules.user_from_text
+
+    def counted(text: str) -> Any:
+        parsed.append(text)
+        return user_from_text(text)
+
+    monkeypatch.setattr(presence_rules, "user_from_text", counted)
+    async with cluster_node(redis.url) as node, connect(node, 1) as first, \
+            connect(node, 2) as second:
+        for member in (first, second):
+            await member.request({"type": "join_room", "room": "r"})
+        worker = RemoteNotificationService.from_config(make_config(redis_url=redis.url))
+        await eventually(lambda: worker.get_room_members("r") == {1, 2})
+        async with worker:
+            parsed.clear()
+            answers = [await worker.notify_room("r", f"m{i}") for i in range(FRAMES)]
+            assert answers == [2] * FRAMES
+            assert len(parsed) <= 2  # each member once, not once per call
+            for member in (first, second):
+                assert [f["message"] for f in await member.frames(FRAMES)] == [
+                    f"m{i}" for i in range(FRAMES)]
+            await second.request({"type": "leave_room", "room": "r"})
+
+            async def counted_again() -> bool:  # the view changed: counted again
+                return await worker.notify_room("r", "after") == 1
+
+            await eventually(counted_again)
 
 
 async def test_personal_frames_a_worker_batched_that_nobody_heard_wait_in_order(redis):

@@ -24,7 +24,7 @@ shrink), so the suite checks what browsers get. Cases 9.*, and the 12.*/13.* cas
 `--max-message-size` (the service's 64 KiB by default): the server closes with 1009, as
 the service does, and the summary counts those as "1009 (limit)", not as failures.
 
-Last run (2026-12-02, 64 KiB limit, 517 cases): 386 OK, 3 INFORMATIONAL (7.1.6: the
+Last run (2026-12-02, commit 6bb1976, 64 KiB limit, 517 cases): 386 OK, 3 INFORMATIONAL (7.1.6: the
 256 KiB message closed with 1009 before the close; 7.13.1/2: close codes 5000 and
 65535 answered with 1002), 36 UNIMPLEMENTED (the declined 13.3/13.5 offers), 92 at the
 limit (9: 40, 12: 27, 13: 25), nothing NON-STRICT, FAILED or UNCLEAN.

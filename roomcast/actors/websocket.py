@@ -83,6 +83,10 @@ class Deflate(PerMessageDeflate):
         if rsv.rsv1 and (opcode.iscontrol() or opcode is Opcode.CONTINUATION):
             return WsCloseReason.PROTOCOL_ERROR
         self._inbound_is_compressible = self._compressible_opcode(opcode)
+        if opcode.iscontrol():
+            # A ping, pong or close between a message's fragments (RFC 6455 5.4) is
+            # never compressed, and leaves the message's state alone.
+            return RsvBits(True, False, False)
         if self._inbound_compressed is None:
             self._inbound_compressed = rsv.rsv1
         return RsvBits(True, False, False)
@@ -102,10 +106,10 @@ class Deflate(PerMessageDeflate):
     def frame_inbound_complete(
         self, proto: FrameDecoder | FrameProtocol, fin: bool
     ) -> bytes | WsCloseReason | None:
-        if not fin:
+        if not fin or not self._inbound_is_compressible:  # a control frame ends no message
             return None
         compressed, self._inbound_compressed = self._inbound_compressed, None
-        if not compressed or not self._inbound_is_compressible:
+        if not compressed:
             return None
         try:
             return self._inflater.end()

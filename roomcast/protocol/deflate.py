@@ -37,8 +37,10 @@ def negotiate(offer: str) -> str | None:
     an unknown or repeated parameter, or a bad value). We always answer with
     `server_no_context_takeover` and `client_no_context_takeover`; an offer that limits
     our window below 15 bits (`server_max_window_bits`) is declined, since one
-    compressed frame serves every member. `client_max_window_bits` needs no answer:
-    we inflate with a 15-bit window, which reads any smaller one."""
+    compressed frame serves every member, and one of 15 is accepted by saying it back
+    (RFC 7692 7.1.2.1; clients such as `websockets` fail the handshake otherwise).
+    `client_max_window_bits` needs no answer: we inflate with a 15-bit window, which
+    reads any smaller one."""
     name, *parameters = (part.strip() for part in offer.split(";"))
     if name.lower() != NAME:
         return None
@@ -61,6 +63,8 @@ def negotiate(offer: str) -> str | None:
                 return None
         else:
             return None
+    if "server_max_window_bits" in seen:
+        return f"{_ANSWER}; server_max_window_bits={WINDOW_BITS}"
     return _ANSWER
 
 

@@ -387,10 +387,13 @@ class Room(MessageActor):
         deadline = started + SLICE_SECONDS
         frame, later, unflushed = fan_out.frame, fan_out.later, self._unflushed
         may_yield = not self.inline
+        deflated: bytes | None = None  # the compressed variant, once one member needs it
         for count, member in enumerate(fan_out.pending, 1):
             try:
                 if member.deflate:
-                    delivered = member.deliver(fan_out.deflated(), later=later)
+                    if deflated is None:
+                        deflated = fan_out.deflated()
+                    delivered = member.deliver(deflated, later=later)
                 else:
                     delivered = member.deliver(frame, later=later)
             except Exception:

@@ -6,9 +6,11 @@ facade, `--frames` notifications to one room, each awaited; this process holds t
 room's members as raw sockets (loadgen's frame helpers), all offering
 permessage-deflate, reads every frame, inflates the compressed ones and checks that
 each decodes to the JSON published. Figures: the service's CPU seconds from the
-first publish until every member holds the last frame (user + system), deliveries per CPU second, and bytes received per delivery.
+first publish until every member holds the last frame (user + system), deliveries per
+CPU second, and bytes received per delivery.
 
-    PYTHONPATH=. .venv/bin/python bench/deflate.py --members 100 1000 --sizes 200 2000
+    PYTHONPATH=. .venv/bin/python bench/deflate.py --members 100 --sizes 200 2000 \
+        --frames 500 --repeat 5
 """
 
 from __future__ import annotations

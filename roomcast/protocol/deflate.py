@@ -10,10 +10,9 @@ inflating window between a client's messages.
 
 from __future__ import annotations
 
-import struct
 import zlib
 
-from roomcast.protocol.wsframe import payload_of
+from roomcast.protocol.wsframe import payload_of, unmasked_frame
 
 NAME = "permessage-deflate"
 
@@ -92,14 +91,7 @@ def deflated_frame(frame: bytes) -> bytes:
         return frame
     compressed = _compressor.compress(payload) + _compressor.flush(zlib.Z_FULL_FLUSH)
     compressed = compressed[:-4] if compressed.endswith(_SYNC_TAIL) else compressed
-    n = len(compressed)
-    if n < 126:
-        header = bytes((_FIN_RSV1_TEXT, n))
-    elif n < 1 << 16:
-        header = struct.pack("!BBH", _FIN_RSV1_TEXT, 126, n)
-    else:
-        header = struct.pack("!BBQ", _FIN_RSV1_TEXT, 127, n)
-    deflated = header + compressed
+    deflated = unmasked_frame(_FIN_RSV1_TEXT, compressed)
     return deflated if len(deflated) < len(frame) else frame
 
 

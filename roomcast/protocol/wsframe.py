@@ -19,16 +19,22 @@ _FIN_PING = 0x89
 _HEADER_SIZE = (2,) * 126 + (4, 10)
 
 
-def text_frame(payload: bytes) -> bytes:
-    """One final, unmasked text frame carrying `payload` (UTF-8 JSON)."""
+def unmasked_frame(first_byte: int, payload: bytes) -> bytes:
+    """One unmasked frame: `first_byte` (FIN, RSV bits, opcode), then the payload's
+    length in the shortest of the three encodings, then the payload."""
     n = len(payload)
     if n < 126:
-        header = bytes((_FIN_TEXT, n))
+        header = bytes((first_byte, n))
     elif n < 1 << 16:
-        header = struct.pack("!BBH", _FIN_TEXT, 126, n)
+        header = struct.pack("!BBH", first_byte, 126, n)
     else:
-        header = struct.pack("!BBQ", _FIN_TEXT, 127, n)
+        header = struct.pack("!BBQ", first_byte, 127, n)
     return header + payload
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One final, unmasked text frame carrying `payload` (UTF-8 JSON)."""
+    return unmasked_frame(_FIN_TEXT, payload)
 
 
 def payload_of(frame: bytes) -> bytes:

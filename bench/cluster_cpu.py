@@ -147,19 +147,20 @@ def answer(sock: socket.socket) -> str:
     return data.decode()
 
 
-class Worker:
-    """A worker process (this script, `--worker`), started and ready (its facade open,
-    for `open`) before `go` starts its calls."""
+class ReadyProcess:
+    """A bench process that says "ready" once set up, starts its work at `go`, and
+    prints its figures as the last line of JSON: a worker here, a publisher in
+    bench/workers.py."""
 
-    def __init__(self, redis_url: str, room: str, count: int, mode: str) -> None:
+    def __init__(self, argv: list[str], what: str) -> None:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
         self.process = subprocess.Popen(
-            [sys.executable, __file__, "--worker", redis_url, room, str(count), mode],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+            [sys.executable, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            text=True, env=env)
         assert self.process.stdout is not None and self.process.stdin is not None
         if self.process.stdout.readline().strip() != "ready":
-            raise BenchError("the worker did not start")
+            raise BenchError(f"the {what} did not start")
 
     def go(self) -> None:
         assert self.process.stdin is not None
@@ -170,6 +171,14 @@ class Worker:
         out, _ = self.process.communicate(timeout=600)
         figures: dict[str, float] = json.loads(out.strip().splitlines()[-1])
         return figures
+
+
+class Worker(ReadyProcess):
+    """A worker process (this script, `--worker`), started and ready (its facade open,
+    for `open`) before `go` starts its calls."""
+
+    def __init__(self, redis_url: str, room: str, count: int, mode: str) -> None:
+        super().__init__([__file__, "--worker", redis_url, room, str(count), mode], "worker")
 
 
 def run_worker(redis_url: str, room: str, count: int, mode: str) -> None:

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from cluster_cpu import SECRET, Room, cpu_seconds, load  # noqa: E402
+from cluster_cpu import SECRET, ReadyProcess, Room, cpu_seconds, load  # noqa: E402
 from loadgen import BenchError, Epoll  # noqa: E402
 
 API_KEY = "roomcast-bench-api-key-0123456789abcdef"
@@ -114,26 +114,11 @@ class Server:
             self.process.wait()
 
 
-class Publisher:
+class Publisher(ReadyProcess):
     """A process that POSTs `count` notifications to the room once told `go`."""
 
     def __init__(self, http_port: int, count: int) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, __file__, "--publish", str(http_port), str(count)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert self.process.stdout is not None
-        if self.process.stdout.readline().strip() != "ready":
-            raise BenchError("the publisher did not start")
-
-    def go(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write("go\n")
-        self.process.stdin.flush()
-
-    def result(self) -> dict[str, float]:
-        out, _ = self.process.communicate(timeout=600)
-        figures: dict[str, float] = json.loads(out.strip().splitlines()[-1])
-        return figures
+        super().__init__([__file__, "--publish", str(http_port), str(count)], "publisher")
 
 
 def publish(http_port: int, count: int) -> None:

@@ -35,7 +35,7 @@ from roomcast.protocol.deflate import (
     deflated_frame,
     negotiate,
 )
-from roomcast.protocol.wsframe import text_frame
+from roomcast.protocol.wsframe import payload_of, text_frame
 from tests.conftest import connect, running, token_for
 
 
@@ -315,3 +315,35 @@ def test_the_inflater_round_trips_within_the_limit(data: bytes, limit: int) -> N
         assert len(data) > limit
     else:
         assert out == data and len(data) <= limit
+
+
+def test_compressions_in_two_threads_at_once_each_stand_alone():
+    """Two services in two threads of one process compress at the same time: each
+    frame still inflates on its own to its own payload (a compression is two zlib
+    calls; with one stream for the process, another thread's could come between)."""
+    import sys
+    import threading
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        failures: list[str] = []
+
+        def compress_many(tag: str) -> None:
+            for k in range(3000):
+                payload = json.dumps({"type": "notification", "message": f"{tag} {k} " * 30})
+                deflated = deflated_frame(text_frame(payload.encode()))
+                inflated = zlib.decompressobj(-15).decompress(
+                    payload_of(deflated) + b"\x00\x00\xff\xff")
+                if inflated != payload.encode():
+                    failures.append(f"{tag} {k}")
+                    return
+
+        threads = [threading.Thread(target=compress_many, args=(tag,)) for tag in "ab"]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert failures == []

@@ -43,7 +43,7 @@ async def test_a_fresh_room_token_moves_the_rooms_deadline_and_a_leave_drops_it(
         keeper.watch(member)
         keeper.watch_room(member, "a", wall_clock() + 30.0)
         keeper.watch_room(member, "b", wall_clock() + 40.0)
-        await trio.sleep(20.0)
+        await trio.sleep(20.0)  # mock time (autojump): 20 s pass, no real wait
         keeper.watch_room(member, "a", wall_clock() + 100.0)  # a re-join, fresh token
         keeper.watch_room(member, "b", None)  # left
         await member.left_one.wait()

@@ -10,6 +10,7 @@ inflating window between a client's messages.
 
 from __future__ import annotations
 
+import threading
 import zlib
 
 from roomcast.protocol.wsframe import payload_of, unmasked_frame
@@ -75,10 +76,20 @@ def _window_bits(value: str) -> int | None:
     return bits if 8 <= bits <= 15 else None
 
 
-# One compressor for the whole process, reset by a full flush after every frame: the
+# One compressor per thread (one for a service), reset by a full flush after every frame: the
 # frames it makes are independent of one another (no context takeover), and none pays
 # for a new compressor (making one costs ~100 us, more than the compression itself).
-_compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -WINDOW_BITS)
+# Not one per process: a compression is two calls (compress, then flush), and two
+# services run in two threads of one process must not interleave theirs in one stream.
+_per_thread = threading.local()
+
+
+def _compressor() -> zlib._Compress:
+    compressor: zlib._Compress | None = getattr(_per_thread, "compressor", None)
+    if compressor is None:
+        compressor = _per_thread.compressor = zlib.compressobj(
+            zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -WINDOW_BITS)
+    return compressor
 
 
 def deflated_frame(frame: bytes) -> bytes:
@@ -89,7 +100,8 @@ def deflated_frame(frame: bytes) -> bytes:
     payload = payload_of(frame)
     if len(payload) < MIN_DEFLATE_SIZE:
         return frame
-    compressed = _compressor.compress(payload) + _compressor.flush(zlib.Z_FULL_FLUSH)
+    compressor = _compressor()
+    compressed = compressor.compress(payload) + compressor.flush(zlib.Z_FULL_FLUSH)
     compressed = compressed[:-4] if compressed.endswith(_SYNC_TAIL) else compressed
     deflated = unmasked_frame(_FIN_RSV1_TEXT, compressed)
     return deflated if len(deflated) < len(frame) else frame

@@ -406,6 +406,59 @@ async def test_an_outage_noticed_by_a_publish_is_logged_once_and_its_end_once(re
             assert lines("connected to Redis") == 2  # at the start, and at the end
 
 
+async def test_a_presence_round_under_which_an_outage_began_does_not_call_redis_healthy(
+        caplog, autojump_clock):
+    """Why the outage above was once logged twice: the presence round had written before
+    Redis began refusing writes, a publish then failed (the outage's line), and the
+    round's last step, a read, went through: the round called Redis healthy
+    ("connected"), and the next publish logged the outage again. A round now counts
+    only if no outage was noticed while it ran."""
+    import coredis
+
+    from roomcast import BackplaneUnavailable
+    from roomcast.actors.backplane import Backplane
+    from roomcast.actors.registry import Registry
+
+    from .conftest import make_config
+
+    caplog.set_level(logging.INFO, logger="roomcast")
+    backplane = Backplane(make_config(redis_url="redis://127.0.0.1:1"),
+                          Registry(16, lambda room: None))
+    backplane._client = backplane._pubsub = object()
+    rounds: list[bool] = []
+
+    class Enough(Exception):
+        pass
+
+    async def nothing(client: object) -> None:
+        pass
+
+    async def refused(client: object) -> None:
+        raise coredis.exceptions.ResponseError("NOREPLICAS Not enough good replicas")
+
+    async def renew(client: object) -> None:
+        rounds.append(backplane.healthy)
+        if len(rounds) == 3:
+            raise Enough  # three rounds tell
+
+    async def hearing(client: object) -> bool:
+        if len(rounds) == 2:  # a publish fails while this round's last read is out
+            with pytest.raises(BackplaneUnavailable):
+                await backplane._redis(refused)
+        return True
+
+    backplane._renew = renew  # type: ignore[method-assign]
+    backplane._hearing = hearing  # type: ignore[method-assign]
+    for step in ("_write_presence", "_renew_rooms", "_check_leases", "_reload_missed"):
+        setattr(backplane, step, nothing)
+    with pytest.raises(Enough):
+        await backplane._keep_presence(backplane._client)
+    assert rounds == [False, True, False]
+    messages = [record.getMessage() for record in caplog.records]
+    assert [m.split(" ")[1] for m in messages if "backplane:" in m] == [
+        "connected", "Redis"]
+
+
 @needs_redis
 async def test_an_outage_is_one_line_not_one_per_retry_of_the_redis_client(redis):
     with tempfile.TemporaryFile("w+") as log:

@@ -151,6 +151,9 @@ class Backplane(Actor):
         # Redis is known to be out of reach (an attempt failed): first joins go on at
         # once. Until the first attempt ends, they wait, as they do for a subscription.
         self._away = False
+        # Outages noticed so far: a presence round that saw one begin under it (a publish
+        # refused while its reads went through) does not call Redis healthy.
+        self._outages = 0
         # Frames to number in Redis, in one round trip per batch (its task runs below).
         self.sequencer: Sequencer[Reply[Delivery] | None] = Sequencer(
             self.sequence_batch, registry.hand)
@@ -187,6 +190,7 @@ class Backplane(Actor):
         """Redis failed us: deliver locally; joins waiting for a channel go on at once."""
         self.healthy = False
         self._away = True
+        self._outages += 1
         self.view.interrupted()  # changes may be missed: reloaded once Redis answers
         self._following.cancel()
         self._rooms_changed.set()
@@ -475,6 +479,7 @@ class Backplane(Actor):
             # Replaced before the state is read: a change during the write below sets
             # this one, and the next round writes it at once (not a tick later).
             self._presence_changed = trio.Event()
+            outages = self._outages
             try:
                 await self._renew(client)
                 self._connected.set()
@@ -493,7 +498,7 @@ class Backplane(Actor):
                     pass  # the subscriber is connecting: healthy once it hears its inbox
                 elif not await self._hearing(client):
                     raise TimeoutError("the pub/sub connection is not back yet")
-                elif not self.healthy:
+                elif not self.healthy and self._outages == outages:
                     log.info("backplane: connected to Redis as node %s", self.node_id)
                     self.healthy = True
                     self._away = self._outage_told = False

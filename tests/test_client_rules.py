@@ -207,3 +207,42 @@ def test_every_frame_of_a_room_once_in_order_across_any_reconnects(data):
                 if seen.frame is not None:
                     handed.append(seen.frame.offset or 0)
     assert handed == list(range(1, total + 1))
+
+
+def copy(room: str | None, data: Any, sender: int = 7, kind: str = "room_message") -> Frame:
+    """What the service sends every member when `sender` publishes `data`."""
+    if isinstance(data, str):
+        return Frame(kind, data, {"from_user_id": sender}, room)
+    return Frame(kind, json.dumps(data, separators=(",", ":")),
+                 {"from_user_id": sender, "payload": json.loads(json.dumps(data))}, room)
+
+
+@pytest.mark.parametrize("data", ["hi", {"x": 1}, {1: [2.5, None]}, [1, "a"], None])
+def test_another_tab_of_this_user_publishing_is_not_the_reply_an_error_is_paired_with(data):
+    """Two connections of user 7 publish in room r at once. This one sent a room message,
+    then a join of s; the other tab's copy comes first. The rate-limit error that
+    follows answers this connection's room message, not its join."""
+    rules = ClientRules(user_id=7)
+    rules.sent({"type": "room_message", "room": "r", "data": data})
+    rules.sent(rules.join("s"))
+    other_tab = copy("r", "from the other tab")
+    assert rules.seen(other_tab).frame == other_tab
+    rate_limited = Frame("error", "Rate limited", {"code": "rate_limited"})
+    seen = rules.seen(rate_limited)
+    assert seen.frame == rate_limited and seen.answer is None  # handed out, not the join's
+    assert rules.opened() == [{"type": "join_room", "room": "s", "data": {"recover": True}}]
+
+
+@pytest.mark.parametrize("kind", ["room_message", "broadcast"])
+@pytest.mark.parametrize("data", ["hi", {"x": 1}, {1: [2.5, None]}, [1, "a"], None, 3])
+def test_the_copy_of_what_this_connection_published_is_its_reply(kind, data):
+    rules = ClientRules(user_id=7)
+    room = "r" if kind == "room_message" else None
+    rules.sent({"type": kind, "room": room, "data": data} if room else {"type": kind,
+                                                                        "data": data})
+    rules.sent(rules.join("s"))
+    rules.seen(copy(room, data, kind=kind))
+    forbidden = Frame("error", "Not allowed", {"code": "forbidden"}, "s")
+    seen = rules.seen(forbidden)
+    assert seen.answer is not None and seen.answer.refused  # the join's, in turn
+    assert rules.opened() == []

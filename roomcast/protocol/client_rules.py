@@ -24,7 +24,7 @@ import cattrs
 
 from . import jsontext
 from .frames import CloseCode
-from .rules import PERSONAL_PREFIX, ROOM_NAME, ROOM_NAME_RULE
+from .rules import PERSONAL_PREFIX, ROOM_NAME, ROOM_NAME_RULE, message_text
 
 
 class BadFrame(ValueError):
@@ -268,6 +268,20 @@ class Seen:
     welcome: bool = False
 
 
+PUBLISHED = ("room_message", "broadcast")  # their reply is the sender's own copy
+
+
+@attrs.frozen
+class Awaited:
+    """A frame sent on this connection whose one reply has not come yet: its `kind`,
+    its `room` ("" for none), and for a room message or a broadcast the `message` text
+    its copy (the reply) carries."""
+
+    kind: str
+    room: str
+    message: str | None = None
+
+
 @attrs.define
 class ClientRules:
     """One client's memory across connections: the rooms it wants (with their room
@@ -277,7 +291,7 @@ class ClientRules:
     rooms: dict[str, str | None] = attrs.field(factory=dict)
     positions: dict[str, Position] = attrs.field(factory=dict)
     user_id: int | str | None = None
-    awaiting: deque[tuple[str, str]] = attrs.field(factory=deque)
+    awaiting: deque[Awaited] = attrs.field(factory=deque)
 
     @property
     def personal_room(self) -> str | None:
@@ -308,8 +322,12 @@ class ClientRules:
     def sent(self, frame: dict[str, Any]) -> None:
         """`frame` went out on this connection: its one reply comes in turn
         (docs/protocol.md, 4: every frame gets exactly one frame back)."""
-        room = frame.get("room")
-        self.awaiting.append((str(frame["type"]), room if isinstance(room, str) else ""))
+        room, kind = frame.get("room"), str(frame["type"])
+        try:
+            message = message_text(frame.get("data"))[0] if kind in PUBLISHED else None
+        except ValueError:  # not JSON (NaN, say): the service answers with an error
+            message = None
+        self.awaiting.append(Awaited(kind, room if isinstance(room, str) else "", message))
 
     def _join_frame(self, room: str) -> dict[str, Any]:
         frame: dict[str, Any] = {"type": "join_room", "room": room,
@@ -347,9 +365,11 @@ class ClientRules:
             return Seen(refreshed=float(expires) if ok else None)
         if frame.type == "text":
             self._reply_of("text", "")
-        elif frame.type in ("room_message", "broadcast") and self.user_id is not None \
+        elif frame.type in PUBLISHED and self.user_id is not None \
                 and data.get("from_user_id") == self.user_id:
-            self._reply_of(frame.type, frame.room or "")
+            # Another connection of this user may publish in the same room: its copy
+            # is not our reply unless it carries what we sent.
+            self._reply_of(frame.type, frame.room or "", frame)
         return Seen(frame=self._positioned(frame))
 
     def _positioned(self, frame: Frame) -> Frame | None:
@@ -401,7 +421,8 @@ class ClientRules:
     def _refusal(self, frame: Frame) -> Seen:
         if not self.awaiting:
             return Seen(frame=frame)
-        kind, room = self.awaiting.popleft()
+        awaited = self.awaiting.popleft()
+        kind, room = awaited.kind, awaited.room
         if kind == "join_room":
             # A room the service refuses is dropped, not rejoined on every reconnect.
             self.rooms.pop(room, None)
@@ -410,13 +431,15 @@ class ClientRules:
             return Seen(answer=Answer(room, frame))
         return Seen(frame=frame)
 
-    def _reply_of(self, kind: str | None, room: str) -> str | None:
+    def _reply_of(self, kind: str | None, room: str, copy: Frame | None = None) -> str | None:
         """Take the first awaited reply of `kind` (any join or leave when None) for
-        `room` off the queue; its kind, or None when none was awaited."""
-        for index, (waiting_kind, waiting_room) in enumerate(self.awaiting):
-            wanted = waiting_kind in ("join_room", "leave_room") if kind is None \
-                else waiting_kind == kind
-            if wanted and waiting_room == room:
+        `room`, and when `copy` is given, one that published what it carries, off the
+        queue; its kind, or None when none was awaited."""
+        for index, awaited in enumerate(self.awaiting):
+            wanted = awaited.kind in ("join_room", "leave_room") if kind is None \
+                else awaited.kind == kind
+            if wanted and awaited.room == room and (copy is None
+                                                    or awaited.message == copy.message):
                 del self.awaiting[index]
-                return waiting_kind
+                return awaited.kind
         return None

@@ -83,8 +83,14 @@ async def test_garbage_on_every_channel_is_dropped_and_logged_once_per_kind(redi
         assert here.ready
 
 
-async def test_a_stream_entry_without_its_frame_is_a_gap_not_a_crash(redis, caplog):
+async def test_a_stream_entry_without_its_frame_is_a_gap_not_a_crash(redis, caplog,
+                                                                     jumping_clock):
+    """Numbered, never published, unreadable in the stream: the frames before "after"
+    might still come through the subscription, so the room waits its patience for them
+    (GAP_PATIENCE_SECONDS, jumped here), then members get the gap."""
     import coredis
+
+    from roomcast.actors.room import GAP_PATIENCE_SECONDS
 
     caplog.set_level(logging.WARNING, logger="roomcast.actors.backplane")
     async with running(redis_url=redis.url, presence_lease=2.0) as here:
@@ -100,6 +106,10 @@ async def test_a_stream_entry_without_its_frame_is_a_gap_not_a_crash(redis, capl
                     numbered = await raw.incr("{roomcast}:seq:r")
                     await raw.xadd("{roomcast}:hist:r", fields, identifier=f"0-{numbered}")
             await here.notifications.notify_room("r", "after")
+            room = here.registry.room("r")
+            assert room is not None
+            await eventually(lambda: room.holdback.held)  # "after", waiting for the two
+            jumping_clock.jump(GAP_PATIENCE_SECONDS)
             after = await client.recv(positions=True)
             assert after["message"] == "after" and after["offset"] == offset + 3
             async with connect(here, 1) as late:

@@ -4,6 +4,7 @@ Redis, driven by hypothesis through random interleavings."""
 
 from __future__ import annotations
 
+import math
 import random
 
 from hypothesis import settings
@@ -13,6 +14,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from roomcast.protocol.holdback import Fetch, HoldBack, Released
 
 WAIT = 0.25
+PATIENCE = 5.0
 
 
 def offsets(released: list[Released]) -> list[int]:
@@ -20,7 +22,7 @@ def offsets(released: list[Released]) -> list[int]:
 
 
 def test_in_order_frames_go_out_at_once():
-    buffer = HoldBack(WAIT)
+    buffer = HoldBack(WAIT, PATIENCE)
     assert buffer.sync("e", 4, now=0.0) == []
     assert offsets(buffer.arrive("e", 5, b"5", 0.0)) == [5]
     assert offsets(buffer.arrive("e", 6, b"6", 0.0)) == [6]
@@ -28,7 +30,7 @@ def test_in_order_frames_go_out_at_once():
 
 
 def test_a_frame_ahead_waits_for_the_one_before_it():
-    buffer = HoldBack(WAIT)
+    buffer = HoldBack(WAIT, PATIENCE)
     buffer.sync("e", 0, now=0.0)
     assert buffer.arrive("e", 2, b"2", 0.0) == []
     assert buffer.deadline() == WAIT
@@ -38,7 +40,7 @@ def test_a_frame_ahead_waits_for_the_one_before_it():
 
 
 def test_frames_heard_before_the_sync_are_released_and_duplicates_dropped():
-    buffer = HoldBack(WAIT)
+    buffer = HoldBack(WAIT, PATIENCE)
     assert buffer.arrive("e", 3, b"3", 0.0) == []  # held: where the room stands is unknown
     assert buffer.arrive("e", 4, b"4", 0.0) == []
     # The position was read after they were numbered: the members still get them.
@@ -47,20 +49,65 @@ def test_frames_heard_before_the_sync_are_released_and_duplicates_dropped():
     assert buffer.arrive("e", 4, b"4", 0.0) == []
 
 
-def test_an_overdue_gap_is_fetched_and_what_the_store_lost_is_skipped_as_a_gap():
-    buffer = HoldBack(WAIT)
+def test_an_overdue_gap_is_fetched_from_the_store():
+    buffer = HoldBack(WAIT, PATIENCE)
     buffer.sync("e", 0, now=0.0)
     buffer.arrive("e", 4, b"4", 0.0)
     fetch = buffer.due(WAIT)
     assert fetch == Fetch("e", 0, 3)
-    released = buffer.fill(fetch, [(2, b"2"), (3, b"3")], WAIT)
-    assert offsets(released) == [2, 3, 4]
-    assert released[0].gap and not released[1].gap
+    released = buffer.fill(fetch, [(1, b"1"), (2, b"2"), (3, b"3")], WAIT)
+    assert offsets(released) == [1, 2, 3, 4] and not any(r.gap for r in released)
     assert buffer.cursor == ("e", 4)
 
 
+def test_frames_the_store_no_longer_holds_are_waited_for_through_the_subscription():
+    """The bug this replaces (CI, test_cluster_order under load): a burst of 2,000 frames
+    outran the room's stream (it keeps 100), the subscription lagged a quarter second
+    behind this node's own replies, the store no longer had the frames before them, and
+    members got a gap, although the frames were still on their way."""
+    buffer = HoldBack(WAIT, PATIENCE)
+    buffer.sync("e", 0, now=0.0)
+    assert buffer.arrive("e", 4, b"4", 0.0) == []  # our own reply, ahead
+    fetch = buffer.due(WAIT)
+    assert fetch == Fetch("e", 0, 3)
+    buffer.postpone(WAIT)
+    assert buffer.fill(fetch, [(3, b"3")], WAIT) == []  # 1 and 2 trimmed: still coming
+    assert buffer.due(2 * WAIT) == Fetch("e", 0, 2)  # read again a wait later
+    buffer.postpone(2 * WAIT)
+    assert buffer.fill(Fetch("e", 0, 2), [], 2 * WAIT) == []
+    released = buffer.arrive("e", 1, b"1", 1.0) + buffer.arrive("e", 2, b"2", 1.0)
+    assert [(r.offset, r.gap) for r in released] == [
+        (1, False), (2, False), (3, False), (4, False)]
+
+
+def test_what_the_store_lacks_is_skipped_as_a_gap_once_patience_runs_out():
+    buffer = HoldBack(WAIT, PATIENCE)
+    buffer.sync("e", 0, now=0.0)
+    buffer.arrive("e", 4, b"4", 0.0)
+    assert buffer.fill(Fetch("e", 0, 3), [(2, b"2"), (3, b"3")], PATIENCE - 0.01) == []
+    released = buffer.fill(Fetch("e", 0, 3), [(2, b"2"), (3, b"3")], PATIENCE)
+    assert [(r.offset, r.gap) for r in released] == [(2, True), (3, False), (4, False)]
+    assert buffer.arrive("e", 1, b"1", PATIENCE) == []  # too late: dropped
+    assert buffer.cursor == ("e", 4)
+
+
+def test_what_an_interrupted_subscription_lost_is_skipped_at_once():
+    """A `check` (the subscription came back) says frames up to the room's position may
+    be lost: what the store lacks of those is never coming. Frames after it are."""
+    buffer = HoldBack(WAIT, PATIENCE)
+    buffer.sync("e", 0, now=0.0)
+    buffer.check("e", 3, now=1.0)
+    buffer.arrive("e", 6, b"6", 1.0)
+    fetch = buffer.due(1.0)
+    assert fetch == Fetch("e", 0, 5)
+    released = buffer.fill(fetch, [(3, b"3")], 1.0)
+    assert [(r.offset, r.gap) for r in released] == [(3, True)]  # 1, 2 lost; 4, 5 coming
+    assert offsets(buffer.arrive("e", 4, b"4", 1.1) + buffer.arrive("e", 5, b"5", 1.1)) == [
+        4, 5, 6]
+
+
 def test_a_new_epoch_starts_once_the_old_one_has_nothing_to_wait_for():
-    buffer = HoldBack(WAIT)
+    buffer = HoldBack(WAIT, PATIENCE)
     buffer.sync("e1", 7, now=0.0)
     released = buffer.arrive("e2", 1, b"n1", 0.0)
     assert [(r.epoch, r.offset) for r in released] == [("e2", 1)]
@@ -70,7 +117,7 @@ def test_a_new_epoch_starts_once_the_old_one_has_nothing_to_wait_for():
 def test_a_new_epoch_whose_start_was_missed_is_fetched_from_its_first_frame():
     """The bug this replaces: a member who joined at offset K missed the first K frames
     of the next epoch."""
-    buffer = HoldBack(WAIT)
+    buffer = HoldBack(WAIT, PATIENCE)
     buffer.sync("e1", 50, now=0.0)
     assert buffer.arrive("e2", 3, b"n3", 0.0) == []
     fetch = buffer.due(WAIT)
@@ -81,7 +128,7 @@ def test_a_new_epoch_whose_start_was_missed_is_fetched_from_its_first_frame():
 
 
 def test_a_check_catches_up_on_frames_lost_with_no_later_frame():
-    buffer = HoldBack(WAIT)
+    buffer = HoldBack(WAIT, PATIENCE)
     buffer.sync("e1", 5, now=0.0)
     buffer.check("e1", 7, now=1.0)  # the subscription was lost meanwhile
     fetch = buffer.due(1.0)
@@ -101,7 +148,7 @@ def test_a_check_past_a_gap_still_catches_up_after_the_gap_is_filled():
     # Found by the model below (CI's derandomized run): frames 1 and 3 lost from the
     # subscription, our own 2 held; the store says 3. Filling the gap (1) must not
     # forget that 3 is still to be read.
-    buffer = HoldBack(WAIT)
+    buffer = HoldBack(WAIT, PATIENCE)
     buffer.sync("e", 0, 0.0)
     assert buffer.arrive("e", 2, b"2", 0.0) == []
     buffer.check("e", 3, 0.0)
@@ -116,7 +163,7 @@ def test_a_check_past_a_gap_still_catches_up_after_the_gap_is_filled():
 
 
 def test_postpone_moves_the_next_attempt():
-    buffer = HoldBack(WAIT)
+    buffer = HoldBack(WAIT, PATIENCE)
     buffer.arrive("e", 2, b"2", 0.0)  # not synced: the driver syncs at the deadline
     assert buffer.deadline() == WAIT
     buffer.postpone(1.0)
@@ -127,13 +174,21 @@ def test_postpone_moves_the_next_attempt():
 
 class Cluster(RuleBasedStateMachine):
     """Redis numbers frames atomically and publishes them; each node hears the others'
-    frames through its subscription (FIFO, but a message can be lost while it
-    reconnects) and its own through the replies to its publishes (in any order). Redis
-    can lose everything (a restart: a new epoch). Invariant: every node releases every
-    frame of the current epoch once, in offset order; a gap only where the frames are
-    gone from Redis too."""
+    frames through its subscription (FIFO; when it reconnects, what was in flight is
+    lost, and the node `check`s where the room is) and its own through the replies to
+    its publishes (in any order). Redis can lose everything (a restart: a new epoch),
+    and its stream can keep as few as 3 frames (a burst outruns it). Invariant: every
+    node releases every frame of the current epoch once, in offset order; a gap only
+    where the frames are gone from Redis too and are not on their way to the node.
+
+    Two limits, both needing a stream outrun while a subscription reconnects: a node's
+    own frame whose reply was still on its way when its subscription came back may be
+    skipped (the buffer cannot tell it from a lost one); and the check here reads the
+    position at the moment the subscription is back, where the service reads it a round
+    trip later (a frame published in between would be skipped the same way)."""
 
     NODES = 3
+    PATIENCE = math.inf  # no giving up on a frame on its way: the invariant says so
 
     def __init__(self) -> None:
         super().__init__()
@@ -146,9 +201,11 @@ class Cluster(RuleBasedStateMachine):
         self.stream_size = 10_000
         self.subscription: list[list[tuple[str, int, bytes]]] = [[] for _ in range(self.NODES)]
         self.replies: list[list[tuple[str, int, bytes]]] = [[] for _ in range(self.NODES)]
-        self.buffers = [HoldBack(WAIT) for _ in range(self.NODES)]
+        self.buffers = [HoldBack(WAIT, self.PATIENCE) for _ in range(self.NODES)]
         self.released: list[list[Released]] = [[] for _ in range(self.NODES)]
         self.lost: set[tuple[str, int]] = set()  # frames Redis no longer has
+        # Own frames whose reply was on its way when the node's subscription came back.
+        self.crossed: list[set[tuple[str, int]]] = [set() for _ in range(self.NODES)]
         for buffer in self.buffers:
             buffer.sync(self.epoch, 0, self.now)
 
@@ -178,13 +235,15 @@ class Cluster(RuleBasedStateMachine):
         if self.replies[node]:
             self._arrive(node, self.replies[node].pop(pick % len(self.replies[node])))
 
-    @rule(node=st.integers(0, NODES - 1), count=st.integers(1, 3))
-    def lose_subscription_messages(self, node: int, count: int) -> None:
-        del self.subscription[node][:count]
-
     @rule(node=st.integers(0, NODES - 1))
+    def resubscribe(self, node: int) -> None:
+        """The node's subscription broke and came back: what was in flight is lost, and
+        the node asks Redis where the room is."""
+        self.subscription[node].clear()
+        self.crossed[node].update((e, o) for e, o, _ in self.replies[node])
+        self.check(node)
+
     def check(self, node: int) -> None:
-        """The node's subscription came back: it asks Redis where the room is."""
         self.buffers[node].check(self.epoch, self.last, self.now)
 
     @rule()
@@ -215,7 +274,9 @@ class Cluster(RuleBasedStateMachine):
 
     @invariant()
     def released_in_offset_order_once_per_epoch(self) -> None:
-        for released in self.released:
+        for node, released in enumerate(self.released):
+            heard = {(e, o) for e, o, _ in self.subscription[node]}
+            replies = {(e, o) for e, o, _ in self.replies[node]} - self.crossed[node]
             seen: dict[str, int] = {}
             for item in released:
                 assert item.frame == f"{item.epoch}:{item.offset}".encode()
@@ -224,8 +285,11 @@ class Cluster(RuleBasedStateMachine):
                 if item.offset != previous + 1:
                     # A gap is only ever what Redis lost, and is marked as one.
                     assert item.gap, (item, previous)
-                    assert all((item.epoch, o) in self.lost
-                               for o in range(previous + 1, item.offset)) or previous == 0
+                    skipped = {(item.epoch, o) for o in range(previous + 1, item.offset)}
+                    assert skipped <= self.lost or previous == 0, (item, previous)
+                    if math.isinf(self.PATIENCE):
+                        assert not skipped & (heard | replies), (item, sorted(skipped & (
+                            heard | replies)))
                 seen[item.epoch] = item.offset
 
     @invariant()
@@ -256,3 +320,15 @@ class Cluster(RuleBasedStateMachine):
 
 TestCluster = Cluster.TestCase
 TestCluster.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
+
+
+class ImpatientCluster(Cluster):
+    """The same with a patience the model's clock runs out: a frame still on its way may
+    then be skipped, but only one Redis no longer holds, and still in one order."""
+
+    PATIENCE = 2.0
+
+
+TestImpatientCluster = ImpatientCluster.TestCase
+TestImpatientCluster.settings = settings(max_examples=200, stateful_step_count=60,
+                                         deadline=None)

@@ -113,6 +113,9 @@ WRITE_NOW_UP_TO = 16
 # In a cluster, how long a frame that came ahead of its turn waits for the ones before
 # it (they are on their way through the other stream) before they are read from Redis.
 GAP_WAIT_SECONDS = 0.25
+# How long frames Redis no longer holds (a burst past `history_size`) are waited for
+# through a subscription that was not interrupted, before members get a gap.
+GAP_PATIENCE_SECONDS = 5.0
 
 
 @attrs.frozen
@@ -261,7 +264,7 @@ class Room(MessageActor):
         """The hold-back buffer: only a cluster room has one (a lone node's rooms, and
         every personal room there, never pay for it)."""
         if self._holdback is None:
-            self._holdback = HoldBack(GAP_WAIT_SECONDS)
+            self._holdback = HoldBack(GAP_WAIT_SECONDS, GAP_PATIENCE_SECONDS)
         return self._holdback
 
     @property
@@ -471,7 +474,7 @@ class Room(MessageActor):
                 try:
                     frames = await cluster.fetch(self.room, fetch)
                 except BackplaneUnavailable:
-                    frames = []  # never coming: released past, as a gap
+                    frames = []  # read again at the next deadline, or given up
                 self._queue_release(holdback.fill(fetch, frames, trio.current_time()))
         except BackplaneUnavailable:
             pass  # tried again at the next deadline

@@ -11,8 +11,12 @@ offset order only, each once:
   that follow it;
 - a frame further ahead is held; if the missing ones have not come after `wait`
   seconds, `due` names them, the driver reads them from the room's stream and `fill`s
-  them in; what the stream no longer holds is skipped (the release says so: members
-  get a gap, which recovery then refuses rather than hides);
+  them in. What the stream no longer holds (it keeps the last `history_size` frames: a
+  burst outruns it) is still on its way through the subscription, which loses nothing
+  while it stays connected: it is waited for, read again every `wait`, and skipped only
+  when it is known lost (a `check` after the subscription was interrupted covers it)
+  or after `patience` seconds without progress. The release says so: members get a
+  gap, which recovery then refuses rather than hides;
 - a frame at or before the last released one, or of an older epoch, is a duplicate
   or stale: dropped (epochs are named so that a newer one sorts after an older one:
   `roomcast.protocol.roomlog.new_epoch`);
@@ -52,13 +56,19 @@ class Released:
 
 
 class HoldBack:
-    __slots__ = ("_expect", "_since", "_skipped", "_wait", "cursor", "held")
+    __slots__ = ("_expect", "_lost_upto", "_patience", "_since", "_skipped", "_stuck_since",
+                 "_wait", "cursor", "held")
 
-    def __init__(self, wait: float) -> None:
+    def __init__(self, wait: float, patience: float) -> None:
         self._wait = wait
+        self._patience = patience
         self.cursor: tuple[str, int] | None = None  # the last released frame's position
         self.held: dict[tuple[str, int], bytes] = {}
         self._since: float | None = None  # when the buffer started waiting for a gap
+        self._stuck_since: float | None = None  # the same, not moved by `postpone`
+        # Frames up to here may be lost (the subscription was interrupted before `check`
+        # read this position): what the store lacks of them is never coming.
+        self._lost_upto: tuple[str, int] | None = None
         self._expect: tuple[str, int] | None = None  # the store is there: catch up to it
         self._skipped = False  # frames were given up: the next one released is a gap
 
@@ -76,7 +86,7 @@ class HoldBack:
         if first is not None:
             last = min(last, first - 1)
         self.cursor = (epoch, last)
-        self._expect = None
+        self._expect = self._lost_upto = None
         return self._release(now)
 
     def check(self, epoch: str, last: int, now: float) -> None:
@@ -90,7 +100,7 @@ class HoldBack:
             return
         if epoch != cursor[0] and last == 0:
             return
-        self._expect = (epoch, last)
+        self._expect = self._lost_upto = (epoch, last)
         self._since = now - self._wait
 
     @property
@@ -135,8 +145,9 @@ class HoldBack:
         return None
 
     def fill(self, fetch: Fetch, frames: list[tuple[int, bytes]], now: float) -> list[Released]:
-        """The frames the store had for `fetch` (maybe none). The rest of the range
-        will never come: released past, marked as a gap."""
+        """The frames the store had for `fetch` (maybe none). The rest of the range is
+        released past, marked as a gap, once it is known lost or `patience` ran out;
+        until then it is still on its way through the subscription."""
         out: list[Released] = []
         cursor = self.cursor
         if cursor is None or fetch.epoch < cursor[0]:
@@ -159,12 +170,25 @@ class HoldBack:
         out += self._release(now)
         cursor = self.cursor
         if cursor is not None and cursor[0] == fetch.epoch and cursor[1] < fetch.upto:
-            # Never coming: skip to the first frame held after the hole, if any.
-            after = [o for (e, o) in self.held if e == fetch.epoch and o > cursor[1]]
-            self.cursor = (fetch.epoch, min(after) - 1 if after else fetch.upto)
-            self._skipped = True
-            out += self._release(now)
+            lost = self._lost(fetch.epoch, fetch.upto, now)
+            if lost > cursor[1]:
+                # Never coming: skip to the first frame held after the hole, if any.
+                after = [o for (e, o) in self.held if e == fetch.epoch and o > cursor[1]]
+                self.cursor = (fetch.epoch, min(min(after) - 1 if after else lost, lost))
+                self._skipped = True
+                out += self._release(now)
         return out
+
+    def _lost(self, epoch: str, upto: int, now: float) -> int:
+        """Up to which offset (of `epoch`, at most `upto`) frames the store no longer
+        holds are given up: all of them once `patience` ran out with no progress, else
+        those an interruption may have lost; none otherwise (they are on their way)."""
+        if self._stuck_since is not None and now - self._stuck_since >= self._patience:
+            return upto
+        lost = self._lost_upto
+        if lost is not None and lost[0] == epoch:
+            return min(upto, lost[1])
+        return 0
 
     # the rules -----------------------------------------------------------------------
 
@@ -199,9 +223,15 @@ class HoldBack:
         if expect is not None and expect[0] == epoch and expect[1] <= last:
             self._expect = None
         if not held and self._expect is None:
-            self._since = None
-        elif self._since is None or (out and held):
-            self._since = now  # the wait starts from the last progress
+            self._since = self._stuck_since = None
+        else:
+            if self._since is None or (out and held):
+                self._since = now  # the wait starts from the last progress
+            if self._stuck_since is None or out:
+                self._stuck_since = now
+        lost = self._lost_upto
+        if lost is not None and (lost[0] < epoch or (lost[0] == epoch and lost[1] <= last)):
+            self._lost_upto = None  # passed
         return out
 
     def _flush_epoch(self, epoch: str) -> list[Released]:

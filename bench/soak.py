@@ -133,6 +133,66 @@ class HandshakeRefused(Exception):
     pass
 
 
+Key = tuple[str, str]  # (sender, target): a room, "u" (the personal room), "*" (broadcast)
+
+
+def sequenced(kind: str, data: Any, room: str | None) -> tuple[Key, int] | None:
+    """The stream and number of a sequenced frame (`{"s": sender, "q": seq}`, bare from
+    the backend, in `payload` from a client), or None for any other frame."""
+    if not isinstance(data, dict):
+        return None
+    body = data.get("payload", data)
+    if not isinstance(body, dict) or "s" not in body:
+        return None
+    target = room if kind == "room_message" else ("*" if kind == "broadcast" else "u")
+    return (body["s"], target), body["q"]
+
+
+class SeqCheck:
+    """The sequence rule of one receiver, per (sender, target): numbers from 0
+    (`strict`: the receiver was in the target before its first frame was sent) or from
+    the first one seen, each once, in order. A hole is lost unless it comes late (an
+    order violation); a number seen again is a duplicate: both are counted in
+    `tally[prefix + ...]` as they happen."""
+
+    def __init__(self, strict: bool, tally: dict[str, int], prefix: str = "") -> None:
+        self.strict = strict
+        self.tally = tally
+        self.prefix = prefix
+        # (sender, target) -> [last seq, set of missing seqs or None]
+        self.streams: dict[Key, list[Any]] = {}
+        self.delivered = 0  # sequenced frames received
+
+    def observe(self, key: Key, seq: int) -> None:
+        self.delivered += 1
+        state = self.streams.get(key)
+        if state is None:
+            state = self.streams[key] = [-1 if self.strict else seq - 1, None]
+        last = state[0]
+        if seq == last + 1:
+            state[0] = seq
+        elif seq > last:
+            if state[1] is None:
+                state[1] = set()
+            state[1].update(range(last + 1, seq))  # a hole: lost, unless it comes late
+            state[0] = seq
+        elif state[1] and seq in state[1]:
+            state[1].discard(seq)
+            self.tally[self.prefix + "order_violations"] += 1
+        else:
+            self.tally[self.prefix + "duplicates"] += 1
+
+    def holes(self) -> int:
+        return sum(len(state[1]) for state in self.streams.values() if state[1])
+
+    def shortfall(self, key: Key, n: int) -> tuple[int, int]:
+        """Against `n` frames sent on `key` (0..n-1): how many never came (holes and
+        the missing tail; the head too when strict), and the last number seen."""
+        state = self.streams.get(key)
+        last, missing = (-1, None) if state is None else state
+        return len(missing or ()) + max(0, n - 1 - last), last
+
+
 class ReplyTimeout(Exception):
     pass
 
@@ -146,13 +206,12 @@ class Conn:
         self.name = name  # the sender id in `data.s`
         self.user = user
         self.strict = strict  # a stable client: streams are checked from seq 0
+        self.check = SeqCheck(strict, soak.t)
         self.stream: trio.SocketStream | None = None
         self.started_at = 0.0
         self.buf = bytearray()
-        # (sender, target) -> [last seq, set of missing seqs or None]
-        self.streams: dict[tuple[str, str], list[Any]] = {}
+        self.streams = self.check.streams
         self.rooms: dict[str, str] = {}  # room -> "joining" | "in" | "leaving"
-        self.delivered = 0  # sequenced frames received
         self.closing = False  # we sent a close frame, or are dropping the socket
         self.close_received: int | None = None
         self.reader_done = trio.Event()
@@ -302,46 +361,29 @@ class Conn:
     def _on_text(self, payload: bytes) -> None:
         frame = json.loads(payload)
         kind, data, room = frame["type"], frame["data"], frame["room"]
-        if isinstance(data, dict):
-            body = data.get("payload", data)
-            if isinstance(body, dict) and "s" in body:
-                sender, seq = body["s"], body["q"]
-                target = room if kind == "room_message" else ("*" if kind == "broadcast" else "u")
-                self._observe((sender, target), seq)
-                if room is not None and room not in self.rooms:
-                    self.soak.t["stray"] += 1
-                if sender == self.name:  # our own copy: the reply to our room message
-                    if self._want_own == (room, seq):
-                        self._resolve(frame)
-                    elif not self.closing:
-                        self.soak.t["anomalies"] += 1
-                return
+        numbered = sequenced(kind, data, room)
+        if numbered is not None:
+            (sender, target), seq = numbered
+            self.check.observe((sender, target), seq)
+            if room is not None and room not in self.rooms:
+                self.soak.t["stray"] += 1
+            if sender == self.name:  # our own copy: the reply to our room message
+                if self._want_own == (room, seq):
+                    self._resolve(frame)
+                elif not self.closing:
+                    self.soak.t["anomalies"] += 1
+            return
         if kind in ("error", "text") or (kind == "info" and isinstance(data, dict)):
             self._resolve(frame)  # a reply: welcome, joined, left, echo or error
         else:
             self.soak.t["anomalies"] += 1
 
-    def _observe(self, key: tuple[str, str], seq: int) -> None:
-        self.delivered += 1
-        state = self.streams.get(key)
-        if state is None:
-            state = self.streams[key] = [-1 if self.strict else seq - 1, None]
-        last = state[0]
-        if seq == last + 1:
-            state[0] = seq
-        elif seq > last:
-            if state[1] is None:
-                state[1] = set()
-            state[1].update(range(last + 1, seq))  # a hole: lost, unless it comes late
-            state[0] = seq
-        elif state[1] and seq in state[1]:
-            state[1].discard(seq)
-            self.soak.t["order_violations"] += 1
-        else:
-            self.soak.t["duplicates"] += 1
+    @property
+    def delivered(self) -> int:
+        return self.check.delivered
 
     def holes(self) -> int:
-        return sum(len(state[1]) for state in self.streams.values() if state[1])
+        return self.check.holes()
 
     # requests -----------------------------------------------------------------------
 
@@ -910,9 +952,8 @@ class Soak:
                 for sender, n in by_room[room].items():
                     expected[(sender, room)] = n
             for key, n in expected.items():
-                state = conn.streams.get(key)
-                last, missing = (-1, None) if state is None else state
-                t["lost"] += len(missing or ()) + max(0, n - 1 - last)
+                lost, last = conn.check.shortfall(key, n)
+                t["lost"] += lost
                 maybe = self.uncertain.get(key)
                 if maybe is not None:
                     maybe_seen[key][last == maybe] += 1

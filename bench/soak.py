@@ -819,8 +819,6 @@ class Soak:
             await trio.to_thread.run_sync(
                 trio.run, self._listeners_loop, main_token, plans, listeners_up)
             nursery.cancel_scope.cancel()
-        for key, value in self.listener_tally.items():
-            self.t[key] += value
 
     async def _listeners_loop(
         self, main_token: trio.lowlevel.TrioToken, plans: list[list[str]], up: Any,
@@ -1231,6 +1229,8 @@ class Soak:
             for key in conn.streams:
                 if key not in expected:
                     t["stray"] += 1  # a stream from a target it was never in
+        for key, value in self.listener_tally.items():  # the listeners' thread ended
+            t[key] += value
         for listener in self.listeners:
             self._check_listener(listener, backend, by_room, maybe_seen)
         t["partial_fan_out"] = sum(1 for missed, got in maybe_seen.values() if missed and got)
@@ -1483,7 +1483,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--history-size", type=int, default=100, help="frames each room keeps (the server's)",
     )
     parser.add_argument(
-        "--history-ttl", type=float, default=2.0,
+        "--history-ttl", type=float, default=10.0,
         help="seconds a room keeps a frame (the server's): listeners recover within it",
     )
     parser.add_argument("--handshake-concurrency", type=int, default=64)

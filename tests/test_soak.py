@@ -69,8 +69,8 @@ def test_short_soak_loses_nothing_and_leaks_no_task() -> None:
     assert report["listener_order_violations"] == 0, output
     assert report["listener_stray"] == 0, output
     assert report["listener_phantom"] == 0, output
-    # The rooms' history (2 s, 100 frames) covers a cut (well under a second away, a
-    # handful of frames per room): a rejoin that could not recover is a failure here.
+    # The rooms' history (10 s, 100 frames) covers a cut (about a second away, a handful
+    # of frames per room): here a rejoin that could not recover is a failure.
     assert report["listener_unrecovered"] == 0, output
     assert report["listener_error_replies"] == 0, output
     assert report["listener_anomalies"] == 0, output

@@ -1287,6 +1287,9 @@ class Soak:
             "listener_reconnects_min": min((listener.reconnects for listener in ls), default=0),
             "listener_failed_attempts": sum(listener.failed_attempts for listener in ls),
             "listener_reconnect_causes": dict(why),
+            # times a listener was back in all its rooms after a cut (each room's rejoin
+            # answered with a Recovery): the cuts times the listeners, if all came back
+            "listener_back": len(outages),
             "listener_connections": sum(listener.connections for listener in ls),
             "listener_recoveries": sum(listener.recoveries for listener in ls),
             "listener_missed": sum(listener.missed for listener in ls),
@@ -1410,7 +1413,8 @@ def print_report(r: dict[str, Any]) -> None:
         line("listeners", (
             f"{r['listeners']} roomcast.client clients through a proxy cut {r['listener_cuts']}"
             f" times: {r['listener_reconnects']} reconnects (at least "
-            f"{r['listener_reconnects_min']} each, {r['listener_failed_attempts']} failed "
+            f"{r['listener_reconnects_min']} each, back {r['listener_back']} times, "
+            f"{r['listener_failed_attempts']} failed "
             f"attempts; by cause{_detail(r['listener_reconnect_causes'])}), "
             f"{r['listener_recoveries']} recoveries ({r['listener_missed']} frames "
             f"missed and recovered), {r['listener_unrecovered']} unrecovered"

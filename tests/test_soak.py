@@ -62,6 +62,8 @@ def test_short_soak_loses_nothing_and_leaks_no_task() -> None:
     assert report["listener_failures"] == 0, output
     assert report["listener_cuts"] >= 1, output
     assert report["listener_reconnects_min"] >= 1, output
+    # After every cut every listener was back: each of its rooms answered the rejoin.
+    assert report["listener_back"] == report["listeners"] * report["listener_cuts"], output
     assert report["listener_recoveries"] >= report["listener_reconnects"], output
     assert report["listener_delivered"] > 0, output
     assert report["listener_lost"] == 0, output

@@ -11,13 +11,17 @@ all run here, in one Trio process, as raw sockets speaking the client side of RF
 tasks and a wsproto state machine per connection, which one process cannot afford
 thousands of times over.
 
-Two populations:
+Three populations:
 
 - stable clients connect first, each with a user id of its own, join a few rooms, and
   only then does anything get sent. They stay for the whole run, read everything, and
   send a room message now and then;
 - churn clients keep connecting, joining one or two rooms, sending, staying a little,
-  then leaving their rooms or not, and closing cleanly or dropping the socket.
+  then leaving their rooms or not, and closing cleanly or dropping the socket;
+- listeners (`--listeners`, a few) are `roomcast.client` clients, on a Trio loop of their
+  own in a thread, joined with the stable clients, whose connections go through a proxy
+  (bench/netcut.py) that the soak cuts every `--cut-every` s: the client reconnects,
+  rejoins from the highest position it saw, and recovers.
 
 Every sequenced frame carries `{"s": sender, "q": seq}`, `seq` counted per (sender,
 target) from 0 without holes: a client sends its next room message only after its own
@@ -28,7 +32,10 @@ reports how many it sent to each target. So, per receiver and per (sender, targe
   must get exactly 0..n-1, in order (lost = holes + missing head + missing tail);
 - a churn client is in a target for one unbroken interval: whatever it gets from one
   sender must be consecutive (lost = holes), in order, once each;
-- any frame for a room the client has left (after the leave reply) is a stray.
+- any frame for a room the client has left (after the leave reply) is a stray;
+- a listener is held to the stable clients' rule across its drops, except in a room
+  for which it reported `Recovery(recovered=False)`: what it missed there is counted
+  apart, as the client said it would be.
 
 `--json` adds the figures as one JSON line at the end (tests/test_soak.py reads it).
 """

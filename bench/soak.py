@@ -11,13 +11,17 @@ all run here, in one Trio process, as raw sockets speaking the client side of RF
 tasks and a wsproto state machine per connection, which one process cannot afford
 thousands of times over.
 
-Two populations:
+Three populations:
 
 - stable clients connect first, each with a user id of its own, join a few rooms, and
   only then does anything get sent. They stay for the whole run, read everything, and
   send a room message now and then;
 - churn clients keep connecting, joining one or two rooms, sending, staying a little,
-  then leaving their rooms or not, and closing cleanly or dropping the socket.
+  then leaving their rooms or not, and closing cleanly or dropping the socket;
+- listeners (`--listeners`, a few) are `roomcast.client` clients, on a Trio loop of their
+  own in a thread, joined with the stable clients, whose connections go through a proxy
+  (bench/netcut.py) that the soak cuts every `--cut-every` s: the client reconnects,
+  rejoins from the highest position it saw, and recovers.
 
 Every sequenced frame carries `{"s": sender, "q": seq}`, `seq` counted per (sender,
 target) from 0 without holes: a client sends its next room message only after its own
@@ -28,7 +32,10 @@ reports how many it sent to each target. So, per receiver and per (sender, targe
   must get exactly 0..n-1, in order (lost = holes + missing head + missing tail);
 - a churn client is in a target for one unbroken interval: whatever it gets from one
   sender must be consecutive (lost = holes), in order, once each;
-- any frame for a room the client has left (after the leave reply) is a stray.
+- any frame for a room the client has left (after the leave reply) is a stray;
+- a listener is held to the stable clients' rule across its drops, except in a room
+  for which it reported `Recovery(recovered=False)`: what it missed there is counted
+  apart, as the client said it would be.
 
 `--json` adds the figures as one JSON line at the end (tests/test_soak.py reads it).
 """
@@ -55,13 +62,32 @@ from typing import Any
 import trio
 
 from roomcast import Config, mint_token
+from roomcast.client import (
+    Backoff,
+    ClientClosed,
+    Connected,
+    Event,
+    JoinRefused,
+    Reconnecting,
+    Recovery,
+    connect,
+)
 
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.append(str(HERE))  # appended: bench's scripts never shadow another module
+
+from netcut import tcp_proxy  # noqa: E402
+
 SECRET = "roomcast-soak-secret-0123456789abcdef-0123456789"
 PATH = "/api/v1/ws"
 BACKEND = "B"
 STABLE_USER0 = 1  # stable client i is user 1 + i
 CHURN_USER0 = 1_000_001  # churn slot j is user 1_000_001 + j
+LISTENER_USER0 = 2_000_001  # listener k is user 2_000_001 + k
+# A listener's reconnects: quick, so that it is back well within the rooms' history
+# (soak_server.py's history_ttl); still full jitter, as in an application.
+LISTENER_BACKOFF = Backoff(base_delay=0.1, max_delay=1.0)
 REPLY_TIMEOUT = 30.0
 
 
@@ -133,6 +159,66 @@ class HandshakeRefused(Exception):
     pass
 
 
+Key = tuple[str, str]  # (sender, target): a room, "u" (the personal room), "*" (broadcast)
+
+
+def sequenced(kind: str, data: Any, room: str | None) -> tuple[Key, int] | None:
+    """The stream and number of a sequenced frame (`{"s": sender, "q": seq}`, bare from
+    the backend, in `payload` from a client), or None for any other frame."""
+    if not isinstance(data, dict):
+        return None
+    body = data.get("payload", data)
+    if not isinstance(body, dict) or "s" not in body:
+        return None
+    target = room if kind == "room_message" else ("*" if kind == "broadcast" else "u")
+    return (body["s"], target), body["q"]
+
+
+class SeqCheck:
+    """The sequence rule of one receiver, per (sender, target): numbers from 0
+    (`strict`: the receiver was in the target before its first frame was sent) or from
+    the first one seen, each once, in order. A hole is lost unless it comes late (an
+    order violation); a number seen again is a duplicate: both are counted in
+    `tally[prefix + ...]` as they happen."""
+
+    def __init__(self, strict: bool, tally: dict[str, int], prefix: str = "") -> None:
+        self.strict = strict
+        self.tally = tally
+        self.prefix = prefix
+        # (sender, target) -> [last seq, set of missing seqs or None]
+        self.streams: dict[Key, list[Any]] = {}
+        self.delivered = 0  # sequenced frames received
+
+    def observe(self, key: Key, seq: int) -> None:
+        self.delivered += 1
+        state = self.streams.get(key)
+        if state is None:
+            state = self.streams[key] = [-1 if self.strict else seq - 1, None]
+        last = state[0]
+        if seq == last + 1:
+            state[0] = seq
+        elif seq > last:
+            if state[1] is None:
+                state[1] = set()
+            state[1].update(range(last + 1, seq))  # a hole: lost, unless it comes late
+            state[0] = seq
+        elif state[1] and seq in state[1]:
+            state[1].discard(seq)
+            self.tally[self.prefix + "order_violations"] += 1
+        else:
+            self.tally[self.prefix + "duplicates"] += 1
+
+    def holes(self) -> int:
+        return sum(len(state[1]) for state in self.streams.values() if state[1])
+
+    def shortfall(self, key: Key, n: int) -> tuple[int, int]:
+        """Against `n` frames sent on `key` (0..n-1): how many never came (holes and
+        the missing tail; the head too when strict), and the last number seen."""
+        state = self.streams.get(key)
+        last, missing = (-1, None) if state is None else state
+        return len(missing or ()) + max(0, n - 1 - last), last
+
+
 class ReplyTimeout(Exception):
     pass
 
@@ -146,13 +232,12 @@ class Conn:
         self.name = name  # the sender id in `data.s`
         self.user = user
         self.strict = strict  # a stable client: streams are checked from seq 0
+        self.check = SeqCheck(strict, soak.t)
         self.stream: trio.SocketStream | None = None
         self.started_at = 0.0
         self.buf = bytearray()
-        # (sender, target) -> [last seq, set of missing seqs or None]
-        self.streams: dict[tuple[str, str], list[Any]] = {}
+        self.streams = self.check.streams
         self.rooms: dict[str, str] = {}  # room -> "joining" | "in" | "leaving"
-        self.delivered = 0  # sequenced frames received
         self.closing = False  # we sent a close frame, or are dropping the socket
         self.close_received: int | None = None
         self.reader_done = trio.Event()
@@ -302,46 +387,29 @@ class Conn:
     def _on_text(self, payload: bytes) -> None:
         frame = json.loads(payload)
         kind, data, room = frame["type"], frame["data"], frame["room"]
-        if isinstance(data, dict):
-            body = data.get("payload", data)
-            if isinstance(body, dict) and "s" in body:
-                sender, seq = body["s"], body["q"]
-                target = room if kind == "room_message" else ("*" if kind == "broadcast" else "u")
-                self._observe((sender, target), seq)
-                if room is not None and room not in self.rooms:
-                    self.soak.t["stray"] += 1
-                if sender == self.name:  # our own copy: the reply to our room message
-                    if self._want_own == (room, seq):
-                        self._resolve(frame)
-                    elif not self.closing:
-                        self.soak.t["anomalies"] += 1
-                return
+        numbered = sequenced(kind, data, room)
+        if numbered is not None:
+            (sender, target), seq = numbered
+            self.check.observe((sender, target), seq)
+            if room is not None and room not in self.rooms:
+                self.soak.t["stray"] += 1
+            if sender == self.name:  # our own copy: the reply to our room message
+                if self._want_own == (room, seq):
+                    self._resolve(frame)
+                elif not self.closing:
+                    self.soak.t["anomalies"] += 1
+            return
         if kind in ("error", "text") or (kind == "info" and isinstance(data, dict)):
             self._resolve(frame)  # a reply: welcome, joined, left, echo or error
         else:
             self.soak.t["anomalies"] += 1
 
-    def _observe(self, key: tuple[str, str], seq: int) -> None:
-        self.delivered += 1
-        state = self.streams.get(key)
-        if state is None:
-            state = self.streams[key] = [-1 if self.strict else seq - 1, None]
-        last = state[0]
-        if seq == last + 1:
-            state[0] = seq
-        elif seq > last:
-            if state[1] is None:
-                state[1] = set()
-            state[1].update(range(last + 1, seq))  # a hole: lost, unless it comes late
-            state[0] = seq
-        elif state[1] and seq in state[1]:
-            state[1].discard(seq)
-            self.soak.t["order_violations"] += 1
-        else:
-            self.soak.t["duplicates"] += 1
+    @property
+    def delivered(self) -> int:
+        return self.check.delivered
 
     def holes(self) -> int:
-        return sum(len(state[1]) for state in self.streams.values() if state[1])
+        return self.check.holes()
 
     # requests -----------------------------------------------------------------------
 
@@ -450,6 +518,111 @@ class Conn:
         return reply is not None and reply["type"] == "text"
 
 
+# --- the roomcast.client population ------------------------------------------------
+
+
+class Phases:
+    """The soak's phases, as the listeners' thread sees them (events of its own loop)."""
+
+    def __init__(self) -> None:
+        self.go = trio.Event()
+        self.stop = trio.Event()
+        self.fence = trio.Event()
+        self.leave = trio.Event()
+
+
+class Listener:
+    """One `roomcast.client` client, through the proxy the soak cuts: it joins its rooms
+    before the first frame and reads everything. What it hands out is held to the stable
+    clients' rule (exactly 0..n-1 of every stream, once, in order) across its drops,
+    except in a room for which it reported `Recovery(recovered=False)`: what it missed
+    there is counted apart, as the client said it would be."""
+
+    def __init__(self, soak: Soak, k: int, rooms: list[str]) -> None:
+        self.soak = soak
+        self.name = f"l{k}"
+        self.user = LISTENER_USER0 + k
+        self.rooms = rooms
+        self.tally = soak.listener_tally  # the listeners' thread writes only there
+        self.check = SeqCheck(True, self.tally, "listener_")
+        self.joined = False  # its rooms all joined before the first frame was sent
+        self.failed = False
+        self.connections = 0  # welcomed connections
+        self.reconnects = 0  # drops of a welcomed connection (Reconnecting with a code)
+        self.failed_attempts = 0  # connects that failed (Reconnecting without a code)
+        self.recoveries = 0  # rejoins (and welcomes) after a drop that recovered
+        self.missed = 0  # the frames those recoveries said followed
+        self.unrecovered: dict[str, int] = defaultdict(int)  # room -> Recovery(False)s
+        self.unrecovered_reasons: dict[str, int] = defaultdict(int)
+        self.broadcasts = 0  # live only: a broadcast during a cut is gone, not checked
+        self.outages: list[float] = []  # seconds from a cut to all its rooms answered
+        self.why: dict[str, int] = defaultdict(int)  # Reconnecting, by code or failure
+        self.back = trio.Event()  # set once every room answered its (re)join
+        self._answered: set[str] = set()
+        self._cut_at = 0.0
+        self.fenced = trio.Event()
+
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, Connected):
+            self.connections += 1
+        elif isinstance(event, Reconnecting):
+            self.why[str(event.code or event.reason.split(":")[0])] += 1
+            self._answered.clear()  # rejoins answered on a socket that dropped since
+            if event.code is None:
+                self.failed_attempts += 1
+            else:
+                self.reconnects += 1
+        elif isinstance(event, Recovery) and self.reconnects:
+            if event.recovered:
+                self.recoveries += 1
+                self.missed += event.missed
+            else:
+                room = event.room if event.room in self.rooms else "u"
+                self.unrecovered[room] += 1
+                self.unrecovered_reasons[str(event.reason)] += 1
+            if event.room in self.rooms:
+                self._answered.add(event.room)
+                if len(self._answered) == len(self.rooms) and not self.back.is_set():
+                    self.back.set()
+                    self.outages.append(time.monotonic() - self._cut_at)
+
+    def cut(self) -> None:
+        """The proxy cut its connection (it was back in every room: see `cutter`)."""
+        self._cut_at = time.monotonic()
+        self._answered.clear()
+        self.back = trio.Event()
+
+    async def read(self, client: Any) -> None:
+        t = self.tally
+        async for frame in client:
+            numbered = sequenced(frame.type, frame.data, frame.room)
+            if numbered is not None:
+                key, seq = numbered
+                if key[1] == "*":
+                    self.broadcasts += 1
+                    continue
+                self.check.observe(key, seq)
+                if frame.room is not None and frame.room not in self.rooms:
+                    t["listener_stray"] += 1
+            elif frame.type == "text":
+                self.fenced.set()  # the echo: every frame sent before it came before it
+            elif frame.type == "error":
+                t["listener_error_replies"] += 1
+            elif not (frame.type == "info" and frame.recovered is False):
+                t["listener_anomalies"] += 1  # (a rejoin that did not recover: on_event)
+
+    def expected(self, backend: dict[str, Any], by_room: dict[str, dict[str, int]]) -> (
+        dict[Key, int]
+    ):
+        """Every stream sent to it, and how many: its personal room and its rooms."""
+        expected = {(BACKEND, "u"): backend["user"].get(str(self.user), 0)}
+        for room in self.rooms:
+            expected[(BACKEND, room)] = backend["room"].get(room, 0)
+            for sender, n in by_room[room].items():
+                expected[(sender, room)] = n
+        return expected
+
+
 # --- the server process ------------------------------------------------------------
 
 
@@ -468,6 +641,7 @@ class Server:
             "--max-connections", str(args.connections * 2 + 100),
             "--max-connections-per-user", "100",
             "--rate-limit", "1000", "--rate-burst", "1000",
+            "--history-size", str(args.history_size), "--history-ttl", str(args.history_ttl),
         ]
         process = await trio.lowlevel.open_process(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file.fileno()
@@ -523,6 +697,10 @@ class Soak:
         self.open_low = 1 << 30  # fewest open once the churn ramped up, till the stop
         self.measuring_held = False
         self.stable: list[Conn] = []
+        self.n_listeners = max(0, args.listeners)
+        self.listeners: list[Listener] = []
+        self.listener_tally: dict[str, int] = defaultdict(int)  # merged into t at the end
+        self.cut_at: list[float] = []  # when the proxy cut the listeners' connections
         self.tokens: dict[int, str] = {}
         # phases
         self.ready = 0
@@ -556,9 +734,10 @@ class Soak:
         return token
 
     def _count_stable(self, attr: str, event: trio.Event) -> None:
+        """One more stable client or listener through a phase (`ready`...)."""
         value = getattr(self, attr) + 1
         setattr(self, attr, value)
-        if value >= self.n_stable:
+        if value >= self.n_stable + self.n_listeners:
             event.set()
 
     # stable clients ---------------------------------------------------------------
@@ -611,6 +790,130 @@ class Soak:
             count("ready", self.all_ready)
             count("senders_done", self.all_senders_done)
             count("fenced", self.all_fenced)
+
+    # listeners ----------------------------------------------------------------------
+    #
+    # They run in a thread of their own, on a Trio loop of their own, with the proxy
+    # and its cutter: on the clients' loop, a trio-websocket client needs a scheduler
+    # pass or two per frame (its reader hands each message through a channel of one),
+    # and with 1,000 raw clients a pass took 0.1-0.3 s, so a listener fell seconds
+    # behind its stream (measured: a cut noticed 7.7 s late, its rooms' history gone).
+    # The two loops only meet through `TrioToken.run_sync_soon`.
+
+    async def run_listeners(self) -> None:
+        """On the clients' loop: the listeners' thread, told each phase as it comes."""
+        main_token = trio.lowlevel.current_trio_token()
+        plans = [
+            self.random.sample(self.rooms, min(self.args.rooms_per_client, len(self.rooms)))
+            for _ in range(self.n_listeners)
+        ]
+        up = trio.Event()
+        bridge: dict[str, Any] = {}
+
+        def listeners_up(token: trio.lowlevel.TrioToken, phases: Phases) -> None:
+            bridge.update(token=token, phases=phases)
+            up.set()
+
+        async def forward() -> None:
+            await up.wait()
+            for name, event in (("go", self.go), ("stop", self.stop_senders),
+                                ("fence", self.fence), ("leave", self.leave)):
+                await event.wait()
+                bridge["token"].run_sync_soon(getattr(bridge["phases"], name).set)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(forward)
+            await trio.to_thread.run_sync(
+                trio.run, self._listeners_loop, main_token, plans, listeners_up)
+            nursery.cancel_scope.cancel()
+
+    async def _listeners_loop(
+        self, main_token: trio.lowlevel.TrioToken, plans: list[list[str]], up: Any,
+    ) -> None:
+        """The listeners' thread: the proxy, the listeners, the cutter."""
+        phases = Phases()
+        main_token.run_sync_soon(up, trio.lowlevel.current_trio_token(), phases)
+
+        def count(attr: str, event: trio.Event) -> None:
+            main_token.run_sync_soon(self._count_stable, attr, event)
+
+        async with tcp_proxy(self.port) as proxy, trio.open_nursery() as nursery:
+            for k, rooms in enumerate(plans):
+                nursery.start_soon(self.listener, k, rooms, proxy.port, phases, count)
+            await phases.go.wait()
+            if self.args.cut_every > 0:
+                nursery.start_soon(self.cutter, proxy, phases)
+
+    async def listener(
+        self, k: int, rooms: list[str], port: int, phases: Phases, count_phase: Any,
+    ) -> None:
+        """A `roomcast.client` client through the cuttable proxy on `port`, in the
+        stable clients' phases: joined before the first frame, fenced with an echo once
+        everything was sent, closed (1000) with them."""
+        listener = Listener(self, k, rooms)
+        self.listeners.append(listener)
+        done: set[str] = set()
+
+        def count(attr: str, event: trio.Event) -> None:
+            if attr not in done:
+                done.add(attr)
+                count_phase(attr, event)
+
+        url = f"ws://127.0.0.1:{port}{PATH}"
+        rng = random.Random(self.args.seed * 7_000_003 + k)
+        try:
+            async with connect(
+                url, token=self.tokens[listener.user], backoff=LISTENER_BACKOFF,
+                on_event=listener.on_event, random=rng.random,
+            ) as client, trio.open_nursery() as nursery:
+                nursery.start_soon(listener.read, client)
+                for room in rooms:
+                    await client.join(room)
+                listener.joined = True
+                listener.back.set()
+                count("ready", self.all_ready)
+                await phases.stop.wait()
+                count("senders_done", self.all_senders_done)
+                await phases.fence.wait()
+                await client.send_text("fence")
+                with trio.move_on_after(REPLY_TIMEOUT) as scope:
+                    await listener.fenced.wait()
+                if scope.cancelled_caught:
+                    listener.tally["listener_timeouts"] += 1
+                    listener.failed = True
+                count("fenced", self.all_fenced)
+                await phases.leave.wait()
+                nursery.cancel_scope.cancel()
+        except (OSError, JoinRefused, ClientClosed, trio.TooSlowError) as exc:
+            listener.failed = True
+            print(f"listener {k} failed: {exc!r}", file=sys.stderr)
+        finally:
+            count("ready", self.all_ready)
+            count("senders_done", self.all_senders_done)
+            count("fenced", self.all_fenced)
+
+    async def cutter(self, proxy: Any, phases: Phases) -> None:
+        """Cut the listeners' connections (no closing handshake) every `cut_every` s
+        while the senders run, refusing new ones for `cut_for` s each time; never before
+        every listener is back in all its rooms (a cut during a rejoin would test
+        nothing more, and could keep a listener away for good on a loaded machine)."""
+        args = self.args
+        while True:
+            with trio.move_on_after(args.cut_every):
+                await phases.stop.wait()
+            for listener in self.listeners:
+                await first_of(listener.back, phases.stop)
+            if phases.stop.is_set():
+                return
+            proxy.cut()
+            for listener in self.listeners:
+                listener.cut()
+            self.cut_at.append(time.monotonic())
+            try:
+                with trio.move_on_after(args.cut_for):
+                    await phases.stop.wait()
+            finally:
+                proxy.restore()
 
     # churn clients ----------------------------------------------------------------
 
@@ -745,6 +1048,8 @@ class Soak:
             self.token(user)
         for j in range(self.n_churn):
             self.token(CHURN_USER0 + j)
+        for k in range(self.n_listeners):
+            self.token(LISTENER_USER0 + k)  # minted here: the listeners' thread only reads
         self.say(
             f"soak: {args.connections} connections ({self.n_stable} stable, {self.n_churn} "
             f"churn slots), {len(self.rooms)} rooms, {args.duration:g} s; server on port "
@@ -757,11 +1062,18 @@ class Soak:
                 t0 = time.monotonic()
                 for i in range(self.n_stable):
                     stable_nursery.start_soon(self.stable_client, i)
+                if self.n_listeners:
+                    stable_nursery.start_soon(self.run_listeners)
                 await self.all_ready.wait()
                 ramp = time.monotonic() - t0
-                self.say(f"  {self.open_now} stable clients connected and joined in {ramp:.1f} s")
-                users = list(range(STABLE_USER0, STABLE_USER0 + self.n_stable)) + list(
-                    range(CHURN_USER0, CHURN_USER0 + self.n_churn)
+                self.say(
+                    f"  {self.open_now} stable clients and {self.n_listeners} listeners "
+                    f"connected and joined in {ramp:.1f} s"
+                )
+                users = (
+                    list(range(STABLE_USER0, STABLE_USER0 + self.n_stable))
+                    + list(range(CHURN_USER0, CHURN_USER0 + self.n_churn))
+                    + list(range(LISTENER_USER0, LISTENER_USER0 + self.n_listeners))
                 )
                 await server.call({
                     "cmd": "start", "users": users, "rooms": self.rooms,
@@ -878,6 +1190,10 @@ class Soak:
                 kind: percentiles(values) for kind, values in sorted(self.latency.items())
             },
         }
+        report.update(self.listener_report(
+            run_seconds,
+            t["room_messages_stable"] + t["room_messages_churn"] + report["backend_notify_room"],
+        ))
         if after["tasks"] != before["tasks"]:
             report["task_names_before"] = before.get("task_names")
             report["task_names_after"] = after.get("task_names")
@@ -910,9 +1226,8 @@ class Soak:
                 for sender, n in by_room[room].items():
                     expected[(sender, room)] = n
             for key, n in expected.items():
-                state = conn.streams.get(key)
-                last, missing = (-1, None) if state is None else state
-                t["lost"] += len(missing or ()) + max(0, n - 1 - last)
+                lost, last = conn.check.shortfall(key, n)
+                t["lost"] += lost
                 maybe = self.uncertain.get(key)
                 if maybe is not None:
                     maybe_seen[key][last == maybe] += 1
@@ -921,8 +1236,104 @@ class Soak:
             for key in conn.streams:
                 if key not in expected:
                     t["stray"] += 1  # a stream from a target it was never in
+        for key, value in self.listener_tally.items():  # the listeners' thread ended
+            t[key] += value
+        for listener in self.listeners:
+            self._check_listener(listener, backend, by_room, maybe_seen)
         t["partial_fan_out"] = sum(1 for missed, got in maybe_seen.values() if missed and got)
         t["in_flight_published"] = sum(1 for missed, got in maybe_seen.values() if got)
+
+
+    def _check_listener(
+        self, listener: Listener, backend: dict[str, Any], by_room: dict[str, dict[str, int]],
+        maybe_seen: dict[Key, list[int]],
+    ) -> None:
+        """A listener, as a stable client, across its drops: exactly 0..n-1 of every
+        stream; what it missed in a room whose recovery it said failed is counted apart."""
+        t = self.t
+        t["listener_delivered"] += listener.check.delivered
+        if not listener.joined or listener.failed:
+            t["listener_failures"] += 1
+            t["listener_lost"] += listener.check.holes()  # only what it proves it missed
+            return
+        expected = listener.expected(backend, by_room)
+        for key, n in expected.items():
+            lost, last = listener.check.shortfall(key, n)
+            maybe = self.uncertain.get(key)
+            if key[1] in listener.unrecovered:
+                t["listener_unrecovered_lost"] += lost  # the client said so: not silent
+            else:
+                t["listener_lost"] += lost
+                if maybe is not None:
+                    maybe_seen[key][last == maybe] += 1
+            if last > n - 1 and maybe != last:
+                t["listener_phantom"] += last - (n - 1)
+        for key in listener.check.streams:
+            if key not in expected:
+                t["listener_stray"] += 1
+
+    def listener_report(self, run_seconds: float, frames_to_rooms: int) -> dict[str, Any]:
+        """The listeners' figures, and what the rooms' history had to cover."""
+        t, ls = self.t, self.listeners
+        outages = [o for listener in ls for o in listener.outages]
+        reasons: dict[str, int] = defaultdict(int)
+        why: dict[str, int] = defaultdict(int)
+        for listener in ls:
+            for reason, n in listener.unrecovered_reasons.items():
+                reasons[reason] += n
+            for reason, n in listener.why.items():
+                why[reason] += n
+        # A room's mean publish rate over the run: what a cut of the longest outage
+        # leaves for the room's history to hold until the rejoin.
+        per_room = frames_to_rooms / max(1, len(self.rooms)) / max(run_seconds, 1e-9)
+        longest = max(outages, default=0.0)
+        return {
+            "listeners": self.n_listeners,
+            "listener_cuts": len(self.cut_at),
+            "listener_reconnects": sum(listener.reconnects for listener in ls),
+            "listener_reconnects_min": min((listener.reconnects for listener in ls), default=0),
+            "listener_failed_attempts": sum(listener.failed_attempts for listener in ls),
+            "listener_reconnect_causes": dict(why),
+            # times a listener was back in all its rooms after a cut (each room's rejoin
+            # answered with a Recovery): the cuts times the listeners, if all came back
+            "listener_back": len(outages),
+            "listener_connections": sum(listener.connections for listener in ls),
+            "listener_recoveries": sum(listener.recoveries for listener in ls),
+            "listener_missed": sum(listener.missed for listener in ls),
+            "listener_unrecovered": sum(sum(x.unrecovered.values()) for x in ls),
+            "listener_unrecovered_reasons": dict(reasons),
+            "listener_unrecovered_lost": t["listener_unrecovered_lost"],
+            "listener_delivered": t["listener_delivered"],
+            "listener_broadcasts": sum(listener.broadcasts for listener in ls),
+            "listener_lost": t["listener_lost"],
+            "listener_duplicates": t["listener_duplicates"],
+            "listener_order_violations": t["listener_order_violations"],
+            "listener_stray": t["listener_stray"],
+            "listener_phantom": t["listener_phantom"],
+            "listener_error_replies": t["listener_error_replies"],
+            "listener_anomalies": t["listener_anomalies"],
+            "listener_timeouts": t["listener_timeouts"],
+            "listener_failures": t["listener_failures"],
+            "listener_outage_max_s": round(longest, 2),
+            "listener_outage_p50_s": round(sorted(outages)[len(outages) // 2], 2)
+            if outages else 0.0,
+            "history_size": self.args.history_size,
+            "history_ttl_s": self.args.history_ttl,
+            "room_frames_per_s": round(per_room, 2),
+            "room_frames_in_longest_outage": round(per_room * longest, 1),
+        }
+
+
+async def first_of(*events: trio.Event) -> None:
+    """Return once any of `events` is set."""
+    async with trio.open_nursery() as nursery:
+
+        async def wait(event: trio.Event) -> None:
+            await event.wait()
+            nursery.cancel_scope.cancel()
+
+        for event in events:
+            nursery.start_soon(wait, event)
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -1005,6 +1416,34 @@ def print_report(r: dict[str, Any]) -> None:
         for kind, v in r["latency_ms"].items()
     ))
     line("pings answered", str(r["pings"]))
+    if r["listeners"]:
+        line("listeners", (
+            f"{r['listeners']} roomcast.client clients through a proxy cut {r['listener_cuts']}"
+            f" times: {r['listener_reconnects']} reconnects (at least "
+            f"{r['listener_reconnects_min']} each, back {r['listener_back']} times, "
+            f"{r['listener_failed_attempts']} failed "
+            f"attempts; by cause{_detail(r['listener_reconnect_causes'])}), "
+            f"{r['listener_recoveries']} recoveries ({r['listener_missed']} frames "
+            f"missed and recovered), {r['listener_unrecovered']} unrecovered"
+            f"{_detail(r['listener_unrecovered_reasons'])}"
+            f" ({r['listener_unrecovered_lost']} frames said lost)"
+        ))
+        line("listeners' frames", (
+            f"{r['listener_delivered']} sequenced frames, checked against everything sent "
+            f"(+{r['listener_broadcasts']} broadcasts, live only); lost {r['listener_lost']}, "
+            f"duplicates {r['listener_duplicates']}, order violations "
+            f"{r['listener_order_violations']}, stray / phantom {r['listener_stray']} / "
+            f"{r['listener_phantom']}; {r['listener_error_replies']} error replies, "
+            f"{r['listener_timeouts']} timeouts, {r['listener_failures']} failed, "
+            f"{r['listener_anomalies']} anomalies"
+        ))
+        line("history vs. cuts", (
+            f"rooms keep {r['history_size']} frames for {r['history_ttl_s']} s; "
+            f"a listener was away {r['listener_outage_p50_s']} s (p50), "
+            f"{r['listener_outage_max_s']} s at most, in which a room published "
+            f"{r['room_frames_in_longest_outage']} frames at its mean rate "
+            f"({r['room_frames_per_s']}/s)"
+        ))
     line("roomcast", r["roomcast"])
     line("server log", (
         f"{r['server_log_problems']} warnings/errors"
@@ -1039,6 +1478,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--user-rate", type=float, default=None, help="notify_user per second")
     parser.add_argument("--room-rate", type=float, default=None, help="notify_room per second")
     parser.add_argument("--broadcast-rate", type=float, default=1.0, help="broadcasts per second")
+    parser.add_argument(
+        "--listeners", type=int, default=4,
+        help="roomcast.client clients through a proxy the soak cuts (0: none)",
+    )
+    parser.add_argument(
+        "--cut-every", type=float, default=2.0,
+        help="seconds between cuts of the listeners' connections (0: never cut)",
+    )
+    parser.add_argument(
+        "--cut-for", type=float, default=0.25,
+        help="seconds the proxy refuses new connections after a cut",
+    )
+    parser.add_argument(
+        "--history-size", type=int, default=100, help="frames each room keeps (the server's)",
+    )
+    parser.add_argument(
+        "--history-ttl", type=float, default=10.0,
+        help="seconds a room keeps a frame (the server's): listeners recover within it",
+    )
     parser.add_argument("--handshake-concurrency", type=int, default=64)
     parser.add_argument("--settle-timeout", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=1)
@@ -1062,6 +1520,9 @@ def main(argv: list[str] | None = None) -> int:
         report["lost"] == report["duplicates"] == report["order_violations"] == 0
         and report["stray"] == report["phantom"] == report["partial_fan_out"] == 0
         and report["tasks_after"] == report["tasks_before"]
+        and report["listener_lost"] == report["listener_duplicates"] == 0
+        and report["listener_order_violations"] == report["listener_stray"] == 0
+        and report["listener_phantom"] == report["listener_failures"] == 0
     )
     return 0 if correct else 1
 

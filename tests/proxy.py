@@ -1,71 +1,15 @@
-"""A TCP proxy a test can cut: the network failure between a client and the service,
-on loopback. `cut()` drops every connection through it at once (both sides closed, no
-WebSocket closing frame: what a client sees as 1006) and refuses new ones until
-`restore()`."""
+"""The TCP proxy a test can cut, `tcp_proxy(port)`: it lives in bench/netcut.py, where
+the soak (bench/soak.py) cuts its listeners with it too; bench never imports tests."""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import sys
+from pathlib import Path
 
-import trio
+BENCH = str(Path(__file__).resolve().parent.parent / "bench")
+if BENCH not in sys.path:
+    sys.path.append(BENCH)  # appended: bench's scripts never shadow another module
 
+from netcut import Proxy, tcp_proxy  # noqa: E402
 
-class Proxy:
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        self.is_cut = False
-        self.accepted = 0
-        self._pairs: set[trio.CancelScope] = set()
-
-    async def _pipe(self, source: trio.SocketStream, sink: trio.SocketStream) -> None:
-        try:
-            while data := await source.receive_some(65536):
-                await sink.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-
-    async def _serve(self, downstream: trio.SocketStream) -> None:
-        async with downstream:
-            if self.is_cut:
-                return  # refused: closed at once
-            self.accepted += 1
-            try:
-                upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
-            except OSError:
-                return
-            async with upstream:
-                with trio.CancelScope() as scope:
-                    self._pairs.add(scope)
-                    try:
-                        async with trio.open_nursery() as nursery:
-                            nursery.start_soon(self._pipe, downstream, upstream)
-                            await self._pipe(upstream, downstream)
-                            nursery.cancel_scope.cancel()
-                    finally:
-                        self._pairs.discard(scope)
-
-    def cut(self) -> None:
-        """Drop every connection now; refuse new ones until `restore()`."""
-        self.is_cut = True
-        for scope in list(self._pairs):
-            scope.cancel()
-
-    def restore(self) -> None:
-        self.is_cut = False
-
-
-@asynccontextmanager
-async def tcp_proxy(target_port: int) -> AsyncIterator[Proxy]:
-    """A proxy on a free loopback port to `target_port`, for the block."""
-    proxy = Proxy(target_port)
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(
-            functools.partial(trio.serve_tcp, proxy._serve, 0, host="127.0.0.1"))
-        proxy.port = listeners[0].socket.getsockname()[1]
-        try:
-            yield proxy
-        finally:
-            nursery.cancel_scope.cancel()
+__all__ = ["Proxy", "tcp_proxy"]

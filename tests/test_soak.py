@@ -1,5 +1,6 @@
 """The soak run, short: bench/soak.py with 100 connections for about 5 seconds, the
-server in a process of its own. Only correctness is asserted, never speed or memory."""
+server in a process of its own, and 4 roomcast.client listeners whose connections the
+soak cuts every 2 s. Only correctness is asserted, never speed or memory."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def load_soak() -> Any:
 def test_short_soak_loses_nothing_and_leaks_no_task() -> None:
     result = subprocess.run(
         [sys.executable, str(SOAK), "--connections", "100", "--duration", "5", "--quiet",
-         "--json"],
+         "--json", "--listeners", "4", "--cut-every", "2"],
         capture_output=True, text=True, timeout=140, check=False,
     )
     output = f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
@@ -54,6 +55,28 @@ def test_short_soak_loses_nothing_and_leaks_no_task() -> None:
     assert report["server_rooms_after"] == 0, output
     assert report["server_log_problems"] == 0, output
     assert report["server_exit_code"] == 0, output
+
+    # roomcast.client across cut connections: every frame of its rooms (and of its
+    # personal room) once, in order, recovered from where it was; the cuts happened.
+    assert report["listeners"] == 4, output
+    assert report["listener_failures"] == 0, output
+    assert report["listener_cuts"] >= 1, output
+    assert report["listener_reconnects_min"] >= 1, output
+    # After every cut every listener was back: each of its rooms answered the rejoin.
+    assert report["listener_back"] == report["listeners"] * report["listener_cuts"], output
+    assert report["listener_recoveries"] >= report["listener_reconnects"], output
+    assert report["listener_delivered"] > 0, output
+    assert report["listener_lost"] == 0, output
+    assert report["listener_duplicates"] == 0, output
+    assert report["listener_order_violations"] == 0, output
+    assert report["listener_stray"] == 0, output
+    assert report["listener_phantom"] == 0, output
+    # The rooms' history (10 s, 100 frames) covers a cut (about a second away, a handful
+    # of frames per room): here a rejoin that could not recover is a failure.
+    assert report["listener_unrecovered"] == 0, output
+    assert report["listener_error_replies"] == 0, output
+    assert report["listener_anomalies"] == 0, output
+    assert report["listener_timeouts"] == 0, output
     assert result.returncode == 0, output
 
 
@@ -117,3 +140,31 @@ def test_checker_parses_masked_client_frames_back() -> None:
     assert length == len(payload) == len(masked)
     assert bytes(b ^ key[i % 4] for i, b in enumerate(masked)) == payload
     assert isinstance(soak_module.parse_args([]), argparse.Namespace)
+
+
+def test_listener_check_counts_what_a_failed_recovery_announced_apart() -> None:
+    soak_module, soak, _ = checker(strict=True)
+    listener = soak_module.Listener(soak, 0, ["soak-0", "soak-1"])
+    listener.joined = True
+    soak.listeners.append(listener)
+    from roomcast.client import Reconnecting, Recovery
+
+    listener.on_event(Recovery("soak-1", False, "too_old", 0))  # before any drop: not counted
+    assert not listener.unrecovered
+    listener.on_event(Reconnecting(1006, "", 0.1, 1))
+    listener.on_event(Recovery("soak-0", True, None, 2))
+    listener.on_event(Recovery("soak-1", False, "too_old", 0))
+    assert (listener.reconnects, listener.recoveries, listener.missed) == (1, 1, 2)
+    for seq in (0, 1, 1, 3):  # soak-0: 1 twice, 2 never
+        listener.check.observe(("s9", "soak-0"), seq)
+    for seq in (0, 4):  # soak-1: 1..3 gone, as the client said
+        listener.check.observe(("s9", "soak-1"), seq)
+    soak.sent[("s9", "soak-0")] = 4
+    soak.sent[("s9", "soak-1")] = 5
+    soak._check_stable({"user": {}, "room": {}, "broadcast": 0, "errors": 0})
+    assert soak.t["listener_duplicates"] == 1
+    assert soak.t["listener_lost"] == 1  # soak-0's 2: silent, a failure
+    assert soak.t["listener_unrecovered_lost"] == 3  # soak-1's 1..3: announced
+    report = soak.listener_report(1.0, 0)
+    assert report["listener_unrecovered"] == 1
+    assert report["listener_unrecovered_reasons"] == {"too_old": 1}

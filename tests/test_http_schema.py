@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import schemathesis
 import trio
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from schemathesis import GenerationMode
 
 from roomcast import Service, open_service
@@ -19,6 +19,7 @@ from roomcast import Service, open_service
 from .conftest import make_config
 
 KEY = "schema-test-api-key-0123456789"
+FRAMING = {"content-length", "transfer-encoding"}
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +60,9 @@ def test_the_service_conforms_to_its_openapi_document(live_service: Service, mod
         @settings(max_examples=15, deadline=None, database=None,
                   suppress_health_check=list(HealthCheck))
         def conforms(case: Any) -> None:
+            # A request's framing headers are the HTTP server's (hypercorn's h11): a
+            # malformed Content-Length gets its bare 400 before any route is reached.
+            assume(not FRAMING & {name.lower() for name in (case.headers or {})})
             case.call_and_validate(headers={"Authorization": f"Bearer {KEY}"})
 
         conforms()

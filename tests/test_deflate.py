@@ -236,6 +236,22 @@ async def test_a_decompression_bomb_is_closed_with_1009_and_costs_nothing(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
+async def test_bytes_after_a_compressed_messages_final_block_are_closed_with_1007() -> None:
+    async with running() as service:
+        client = await open_raw(service, "trailer")
+        compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+        payload = compressor.compress(b'{"type": "text", "data": "x"}')
+        payload += compressor.flush(zlib.Z_FINISH) + b"junk"
+        mask = b"\x01\x02\x03\x04"
+        masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+        await client.stream.send_all(bytes((0xC1, 0x80 | len(payload))) + mask + masked)
+        with pytest.raises(EOFError):
+            while True:
+                await client.recv_text()
+        assert client.close is not None and client.close.code == 1007
+        await client.stream.aclose()
+
+
 # -- the pure rules -------------------------------------------------------------------
 
 
@@ -347,3 +363,20 @@ def test_compressions_in_two_threads_at_once_each_stand_alone():
     finally:
         sys.setswitchinterval(interval)
     assert failures == []
+
+
+def test_a_message_ending_in_a_final_block_inflates_and_bytes_after_it_are_refused():
+    """RFC 7692 7.2.2: a sender may end a message with a final block (BFINAL). Bytes after
+    it are not deflate data: zlib.error, which the connection answers with 1007 (they
+    were dropped silently)."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    final = compressor.compress(b"hello") + compressor.flush(zlib.Z_FINISH)
+    inflater = Inflater(100)
+    assert inflater.feed(final) + inflater.end() == b"hello"
+    assert inflater.feed(final[:3]) + inflater.feed(final[3:]) + inflater.end() == b"hello"
+    with pytest.raises(zlib.error):
+        inflater.feed(final + b"\x00junk")
+    inflater = Inflater(100)
+    inflater.feed(final)
+    with pytest.raises(zlib.error):
+        inflater.feed(b"more")  # a later frame of the same message

@@ -126,19 +126,27 @@ class Inflater:
 
     def feed(self, data: bytes) -> bytes:
         """The inflated bytes of a part of the message. Raises MessageTooBig past the
-        limit, zlib.error on data that is not raw deflate."""
+        limit, zlib.error on data that is not raw deflate or goes on after its final
+        block."""
         if self._window is None:
             self._window = zlib.decompressobj(-WINDOW_BITS)
-        inflated = self._window.decompress(data, self._left + 1)
+        window = self._window
+        inflated = window.decompress(data, self._left + 1)
         if len(inflated) > self._left:
             self._window = None
             raise MessageTooBig(f"message over {self._limit} bytes")
+        if window.eof and window.unused_data:
+            self._window = None
+            raise zlib.error("bytes after the message's final deflate block")
         self._left -= len(inflated)
         return inflated
 
     def end(self) -> bytes:
-        """The message is complete: its last bytes; the next message starts afresh."""
+        """The message is complete: its last bytes; the next message starts afresh.
+        (A message may end with a final block: nothing is then appended, RFC 7692 7.2.2.)"""
         try:
+            if self._window is not None and self._window.eof:
+                return b""
             return self.feed(_SYNC_TAIL)
         finally:
             self._window = None

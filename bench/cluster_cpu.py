@@ -61,10 +61,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from loadgen import BenchError, Conn, Epoll, Loadgen, mint_tokens  # noqa: E402
+from loadgen import (  # noqa: E402
+    BenchError,
+    Conn,
+    Epoll,
+    Loadgen,
+    machine_seconds,
+    mint_tokens,
+)
 
 SECRET = "roomcast-bench-secret-0123456789abcdef"
 ROOM = "bench"
+BURST = 16  # the worker's publishers in `burst` mode
 CORES = os.cpu_count() or 1
 
 
@@ -192,7 +200,15 @@ def run_worker(redis_url: str, room: str, count: int, mode: str) -> None:
     remote = RemoteNotificationService(redis_url)
 
     async def calls(service: RemoteNotificationService) -> None:
-        for seq in range(count):
+        if mode == "burst":  # 16 publishers in this process, each awaiting its calls
+            async with trio.open_nursery() as nursery:
+                for first in range(BURST):
+                    nursery.start_soon(some, service, range(first, count, BURST))
+        else:
+            await some(service, range(count))
+
+    async def some(service: RemoteNotificationService, seqs: range) -> None:
+        for seq in seqs:
             await service.notify_room(room, "n", data={"t": time.monotonic_ns(), "seq": seq})
 
     def own_cpu() -> float:  # every thread's, those that ended too (a sync call's)
@@ -204,7 +220,7 @@ def run_worker(redis_url: str, room: str, count: int, mode: str) -> None:
         sys.stdin.readline()
 
     async def main() -> tuple[float, float]:
-        if mode == "open":
+        if mode in ("open", "burst"):
             async with remote:
                 ready()
                 cpu0, began = own_cpu(), time.perf_counter()
@@ -232,7 +248,7 @@ class Room:
     """N client connections in the benchmark room, on one node or spread over several."""
 
     def __init__(self, sel: Epoll, nodes: list[Node], size: int, first_user: int,
-                 name: str = ROOM) -> None:
+                 name: str = ROOM, counting: bool = False) -> None:
         self.name = name
         self.lgs = [Loadgen("ws", node.ws_port, sel) for node in nodes]
         self.conns: list[Conn] = []
@@ -244,6 +260,9 @@ class Room:
             lg.join(conns, name)
             self.conns += conns
         self.sel = sel
+        self.counting = counting
+        for conn in self.conns if counting else []:
+            conn.counting = b'"seq":'
 
     def expect(self, frames: int) -> None:
         for conn in self.conns:
@@ -256,8 +275,9 @@ class Room:
             if time.perf_counter() > deadline:
                 raise BenchError("timed out waiting for the fan-out")
             lg.pump(0.05)
-            time.sleep(0.002)  # frames gather: one read takes several
-        errors = sum(c.errors for c in self.conns)
+            if not self.counting:
+                time.sleep(0.002)  # frames gather: one read takes several
+        errors = sum(c.errors + (c.got != frames) for c in self.conns)
         dead = sum(c.state == 7 for c in self.conns)
         if errors or dead:
             raise BenchError(f"{errors} frames out of order or unexpected, {dead} closed")
@@ -268,17 +288,20 @@ class Room:
 
 
 def fan_out_round(room: Room, publisher: Node, measured: list[Node], frames: int,
-                  via_worker: bool, others: dict[str, int] | None = None) -> dict[str, float]:
-    """One round; `others` names more processes (pid) whose CPU the round reports."""
+                  via_worker: bool, others: dict[str, int] | None = None,
+                  mode: str = "open") -> dict[str, float]:
+    """One round; `others` names more processes (pid) whose CPU the round reports;
+    `mode`: the worker's calls awaited one after another (open) or 16 at a time (burst)."""
     room.expect(frames)
     for node in measured:
         node.stats()  # counted from here
-    process = Worker(publisher.redis_url, room.name, frames, "open") if via_worker else None
+    process = Worker(publisher.redis_url, room.name, frames, mode) if via_worker else None
     watched = {"bench": os.getpid(), **(others or {})}
     if process is not None:
         watched["worker"] = process.process.pid
     cpu0 = [n.cpu() for n in measured]
     other0 = {k: cpu_seconds(pid) for k, pid in watched.items()}
+    machine0 = machine_seconds()
     began = time.perf_counter()
     if process is not None:
         process.go()
@@ -286,11 +309,14 @@ def fan_out_round(room: Room, publisher: Node, measured: list[Node], frames: int
         control = publisher.command(f"room {room.name} {frames} 0")
     room.wait(frames)
     wall = time.perf_counter() - began
+    machine = [after - before for after, before in zip(machine_seconds(), machine0,
+                                                        strict=True)]
     cpu = [n.cpu() - c for n, c in zip(measured, cpu0, strict=True)]
     other = {f"{k}_cpu": cpu_seconds(pid) - other0[k] for k, pid in watched.items()}
     if process is not None:
         # its own count, from `go` to its last frame sent (not its exit)
-        other["worker_cpu"] = process.result()["cpu"]
+        worker = process.result()
+        other["worker_cpu"], other["worker_seconds"] = worker["cpu"], worker["seconds"]
     else:
         answer(control)
     deliveries = len(room.conns) * frames
@@ -301,7 +327,7 @@ def fan_out_round(room: Room, publisher: Node, measured: list[Node], frames: int
             "per_s": deliveries / wall,
             "writes_per_delivery": sum(c[0] for c in counts) / deliveries,
             "messages": sum(c[1] for c in counts), "frames_heard": sum(c[2] for c in counts),
-            **other}
+            "machine_busy": machine[0], "softirq": machine[1], **other}
 
 
 def median(runs: list[dict[str, float]], key: str) -> float:
@@ -393,45 +419,71 @@ def worker_rate(redis_url: str, count: int) -> dict[str, Any]:
 
 
 def two_nodes(redis_url: str, redis_pid: int, size: int, reps: int) -> dict[str, Any]:
+    """Two setups, each one node against two: `checked` (the worker's calls awaited one
+    after another, every client checking each frame's place: the pipeline's latency
+    bounds the wall clock) and `saturated` (the worker's calls 16 at a time, so that
+    the nodes run flat out, and clients that count frames in the bytes they read: a
+    client parsing frames in Python costs about as much per delivery as a node, and
+    on two cores it would be measured instead of the nodes)."""
     first, second = Node(redis_url, 0), Node(redis_url, 1)
     load_before = load()
+    pinned = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    if pinned is not None:
+        # The clients on any core: pinned to node 2's, they ran only when node 2 let
+        # them, node 1's sockets filled meanwhile, and node 1 waited (two nodes took
+        # 3.2 s where one node with half the room takes 1.8 to 2.3; unpinned, 2.1 to 2.6).
+        os.sched_setaffinity(0, range(CORES))
     try:
         frames = frames_for(size)
         sel = Epoll()
-        one = Room(sel, [first], size, 300_000, "one")
-        two = Room(sel, [first, second], size, 400_000, "two")
+        rooms = {"one": Room(sel, [first], size, 300_000, "one"),
+                 "two": Room(sel, [first, second], size, 400_000, "two"),
+                 "one_saturated": Room(sel, [first], size, 500_000, "one-s", counting=True),
+                 "two_saturated": Room(sel, [first, second], size, 600_000, "two-s",
+                                       counting=True)}
         time.sleep(0.5)
-        runs: dict[str, list[dict[str, float]]] = {"one": [], "two": []}
+        runs: dict[str, list[dict[str, float]]] = {key: [] for key in rooms}
         for _ in range(reps):  # interleaved: one node, two nodes, one node, ...
-            for key, room in (("one", one), ("two", two)):
+            for key, room in rooms.items():
+                mode = "burst" if key.endswith("saturated") else "open"
                 runs[key].append(fan_out_round(room, first, [first, second], frames, True,
-                                               {"redis": redis_pid}))
-        one.close()
-        two.close()
+                                               {"redis": redis_pid}, mode))
+        for room in rooms.values():
+            room.close()
     finally:
         first.stop()
         second.stop()
+        if pinned is not None:
+            os.sched_setaffinity(0, pinned)
     keys = ("per_busiest_cpu_s", "per_s", "per_cpu_s", "busiest_cpu", "cpu", "bench_cpu",
-            "worker_cpu", "redis_cpu", "wall")
+            "worker_cpu", "worker_seconds", "redis_cpu", "wall", "machine_busy", "softirq")
     figures: dict[str, Any] = {k: {key: median(v, key) for key in keys} | {"runs": v}
                                for k, v in runs.items()}
-    ratio = figures["two"]["per_busiest_cpu_s"] / figures["one"]["per_busiest_cpu_s"]
-    wall_ratio = figures["two"]["per_s"] / figures["one"]["per_s"]
     print(f"two nodes against one: {size} connections x {frames} frames, a worker "
           f"publishing, median of {reps} interleaved rounds (load {load_before} -> "
           f"{load()}):", flush=True)
-    for key, title in (("one", "one node"), ("two", "two nodes")):
-        f, v = figures[key], runs[key]
-        print(f"  {title:<9} per busiest-node CPU s {f['per_busiest_cpu_s']:>9,.0f} "
-              f"({spread(v, 'per_busiest_cpu_s')})  wall {f['per_s']:>8,.0f}/s "
-              f"({spread(v, 'per_s')})  CPU s: nodes {f['cpu']:.2f} (busiest "
-              f"{f['busiest_cpu']:.2f}), clients {f['bench_cpu']:.2f}, worker "
-              f"{f['worker_cpu']:.2f}, Redis {f['redis_cpu']:.2f}, wall {f['wall']:.2f}",
-              flush=True)
-    print(f"  two / one: {ratio:.2f}x per busiest-node CPU s, {wall_ratio:.2f}x wall",
-          flush=True)
-    return {"size": size, "frames": frames, "ratio": ratio, "wall_ratio": wall_ratio,
-            "load_before": load_before, "load_after": load(), **figures}
+    ratios: dict[str, float] = {}
+    for setup, suffix in (("checked", ""), ("saturated", "_saturated")):
+        print(f" {setup}:", flush=True)
+        for nodes, title in (("one", "one node"), ("two", "two nodes")):
+            f, v = figures[nodes + suffix], runs[nodes + suffix]
+            print(f"  {title:<9} per busiest-node CPU s {f['per_busiest_cpu_s']:>9,.0f} "
+                  f"({spread(v, 'per_busiest_cpu_s')})  wall {f['per_s']:>8,.0f}/s "
+                  f"({spread(v, 'per_s')})  CPU s: nodes {f['cpu']:.2f} (busiest "
+                  f"{f['busiest_cpu']:.2f}), clients {f['bench_cpu']:.2f}, worker "
+                  f"{f['worker_cpu']:.2f} (its calls took {f['worker_seconds']:.2f} s), Redis "
+                  f"{f['redis_cpu']:.2f}, wall {f['wall']:.2f}; the machine busy "
+                  f"{f['machine_busy'] / f['wall']:.2f} of {CORES} cores, softirq "
+                  f"{f['softirq']:.2f} CPU s", flush=True)
+        one, two = figures["one" + suffix], figures["two" + suffix]
+        ratios[setup] = two["per_busiest_cpu_s"] / one["per_busiest_cpu_s"]
+        ratios[setup + "_wall"] = two["per_s"] / one["per_s"]
+        print(f"  two / one: {ratios[setup]:.2f}x per busiest-node CPU s, "
+              f"{ratios[setup + '_wall']:.2f}x wall", flush=True)
+    return {"size": size, "frames": frames, "ratio": ratios["checked"],
+            "wall_ratio": ratios["checked_wall"], "saturated_ratio": ratios["saturated"],
+            "saturated_wall_ratio": ratios["saturated_wall"], "load_before": load_before,
+            "load_after": load(), **figures}
 
 
 def latency(redis_url: str, background: int, samples: int, pace_ms: float) -> dict[str, Any]:

@@ -94,6 +94,7 @@ async def main(args: argparse.Namespace) -> None:
     config = Config(
         host="127.0.0.1", port=0, http_port=-1, jwt_secret=args.secret, open_rooms=("*",),
         redis_url=args.redis_url or None, rate_limit=1e6, rate_burst=10**6,
+        ping_interval=3600.0,  # clients that count frames (cluster_cpu.py) do not pong
         max_connections_per_user=10**6, log_level="WARNING",
         max_handshakes_per_address=0,  # every benchmark client connects from 127.0.0.1
     )

@@ -46,7 +46,6 @@ import argparse
 import base64
 import contextlib
 import json
-import math
 import os
 import random
 import resource
@@ -77,6 +76,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.append(str(HERE))  # appended: bench's scripts never shadow another module
 
+from loadgen import machine_busy_seconds  # noqa: E402
 from netcut import tcp_proxy  # noqa: E402
 
 SECRET = "roomcast-soak-secret-0123456789abcdef-0123456789"
@@ -97,17 +97,6 @@ def raise_fd_limit() -> int:
         target = hard if hard != resource.RLIM_INFINITY else 1 << 20
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds the whole machine spent busy (all processes, all cores)."""
-    try:
-        with open("/proc/stat", encoding="ascii") as stat:
-            fields = [int(x) for x in stat.readline().split()[1:]]
-    except OSError:
-        return math.nan
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def source_version(package_dir: str) -> str:

@@ -21,7 +21,8 @@ to the last core; a worker process for the worker figures (this script, `--worke
   with`), and `SyncNotificationService` (a thread per call); wall clock, and per CPU
   second of the worker.
 - two nodes against one: N connections all on node 1, or split over nodes 1 and 2
-  (one core each), the worker publishing; rounds alternate one node / two nodes.
+  (one core each), the worker publishing; rounds alternate one node / two nodes, in two
+  setups (checked, saturated: `two_nodes` says how) and with the clients on any core.
   Wall-clock deliveries a second, and per CPU second of the busiest node (what the
   pair delivers when each node has its core: on this machine the clients, the worker
   and Redis share the two cores, so wall-clock rates show the sharing, not the

@@ -51,6 +51,8 @@ from trio_websocket import open_websocket_url
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from loadgen import die_with_parent  # noqa: E402  (bench/, the script's own folder)
+
 from roomcast import Config, mint_token  # noqa: E402
 from tests.cluster import RedisServer  # noqa: E402
 
@@ -63,7 +65,7 @@ class Node:
         self.process = subprocess.Popen(
             [sys.executable, str(ROOT / "bench" / "cluster_node.py"), "--secret", SECRET,
              "--redis-url", redis_url, "--core", str(core)],
-            stdout=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE, text=True, preexec_fn=die_with_parent,
         )
         ws_port, control_port = self.process.stdout.readline().split()
         self.ws_port, self.control_port = int(ws_port), int(control_port)
@@ -80,7 +82,7 @@ def setup(kind: str):
         redis_url = ""
         if kind != "one node, no Redis":
             redis = RedisServer()
-            redis.start()
+            redis.start(die_with_parent)
             stack.callback(redis.stop)
             redis_url = redis.url
         count = 2 if kind.startswith("two") else 1

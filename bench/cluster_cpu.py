@@ -67,6 +67,7 @@ from loadgen import (  # noqa: E402
     Conn,
     Epoll,
     Loadgen,
+    die_with_parent,
     machine_seconds,
     mint_tokens,
 )
@@ -120,7 +121,7 @@ class Node:
         self.process = subprocess.Popen(
             [sys.executable, str(ROOT / "bench" / "cluster_node.py"), "--secret", SECRET,
              "--redis-url", redis_url, "--core", str(core)],
-            stdout=subprocess.PIPE, text=True, env=env)
+            stdout=subprocess.PIPE, text=True, env=env, preexec_fn=die_with_parent)
         ws_port, control_port = self.process.stdout.readline().split()  # type: ignore[union-attr]
         self.ws_port, self.control_port = int(ws_port), int(control_port)
         self.redis_url = redis_url
@@ -166,7 +167,7 @@ class ReadyProcess:
             filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
         self.process = subprocess.Popen(
             [sys.executable, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            text=True, env=env)
+            text=True, env=env, preexec_fn=die_with_parent)
         assert self.process.stdout is not None and self.process.stdin is not None
         if self.process.stdout.readline().strip() != "ready":
             raise BenchError(f"the {what} did not start")
@@ -544,7 +545,7 @@ def main() -> None:
     aliases = {"fanout": "worker-rooms", "worker": "worker-rate", "two": "two-nodes"}
     only = {aliases.get(name, name) for name in args.only.split(",")}
     redis = RedisServer()
-    redis.start()
+    redis.start(die_with_parent)
     figures: dict[str, Any] = {"load_before": os.getloadavg()}
     print(f"load average before: {load()}", flush=True)
     try:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import client_frame, mint_tokens
+from loadgen import client_frame, die_with_parent, mint_tokens
 
 SECRET = "bench-secret-0123456789abcdef0123456789"
 ROOM = "bench_room"
@@ -151,7 +151,8 @@ def run(members: int, size: int, frames: int, compression: str | None,
     if compression is not None:
         cmd += ["--compression", compression]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": pythonpath})
+                            env={**os.environ, "PYTHONPATH": pythonpath},
+                            preexec_fn=die_with_parent)
     assert proc.stdin and proc.stdout
     port = int(proc.stdout.readline())
     tokens = mint_tokens(SECRET, range(1, members + 1))

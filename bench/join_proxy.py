@@ -20,6 +20,7 @@ import time
 
 import h11
 import trio
+from loadgen import die_with_parent  # bench/, the script's own folder
 
 from roomcast.auth import Principal
 from roomcast.config import Config
@@ -78,7 +79,8 @@ async def measure(port: int, calls: int, cache_ttl: float) -> list[float]:
 
 async def bench(calls: int) -> None:
     server = subprocess.Popen(
-        [sys.executable, __file__, "--serve"], stdout=subprocess.PIPE, text=True
+        [sys.executable, __file__, "--serve"], stdout=subprocess.PIPE, text=True,
+        preexec_fn=die_with_parent,
     )
     try:
         assert server.stdout is not None

@@ -753,8 +753,10 @@ class Loadgen:
         return conn.lat_time - began
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: a server outlives no load generator (Linux only)."""
+def die_with_parent() -> None:
+    """`preexec_fn` of every process a benchmark starts: in the child, before exec, it
+    asks for SIGTERM when the benchmark dies, even by SIGKILL, so that no server, node
+    or Redis outlives it (Linux only; the parent must be the main thread)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -781,7 +783,7 @@ class Server:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self.log,
                                      stdin=subprocess.DEVNULL, env=env,
-                                     preexec_fn=_die_with_parent)
+                                     preexec_fn=die_with_parent)
         if cpu is not None and hasattr(os, "sched_setaffinity"):
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(self.proc.pid, {cpu})

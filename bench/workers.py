@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from cluster_cpu import SECRET, ReadyProcess, Room, cpu_seconds, load  # noqa: E402
-from loadgen import BenchError, Epoll  # noqa: E402
+from loadgen import BenchError, Epoll, die_with_parent  # noqa: E402
 
 API_KEY = "roomcast-bench-api-key-0123456789abcdef"
 ROOM = "bench"
@@ -65,7 +65,7 @@ class Server:
             ROOMCAST_JWT_SECRET=SECRET, ROOMCAST_OPEN_ROOMS="*", ROOMCAST_API_KEY=API_KEY,
             ROOMCAST_MAX_HANDSHAKES_PER_ADDRESS="0", ROOMCAST_MAX_CONNECTIONS="100000")
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self.log,
-                                        text=True, env=env)
+                                        text=True, env=env, preexec_fn=die_with_parent)
         assert self.process.stdout is not None
         ws, http_line = self.process.stdout.readline(), self.process.stdout.readline()
         found_ws = re.search(r":(\d+)/", ws)
@@ -174,7 +174,7 @@ def main() -> None:
     from tests.cluster import RedisServer
 
     redis = RedisServer()
-    redis.start()
+    redis.start(die_with_parent)
     load_before = load()
     print(f"load average before: {load_before}", flush=True)
     servers: list[Server] = []
